@@ -1,0 +1,363 @@
+"""Shapes world: seeded synthetic scenes and single-word questions with exact ground truth.
+
+A scene holds 2 to 4 objects on a plain background, each a distinct shape (so "the circle"
+always names one object) with a colour and a size. Geometry is stored as fractions of the
+image side, so a scene renders at any pixel size; boxes and masks are computed from the same
+drawing that paints the pixels, so they match the rendered image exactly.
+
+Questions follow the GQA types used by the cross-modal information-flow paper, plus counting
+and existence. Each has a single-word answer, the answer set it is drawn from (``options``),
+and the ids of the objects it is about (its ground-truth region). Answers are drawn uniformly
+from ``options`` and scenes are built to fit them, so no question is answerable without the
+image. Punctuation is space-separated so a word-level tokenizer round-trips every question.
+
+Example::
+
+    >>> s = make_samples(1, seed=0, question_types=["QueryAttr"])[0]
+    >>> s.question, s.answer, s.object_boxes      # boxes: (x0, y0, x1, y1), x1/y1 exclusive
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLORS = {"red": (215, 45, 45), "green": (45, 160, 65), "blue": (45, 85, 215), "yellow": (235, 195, 25)}
+SIZES = {"small": (0.16, 0.20), "large": (0.28, 0.34)}  # side length, fraction of the image side
+BACKGROUND = (230, 230, 230)
+COUNT_WORDS = ("one", "two", "three")
+QUESTION_TYPES = ("QueryAttr", "ChooseAttr", "ChooseRel", "CompareAttr", "LogicalObj", "Count", "Exist")
+DEFAULT_IMAGE_SIZE = 64
+_GAP = 0.05  # minimum free space between object boxes, fraction of the image side
+_REL_MARGIN = 0.15  # minimum centre offset for left/right/above/below questions
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object; ``x``, ``y`` (centre) and ``extent`` (side) are fractions of the image side."""
+
+    id: int
+    shape: str
+    color: str
+    size: str
+    x: float
+    y: float
+    extent: float
+
+    def describe(self) -> str:
+        """Return the object as words with its centre on a 10 x 10 grid, e.g. "a large red circle at x 2 y 7"."""
+        return f"a {self.size} {self.color} {self.shape} at x {int(self.x * 10)} y {int(self.y * 10)}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A few non-overlapping objects; object ``i`` has ``id == i``."""
+
+    objects: tuple[ShapeObject, ...]
+
+    def masks(self, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+        """Return the object masks rendered at ``size`` px: bool array (n_objects, size, size)."""
+        out = np.zeros((len(self.objects), size, size), dtype=bool)
+        for i, obj in enumerate(self.objects):
+            canvas = Image.new("L", (size, size), 0)
+            _draw(ImageDraw.Draw(canvas), obj, size)
+            out[i] = np.asarray(canvas) > 0
+        return out
+
+    def boxes(self, size: int = DEFAULT_IMAGE_SIZE) -> list[Box]:
+        """Return each object's tight pixel box (x0, y0, x1, y1), x1/y1 exclusive, at ``size`` px."""
+        return [_mask_box(m) for m in self.masks(size)]
+
+    def render(self, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
+        """Return the scene as an RGB image of ``size`` x ``size`` px."""
+        pixels = np.empty((size, size, 3), dtype=np.uint8)
+        pixels[:] = BACKGROUND
+        for obj, mask in zip(self.objects, self.masks(size)):
+            pixels[mask] = COLORS[obj.color]
+        return Image.fromarray(pixels, "RGB")
+
+    def describe(self) -> str:
+        """Return a caption listing every object, e.g. "a small blue square at x 6 y 1 . a ... ." """
+        return " ".join(f"{obj.describe()} ." for obj in self.objects)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A question about a scene, with its single-word answer and ground-truth objects.
+
+    ``object_ids`` index ``scene.objects``; ``options`` is the answer set the answer was drawn
+    from (chance accuracy is ``1 / len(options)``); the image is ``image_size`` px square.
+    """
+
+    scene: Scene
+    question: str
+    answer: str
+    question_type: str
+    object_ids: tuple[int, ...]
+    options: tuple[str, ...]
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The rendered scene, RGB, ``image_size`` px square."""
+        return self.scene.render(self.image_size)
+
+    @property
+    def object_boxes(self) -> list[Box]:
+        """Pixel boxes (x0, y0, x1, y1), x1/y1 exclusive, of the question's objects in ``image``."""
+        boxes = self.scene.boxes(self.image_size)
+        return [boxes[i] for i in self.object_ids]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Masks of the question's objects in ``image``: bool array (len(object_ids), H, W)."""
+        return self.scene.masks(self.image_size)[list(self.object_ids)]
+
+    @property
+    def region_mask(self) -> np.ndarray:
+        """Union of the question's object masks: bool array (H, W)."""
+        return self.masks.any(axis=0)
+
+    @property
+    def messages(self) -> list[dict]:
+        """The question as a one-turn chat for ``processor.apply_chat_template``."""
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.question}]}]
+
+    def with_size(self, image_size: int) -> "Sample":
+        """Return the same sample rendered at another pixel size."""
+        return Sample(self.scene, self.question, self.answer, self.question_type, self.object_ids,
+                      self.options, image_size)
+
+
+def make_samples(n: int, seed: int = 0, question_types: Sequence[str] | None = None,
+                 image_size: int = DEFAULT_IMAGE_SIZE) -> list[Sample]:
+    """Return ``n`` samples; sample ``i`` has type ``question_types[i % len(question_types)]``.
+
+    Sample ``i`` depends only on (seed, i, its type), so prefixes agree across ``n``.
+    """
+    types = tuple(question_types or QUESTION_TYPES)
+    unknown = set(types) - set(QUESTION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown question types {sorted(unknown)}; choose from {QUESTION_TYPES}")
+    return [make_sample(np.random.default_rng([seed, i, QUESTION_TYPES.index(types[i % len(types)])]),
+                        types[i % len(types)], image_size) for i in range(n)]
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    """Return a scene of 2 to 4 objects with uniformly random attributes (for captions)."""
+    return _build(rng, [], n=int(rng.integers(2, 5)))
+
+
+def make_sample(rng: np.random.Generator, question_type: str, image_size: int = DEFAULT_IMAGE_SIZE) -> Sample:
+    """Return one sample of ``question_type``: draw the answer first, then build a scene that fits it."""
+    return _GENERATORS[question_type](rng, image_size)
+
+
+# ---------------------------------------------------------------- question families
+
+
+def _query_attr(rng, image_size):
+    shape, attr = _pick(rng, SHAPES), _pick(rng, ("color", "size"))
+    options = tuple(COLORS) if attr == "color" else tuple(SIZES)
+    answer = _pick(rng, options)
+    scene = _build(rng, [{"shape": shape, attr: answer}])
+    return Sample(scene, f"what {attr} is the {shape} ?", answer, "QueryAttr",
+                  _ids(scene, shape=shape), options, image_size)
+
+
+def _choose_attr(rng, image_size):
+    shape, attr = _pick(rng, SHAPES), _pick(rng, ("color", "size"))
+    values = tuple(COLORS) if attr == "color" else tuple(SIZES)
+    answer = _pick(rng, values)
+    options = (answer, _pick(rng, [v for v in values if v != answer]))
+    options = options if rng.random() < 0.5 else options[::-1]
+    scene = _build(rng, [{"shape": shape, attr: answer}])
+    return Sample(scene, f"is the {shape} {options[0]} or {options[1]} ?", answer, "ChooseAttr",
+                  _ids(scene, shape=shape), options, image_size)
+
+
+def _choose_rel(rng, image_size):
+    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
+    options = _pick(rng, (("left", "right"), ("above", "below")))
+    answer = _pick(rng, options)
+    axis, sign = ("x" if answer in ("left", "right") else "y"), (1 if answer in ("left", "above") else -1)
+    words = options if rng.random() < 0.5 else options[::-1]
+    between = "of" if axis == "x" else ""
+    question = " ".join(f"is the {s1} {words[0]} or {words[1]} {between} the {s2} ?".split())
+
+    def related(objs):  # object 0 (s1) lies `answer` of object 1 (s2) by a clear margin
+        return sign * (getattr(objs[1], axis) - getattr(objs[0], axis)) >= _REL_MARGIN
+
+    scene = _build(rng, [{"shape": s1}, {"shape": s2}], relation=related)
+    return Sample(scene, question, answer, "ChooseRel",
+                  _ids(scene, shape=s1) + _ids(scene, shape=s2), tuple(words), image_size)
+
+
+def _compare_attr(rng, image_size):
+    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
+    attr = _pick(rng, ("color", "size"))
+    values = tuple(COLORS) if attr == "color" else tuple(SIZES)
+    answer = _pick(rng, ("yes", "no"))
+    v1 = _pick(rng, values)
+    v2 = v1 if answer == "yes" else _pick(rng, [v for v in values if v != v1])
+    scene = _build(rng, [{"shape": s1, attr: v1}, {"shape": s2, attr: v2}])
+    return Sample(scene, f"are the {s1} and the {s2} the same {attr} ?", answer, "CompareAttr",
+                  _ids(scene, shape=s1) + _ids(scene, shape=s2), ("yes", "no"), image_size)
+
+
+def _logical_obj(rng, image_size):
+    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
+    c1, c2 = _pick(rng, COLORS), _pick(rng, COLORS)
+    op, answer = _pick(rng, ("and", "or")), _pick(rng, ("yes", "no"))
+    both, neither = (True, True), (False, False)
+    one = [(True, False), (False, True)]
+    cases = {("and", "yes"): [both], ("and", "no"): one + [neither],
+             ("or", "yes"): one + [both], ("or", "no"): [neither]}[op, answer]
+    present = cases[int(rng.integers(len(cases)))]
+    required, forbidden = [], set()
+    for (color, shape), here in zip(((c1, s1), (c2, s2)), present):
+        _require(rng, required, forbidden, color, shape, here)
+    scene = _build(rng, required, forbidden_shapes=forbidden)
+    return Sample(scene, f"is there a {c1} {s1} {op} a {c2} {s2} ?", answer, "LogicalObj",
+                  _ref_ids(scene, c1, s1) + _ref_ids(scene, c2, s2), ("yes", "no"), image_size)
+
+
+def _count(rng, image_size):
+    color, answer = _pick(rng, COLORS), _pick(rng, COUNT_WORDS)
+    k = COUNT_WORDS.index(answer) + 1
+    n = int(rng.integers(max(2, k), 5))
+    scene = _build(rng, [{"color": color}] * k, n=n, other_colors=[c for c in COLORS if c != color])
+    return Sample(scene, f"how many {color} shapes are there ?", answer, "Count",
+                  _ids(scene, color=color), COUNT_WORDS, image_size)
+
+
+def _exist(rng, image_size):
+    color, shape, answer = _pick(rng, COLORS), _pick(rng, SHAPES), _pick(rng, ("yes", "no"))
+    required, forbidden = [], set()
+    _require(rng, required, forbidden, color, shape, answer == "yes")
+    scene = _build(rng, required, forbidden_shapes=forbidden)
+    return Sample(scene, f"is there a {color} {shape} ?", answer, "Exist",
+                  _ref_ids(scene, color, shape), ("yes", "no"), image_size)
+
+
+_GENERATORS = {"QueryAttr": _query_attr, "ChooseAttr": _choose_attr, "ChooseRel": _choose_rel,
+               "CompareAttr": _compare_attr, "LogicalObj": _logical_obj, "Count": _count, "Exist": _exist}
+
+
+# ---------------------------------------------------------------- scene construction
+
+
+def _pick(rng, values):
+    values = list(values)
+    return values[int(rng.integers(len(values)))]
+
+
+def _require(rng, required, forbidden, color, shape, present):
+    """Add the constraint "a ``color`` ``shape`` is (not) in the scene".
+
+    Absence is made hard half the time: the shape is there in another colour; otherwise the
+    shape is missing and the colour is there on another shape.
+    """
+    if present:
+        required.append({"shape": shape, "color": color})
+    elif rng.random() < 0.5:
+        required.append({"shape": shape, "color": _pick(rng, [c for c in COLORS if c != color])})
+    else:
+        forbidden.add(shape)
+        required.append({"color": color})
+
+
+def _build(rng, required, n=None, forbidden_shapes=(), other_colors=None, relation=None) -> Scene:
+    """Return a scene with the ``required`` objects (attribute dicts) plus random fillers.
+
+    Fillers take free shapes and colours from ``other_colors`` (all by default). ``relation``,
+    if given, must hold for the first two required objects. Object order (= ids) is shuffled.
+    """
+    taken = {r["shape"] for r in required if "shape" in r}
+    free = [str(s) for s in rng.permutation([s for s in SHAPES if s not in taken | set(forbidden_shapes)])]
+    n_max = len(taken) + len(free)
+    n = max(min(int(rng.integers(2, 5)) if n is None else n, n_max), len(required))
+    attrs = []
+    for spec in list(required) + [{}] * (n - len(required)):
+        a = dict(spec)
+        if "shape" not in a:
+            a["shape"] = free.pop(0)
+        if "color" not in a:
+            a["color"] = _pick(rng, COLORS if spec or other_colors is None else other_colors)
+        if "size" not in a:
+            a["size"] = _pick(rng, SIZES)
+        attrs.append(a)
+    extents = [float(rng.uniform(*SIZES[a["size"]])) for a in attrs]
+    centres = _place(rng, extents, relation)
+    order = rng.permutation(n)
+    return Scene(tuple(ShapeObject(new_id, extent=extents[old], x=centres[old][0], y=centres[old][1],
+                                   **attrs[old]) for new_id, old in enumerate(order)))
+
+
+def _place(rng, extents, relation):
+    """Return non-overlapping centres (x, y) for objects of the given extents."""
+    while True:
+        centres = []
+        for e in extents:
+            lo, hi = e / 2 + 0.02, 1 - e / 2 - 0.02
+            for _ in range(200):
+                x, y = rng.uniform(lo, hi, size=2)
+                if all(abs(x - cx) >= (e + ce) / 2 + _GAP or abs(y - cy) >= (e + ce) / 2 + _GAP
+                       for (cx, cy), ce in zip(centres, extents)):
+                    centres.append((float(x), float(y)))
+                    break
+            else:
+                break
+        if len(centres) == len(extents):
+            if relation is None or relation([_Pos(*c) for c in centres[:2]]):
+                return centres
+
+
+@dataclass(frozen=True)
+class _Pos:
+    x: float
+    y: float
+
+
+def _ids(scene, shape=None, color=None) -> tuple[int, ...]:
+    return tuple(o.id for o in scene.objects
+                 if (shape is None or o.shape == shape) and (color is None or o.color == color))
+
+
+def _ref_ids(scene, color, shape) -> tuple[int, ...]:
+    """Objects a "``color`` ``shape``" phrase is about: the ``shape`` if present, else the ``color`` ones."""
+    return _ids(scene, shape=shape) or _ids(scene, color=color)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int) -> None:
+    """Paint ``obj`` with fill 255 onto a ``size`` px canvas."""
+    x0, x1 = round((obj.x - obj.extent / 2) * size), round((obj.x + obj.extent / 2) * size)
+    y0, y1 = round((obj.y - obj.extent / 2) * size), round((obj.y + obj.extent / 2) * size)
+    r, b = x1 - 1, y1 - 1  # PIL boxes are inclusive
+    if obj.shape == "circle":
+        draw.ellipse([x0, y0, r, b], fill=255)
+    elif obj.shape == "square":
+        draw.rectangle([x0, y0, r, b], fill=255)
+    elif obj.shape == "triangle":
+        draw.polygon([(x0, b), (r, b), ((x0 + r) / 2, y0)], fill=255)
+    elif obj.shape == "cross":
+        t = max(1, round((x1 - x0) / 3))
+        mx, my = (x0 + x1 - t) // 2, (y0 + y1 - t) // 2
+        draw.rectangle([x0, my, r, my + t - 1], fill=255)
+        draw.rectangle([mx, y0, mx + t - 1, b], fill=255)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; choose from {SHAPES}")
+
+
+def _mask_box(mask: np.ndarray) -> Box:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

@@ -1,0 +1,62 @@
+"""LLaVA-NeXT: an overview tile, then the unpadded high-resolution grid with a newline per row."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers.image_processing_utils import select_best_resolution
+from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+from analysis.errors import UnsupportedModelError
+from analysis.models.adapters.base import Adapter, Layout, tensor_to_list
+from analysis.models.geometry import Affine, grid_cells, resize_to
+
+
+class LlavaNextAdapter(Adapter):
+    family = "llava_next"
+    model_types = ("llava_next",)
+    title = "LLaVA-NeXT"
+
+    def layout(self, inputs, image_size):
+        config = self.model.config
+        if getattr(config, "vision_feature_select_strategy", "default") != "default":
+            raise UnsupportedModelError(
+                "LLaVA-NeXT with vision_feature_select_strategy='full' is not supported; "
+                "use a checkpoint with the 'default' strategy"
+            )
+        vision = self.vision_config()
+        width, height = image_size
+        side = vision.image_size // vision.patch_size
+        cell = vision.image_size / side
+        out = Layout()
+        out.add_grid(0, "overview", side, side, cell, cell, resize_to(width, height, vision.image_size, vision.image_size))
+
+        # High-res canvas: the image scaled to fit the best pinpoint resolution, centred, padded.
+        pinpoints = tensor_to_list(config.image_grid_pinpoints)
+        best_h, best_w = select_best_resolution((height, width), pinpoints)
+        scale_w, scale_h = best_w / width, best_h / height
+        if scale_w < scale_h:
+            new_w, new_h = best_w, min(math.ceil(height * scale_w), best_h)
+        else:
+            new_w, new_h = min(math.ceil(width * scale_h), best_w), best_h
+        canvas_to_orig = Affine(tx=-((best_w - new_w) // 2), ty=-((best_h - new_h) // 2)).then(
+            resize_to(width, height, new_w, new_h)
+        )
+        tile_px = vision.image_size
+        rows_c, cols_c = (best_h // tile_px) * side, (best_w // tile_px) * side
+        # The model's own unpadding, applied to cell indices, says which canvas cells survive.
+        kept = unpad_image(torch.arange(rows_c * cols_c).view(1, rows_c, cols_c), (height, width))[0]
+        n_rows, n_cols = kept.shape
+        canvas = grid_cells(rows_c, cols_c, tile_px / side, tile_px / side, canvas_to_orig)
+        boxes = canvas[kept.flatten().numpy()]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        boxes = boxes.reshape(n_rows, n_cols, 4)
+        has_newline = getattr(self.model.model, "image_newline", None) is not None
+        for r in range(n_rows):
+            out.add_cells(1, "high-res", (n_rows, n_cols), r * n_cols + np.arange(n_cols), n_cols, boxes[r])
+            if has_newline:
+                out.add_special(1, r, n_cols, "newline")
+        return out

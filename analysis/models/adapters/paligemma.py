@@ -1,0 +1,21 @@
+"""PaliGemma: image tokens first (224 px / patch 14 -> 16 x 16 = 256), prefix-LM attention."""
+
+from __future__ import annotations
+
+from analysis.models.adapters.base import Adapter, Layout
+from analysis.models.geometry import resize_to
+
+
+class PaliGemmaAdapter(Adapter):
+    family = "paligemma"
+    model_types = ("paligemma",)
+    title = "PaliGemma"
+    default_template = "{question}"
+
+    def layout(self, inputs, image_size):
+        vision = self.vision_config()
+        side = vision.image_size // vision.patch_size
+        affine = resize_to(*image_size, vision.image_size, vision.image_size)
+        out = Layout()
+        out.add_grid(0, "image", side, side, vision.patch_size, vision.patch_size, affine)
+        return out

@@ -1,0 +1,30 @@
+"""Qwen2-VL / Qwen2.5-VL: dynamic resolution, 14 px patches merged 2 x 2 into one token each."""
+
+from __future__ import annotations
+
+from analysis.models.adapters.base import Adapter, Layout
+from analysis.models.geometry import resize_to
+
+
+class Qwen2VLAdapter(Adapter):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    title = "Qwen2-VL"
+
+    def layout(self, inputs, image_size):
+        ip = self.processor.image_processor
+        merge = int(getattr(ip, "merge_size", None) or self.vision_config().spatial_merge_size)
+        patch = int(getattr(ip, "patch_size", None) or self.vision_config().patch_size)
+        t, gh, gw = (int(v) for v in inputs["image_grid_thw"][0])
+        affine = resize_to(*image_size, gw * patch, gh * patch)
+        cell = merge * patch
+        out = Layout()
+        for frame in range(t):
+            out.add_grid(frame, f"frame {frame}" if t > 1 else "image", gh // merge, gw // merge, cell, cell, affine)
+        return out
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    title = "Qwen2.5-VL"

@@ -1,0 +1,311 @@
+"""The VLM wrapper: model + processor + family adapter, and ``load_vlm``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from analysis.data.images import ImageLike, load_image
+from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError
+from analysis.models.adapters import Adapter, adapter_for
+from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
+
+
+@dataclass
+class VLM:
+    """A loaded vision-language model with everything a probe needs to know about it.
+
+    Attributes:
+        model: the ``*ForConditionalGeneration`` model, in eval mode.
+        processor: its processor (tokenizer + image processor + chat template).
+        adapter: the family adapter bound to ``model`` and ``processor``.
+        name: what it was loaded from (hub id, folder, ``zoo:<name>`` or ``tiny:<family>``).
+    """
+
+    model: nn.Module
+    processor: object
+    adapter: Adapter
+    name: str
+
+    @classmethod
+    def from_parts(cls, model: nn.Module, processor, name: str) -> "VLM":
+        """Wrap an already-built model and processor; raise if the family is unsupported."""
+        adapter = adapter_for(model.config.model_type)(model, processor)
+        return cls(model=model.eval(), processor=processor, adapter=adapter, name=name)
+
+    # --- what the model is -------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        """The adapter's family name (``"llava"``, ``"qwen2_vl"``, ...)."""
+        return self.adapter.family
+
+    @property
+    def text_config(self):
+        """The language model's config."""
+        return self.model.config.get_text_config()
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (embeddings, ``layers``, ``norm``) without the LM head."""
+        return self.model.get_decoder()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers, in order; ``layers[i]`` outputs hidden state ``i + 1``."""
+        return self.language_model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm applied to the last layer's output before the unembedding."""
+        return self.language_model.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The unembedding (hidden -> vocabulary logits)."""
+        return self.model.get_output_embeddings()
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder layers."""
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        """Number of attention (query) heads per decoder layer."""
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Number of key/value heads per decoder layer (fewer than ``n_heads`` with GQA)."""
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.n_heads)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+        return int(self.text_config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's parameters."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def tokenizer(self):
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest sequence the language model accepts (``max_position_embeddings``)."""
+        value = getattr(self.text_config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    @property
+    def config_hash(self) -> str:
+        """A short hash of the model config (with ``name``), for provenance and caching."""
+        blob = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def unembed(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """Return vocabulary logits for residual-stream states (logit lens).
+
+        Args:
+            hidden: ``(..., hidden_size)`` hidden states (e.g. a decoder layer's output).
+            final_norm: apply the model's final norm first (exact for the last layer; the
+                information-flow reference code skips it for intermediate layers).
+
+        Returns:
+            ``(..., vocab_size)`` logits in fp32, with the family's final logit soft-capping.
+        """
+        hidden = hidden.to(device=self.device, dtype=self.dtype)
+        if final_norm:
+            hidden = self.final_norm(hidden)
+        logits = self.lm_head(hidden).float()
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def check_layer(self, layer: int) -> int:
+        """Return ``layer`` as a non-negative index; raise a clear error if out of range."""
+        if not isinstance(layer, (int, np.integer)) or not -self.n_layers <= layer < self.n_layers:
+            raise InputError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
+        return int(layer) % self.n_layers
+
+    # --- inputs ------------------------------------------------------------------------------
+    def prepare(self, image: ImageLike, question: str, template: str | None = None) -> PreparedInputs:
+        """Build model inputs for one image and question, with token roles and patch geometry.
+
+        Args:
+            image: a path, ``PIL.Image`` or uint8 array; converted to RGB.
+            question: the user's question; its tokens get the role ``"question"``.
+            template: optional ``str.format`` template with ``{question}`` that replaces the
+                family's chat template (e.g. ``"answer en {question}"`` for PaliGemma).
+
+        Returns:
+            A ``PreparedInputs`` on the model's device (batch of one).
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question must be a non-empty string")
+        if template is not None and "{question}" not in template:
+            raise InputError("template must contain '{question}'")
+        image = load_image(image)
+        prompt = self.adapter.build_prompt(question, template)
+        inputs = dict(self.adapter.process(prompt, image))
+        ids = inputs["input_ids"][0]
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens but {self.name} accepts at most {self.max_length}; "
+                "shorten the question or use a smaller image (fewer image tiles)"
+            )
+        roles = np.full(len(ids), "other", dtype=object)
+        image_pos = torch.nonzero(ids == self.adapter.image_token_id).flatten().numpy()
+        roles[image_pos] = "image"
+        roles[self._question_positions(prompt, question, ids)] = "question"
+        roles[len(ids) - 1] = "last"
+        layout = self.adapter.layout(inputs, image.size)
+        if len(layout) != len(image_pos):
+            raise RuntimeError(
+                f"{self.adapter.title} adapter found {len(layout)} image tokens but the processor made "
+                f"{len(image_pos)}; please report this with the model name and image size"
+            )
+        boxes = np.asarray(layout.boxes, dtype=float).reshape(-1, 4)
+        patches = pd.DataFrame(
+            {
+                "position": image_pos,
+                "tile": layout.tiles,
+                "row": layout.rows,
+                "col": layout.cols,
+                "kind": layout.kinds,
+                "x0": boxes[:, 0],
+                "y0": boxes[:, 1],
+                "x1": boxes[:, 2],
+                "y1": boxes[:, 3],
+            },
+            columns=PATCH_COLUMNS,
+        )
+        return PreparedInputs(
+            inputs=inputs, image=image, question=question, prompt=prompt, roles=roles,
+            patches=patches, grids=layout.grids, tile_names=layout.tile_names,
+        ).to(self.device)
+
+    def _question_positions(self, prompt: str, question: str, ids: torch.Tensor) -> np.ndarray:
+        """Positions in the expanded ``ids`` of the question's tokens.
+
+        The question is located by characters in the unexpanded prompt, tokenized with offsets,
+        and its token ids are then found as the last matching run in the expanded sequence
+        (image expansion only inserts tokens before the question).
+        """
+        start = prompt.rfind(question)
+        if start < 0:
+            raise InputError("the template or chat template dropped the question text; check the template")
+        end = start + len(question)
+        enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        q_ids = [t for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a < end and b > start and b > a]
+        if not q_ids:
+            raise InputError(f"the question {question!r} produced no tokens")
+        seq = ids.tolist()
+        for s in range(len(seq) - len(q_ids), -1, -1):
+            if seq[s : s + len(q_ids)] == q_ids:
+                return np.arange(s, s + len(q_ids))
+        raise RuntimeError(
+            "could not find the question's tokens in the processed prompt; the tokenizer merges the "
+            "question with its template. Pass a template with a space or newline around {question}."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"VLM(name={self.name!r}, family={self.family!r}, layers={self.n_layers}, heads={self.n_heads}, "
+            f"hidden={self.hidden_size}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    named = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in named:
+        raise InputError(f"unknown dtype {dtype!r}; use 'auto' or one of {', '.join(named)}")
+    return named[dtype]
+
+
+def resolve_source(name_or_path: str | os.PathLike) -> str:
+    """Return the folder or hub id that ``load_vlm`` loads for ``name_or_path``."""
+    name = str(name_or_path)
+    if name.startswith("zoo:"):
+        from analysis.zoo import checkpoint_path
+
+        return str(checkpoint_path(name[len("zoo:"):]))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{str(path)!r} exists but has no config.json; point at a folder saved with "
+                "save_pretrained (it holds config.json, the weights and the processor files)"
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(os.sep):
+        raise ModelNotFoundError(f"no model folder at {str(path)!r}; check the path")
+    return name
+
+
+def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> VLM:
+    """Load a vision-language model and its processor for probing.
+
+    Args:
+        name_or_path: a local checkpoint folder, a Hugging Face hub id (e.g.
+            ``"llava-hf/llava-1.5-7b-hf"``, needs the hub or the local HF cache), or
+            ``"zoo:<name>"`` for the project's own toy models (e.g. ``"zoo:shapes-llava"``).
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device.
+        dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
+
+    Returns:
+        A ``VLM`` in eval mode.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    source = resolve_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise ModelNotFoundError(
+            f"cannot load {source!r}: it is not a local folder and "
+            + ("the hub is switched off here (HF_HUB_OFFLINE=1)" if offline else f"the hub did not provide it ({err})")
+            + ". On a machine with network access run `huggingface-cli download "
+            f"{source} --local-dir DIR`, copy DIR here and call load_vlm('DIR')."
+        ) from None
+    adapter_cls = adapter_for(config.model_type)
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).to(torch_device)
+    processor = AutoProcessor.from_pretrained(source)
+    return VLM(model=model.eval(), processor=processor, adapter=adapter_cls(model, processor), name=str(name_or_path))

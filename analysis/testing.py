@@ -1,0 +1,480 @@
+"""Tiny random-weight VLMs of every supported family, built offline (no hub).
+
+Each builder returns ``(model, processor)``: a randomly initialised
+``*ForConditionalGeneration`` model with tiny widths and depths, and a processor
+whose tokenizer, image processor and chat template are built in memory. Only the
+widths are tiny. The image geometry is each family's real one (or a documented,
+smaller tile where the real one would make CPU tests slow), so that code which
+maps image tokens to patches meets the real layout.
+
+Sizes shared by all families:
+
+* text: 2 decoder layers, hidden 64, 4 attention heads (head_dim 16),
+  2 key/value heads (GQA), MLP 128, vocabulary = the tokenizer (~1k entries);
+* vision: 2 encoder layers, hidden 32, 4 heads, MLP 64.
+
+Image geometry per family (numbers for a 200 x 150 (W x H) RGB image):
+
+=============  ==========================================================  =========
+family         geometry                                                    <image>s
+=============  ==========================================================  =========
+llava          CLIP 336 px, patch 14, "default" (CLS dropped), layer -2    576
+llava_next     anyres, 336 px tiles, patch 14, real pinpoints, unpadding,  1368
+               one newline per feature row, base image first
+qwen2_vl       patch 14, temporal 2, merge 2x2, smart_resize with          35
+               min 56*56 and max 256*28*28 pixels (<= 256 merged tokens)
+qwen2_5_vl     as qwen2_vl, plus window attention (window 112, last layer  35
+               full)
+idefics3       224 px tiles, patch 14, scale 2 -> 64 tokens per tile;      320
+               longest edge 2*224 -> 2 x 2 tiles + global tile
+smolvlm        512 px tiles, patch 16, scale 4 -> 64 tokens per tile       320
+               (SmolVLM-256M's own); longest edge 2*512 -> 2 x 2 + global
+paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
+=============  ==========================================================  =========
+
+Tokenizers are ``tokenizers`` WordLevel models over a few hundred English words
+(lower case and Capitalised), the digits 0-20 and punctuation, with the family's
+real special tokens, ``"\\n"`` as a token of its own, and ``<unk>`` for anything
+else. The pre-tokenizer is ``Whitespace`` (``\\w+|[^\\w\\s]+``) and decoding joins
+tokens with single spaces, so::
+
+    decode(encode(q)) == q
+
+holds for a question whose words are in the vocabulary and whose punctuation is
+separated by single spaces ("what color is the circle ?"). Punctuation attached to
+a word is split off and comes back space-separated ("circle?" decodes as
+"circle ?"); compare question spans after ``" ".join(q.replace("?", " ? ").split())``
+or, simpler, write test questions with spaced punctuation.
+
+Chat templates follow the real ones (LLaVA-1.5 "USER: <image>\\n... ASSISTANT:",
+LLaVA-NeXT Mistral "[INST] <image>\\n... [/INST]", Qwen2-VL ChatML with a default
+system prompt, Idefics3 / SmolVLM "User:<image>...<end_of_utterance>\\nAssistant:")
+and take ``[{"role": "user", "content": [{"type": "image"}, {"type": "text",
+"text": q}]}]`` with ``add_generation_prompt=True``. PaliGemma has no chat template:
+its processor takes the raw prompt (e.g. "answer en what color is the circle ?")
+and prepends the image tokens and ``<bos>`` itself.
+
+Attention is left at the transformers default (sdpa); every family also runs with
+``attn_implementation="eager"`` (needed for ``output_attentions=True``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    GemmaConfig,
+    Idefics3Config,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
+    Idefics3VisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
+    SmolVLMVisionConfig,
+)
+from transformers import AutoModelForImageTextToText
+
+if TYPE_CHECKING:
+    from analysis.models import VLM
+
+__all__ = ["SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_vlm"]
+
+SUPPORTED_TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
+
+# Text decoder and vision encoder sizes shared by all families.
+_TEXT = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+_WORDS = """
+a an the this that these those it its there here what which where who whom whose why how when
+is are was were be been being do does did has have had can could will would should may might must
+of in on at to from by with without for into onto over under above below behind beside between
+near next inside outside around across along through toward up down left right top bottom middle
+center centre front back side corner edge part half first second third last other another same
+different both each every all any some no not none only also and or but if than then so very
+more most less least many much few several number count how
+yes true false
+color colour shape size kind type name position place location object objects thing things item
+items picture image photo photograph scene view background foreground area region
+red green blue yellow orange purple pink brown black white gray grey cyan magenta violet gold
+silver dark light bright pale
+circle circles square squares triangle triangles rectangle rectangles star stars ellipse ellipses
+disk dot dots line lines cross diamond hexagon pentagon ring heart arrow polygon box boxes ball
+balls cube cubes sphere spheres cylinder block blocks
+big small large little tiny huge long short tall wide narrow thin thick round flat solid empty
+full filled striped dotted plain
+one two three four five six seven eight nine ten zero eleven twelve
+cat cats dog dogs person people man woman child astronaut rocket coffee cup mug camera coin coins
+horse bird birds car cars tree trees flower flowers house sky water grass road street text sign
+table chair book face hand hat shirt moon sun space cell cells page letter letters word words
+see show shows shown look looks find describe caption answer question using single phrase
+brief briefly detail detailed explain tell say write give list detect segment locate point
+you your i me my we our they them he she his her
+helpful assistant user system
+USER ASSISTANT
+en
+""".split()
+_DIGITS = [str(i) for i in range(21)]
+_PUNCT = list("?.,!:;'\"()-/")
+
+
+def _tokenizer(
+    *,
+    bos: str | None,
+    eos: str,
+    pad: str,
+    specials: list[str],
+    chat_template: str | None,
+    add_bos_token: bool = False,
+    extra_tokens: tuple[str, ...] = (),
+) -> PreTrainedTokenizerFast:
+    """Return a WordLevel tokenizer with the given special tokens first (ids 0..k), then the words.
+
+    ``specials`` are special added tokens (not split, dropped by
+    ``skip_special_tokens``); ``extra_tokens`` are ordinary added tokens (kept by
+    decode), and ``"\\n"`` is always one. ``<unk>`` is id 0.
+    """
+    special = list(dict.fromkeys(["<unk>", *([bos] if bos else []), eos, pad, *specials]))
+    words = [*_WORDS, *(w.capitalize() for w in _WORDS), *_DIGITS, *_PUNCT]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*special, *extra_tokens, "\n", *words]))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # no decoder: decode joins tokens with " "
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in [*extra_tokens, "\n"]])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        extra_special_tokens=[t for t in special if t not in {"<unk>", bos, eos, pad}],
+        add_bos_token=add_bos_token,
+        clean_up_tokenization_spaces=False,
+        chat_template=chat_template,
+        model_max_length=32768,
+    )
+
+
+def _llama(tok: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
+    """Return a tiny Llama text config over ``tok``'s vocabulary."""
+    return LlamaConfig(
+        **_TEXT,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **overrides,
+    )
+
+
+# LLaVA-1.5 (llava-hf/llava-1.5-7b-hf), images first, then the text.
+_LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# LLaVA-NeXT with a Mistral decoder (llava-hf/llava-v1.6-mistral-7b-hf).
+_LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{% endif %}"
+    "{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ ' ' + content['text'] }}{% endfor %}{{ '</s>' }}"
+    "{% endif %}{% endfor %}"
+)
+
+# Qwen2-VL-Instruct's ChatML template.
+_QWEN_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Idefics3 (HuggingFaceM4/Idefics3-8B-Llama3); SmolVLM uses the same body after "<|im_start|>".
+_IDEFICS_BODY = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}"
+    "{% if line['type'] == 'text' %}{{ line['text'] }}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+_IDEFICS_TILE_TOKENS = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+
+def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA-1.5: CLIP 336/14 (+CLS, dropped), 576 image tokens, Vicuna-style prompt."""
+    tok = _tokenizer(
+        bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_LLAVA_TEMPLATE, add_bos_token=True
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token
+        chat_template=_LLAVA_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=576,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return config, processor
+
+
+def _build_llava_next() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA-NeXT: anyres over 336 px tiles (real pinpoints), unpadding, image_newline."""
+    tok = _tokenizer(
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        specials=["<image>"],
+        chat_template=_LLAVA_NEXT_TEMPLATE,
+        add_bos_token=True,
+        extra_tokens=("[INST]", "[/INST]"),
+    )
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token
+        chat_template=_LLAVA_NEXT_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=576,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return config, processor
+
+
+def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen2-VL / Qwen2.5-VL: 14 px patches, temporal 2, 2x2 merge, M-RoPE sections [2, 3, 3] of head_dim 16."""
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}  # at most 256 merged tokens per image
+    processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(size=size),
+        chat_template=_QWEN_TEMPLATE,
+    )
+    text = dict(
+        **_TEXT,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        max_position_embeddings=32768,
+        # Qwen2-VL-7B uses [16, 24, 24] of head_dim 128 (t, h, w); the same ratio of head_dim 16.
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+    )
+    ids = {
+        name: tok.convert_tokens_to_ids(token)
+        for name, token in [
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ]
+    }
+    vision_common = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if family == "qwen2_vl":
+        vision = dict(**vision_common, embed_dim=32, mlp_ratio=2, hidden_size=_TEXT["hidden_size"])
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    else:
+        vision = dict(
+            **vision_common,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=_TEXT["hidden_size"],
+            window_size=112,
+            fullatt_block_indexes=[1],
+        )
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    return config, processor
+
+
+def _build_idefics(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Idefics3 (224/14, scale 2) or SmolVLM (512/16, scale 4): 64 tokens per tile, 2x2 tiles at most + global."""
+    tile, patch, scale = (224, 14, 2) if family == "idefics3" else (512, 16, 4)
+    image_seq_len = (tile // patch) ** 2 // scale**2
+    sizes = dict(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
+    vision = dict(**_VISION, image_size=tile, patch_size=patch)
+    specials = ["<fake_token_around_image>", "<image>", "<global-img>", *_IDEFICS_TILE_TOKENS]
+    if family == "idefics3":
+        template = "<|begin_of_text|>" + _IDEFICS_BODY
+        tok = _tokenizer(
+            bos="<|begin_of_text|>",
+            eos="<end_of_utterance>",
+            pad="<|reserved_special_token_0|>",
+            specials=specials,
+            chat_template=template,
+        )
+        processor = Idefics3Processor(
+            image_processor=Idefics3ImageProcessor(**sizes),
+            tokenizer=tok,
+            image_seq_len=image_seq_len,
+            chat_template=template,
+        )
+        config_class, vision_config = Idefics3Config, Idefics3VisionConfig(**vision)
+    else:
+        template = "<|im_start|>" + _IDEFICS_BODY
+        tok = _tokenizer(
+            bos="<|im_start|>",
+            eos="<end_of_utterance>",
+            pad="<|im_end|>",
+            specials=[*specials, "<video>"],
+            chat_template=template,
+        )
+        processor = SmolVLMProcessor(
+            image_processor=SmolVLMImageProcessor(**sizes),
+            tokenizer=tok,
+            video_processor=SmolVLMVideoProcessor(size=sizes["size"], max_image_size=sizes["max_image_size"]),
+            image_seq_len=image_seq_len,
+            chat_template=template,
+        )
+        config_class, vision_config = SmolVLMConfig, SmolVLMVisionConfig(**vision)
+    config = config_class(
+        vision_config=vision_config,
+        text_config=_llama(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tok.pad_token_id,
+    )
+    return config, processor
+
+
+def _build_paligemma() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """PaliGemma: SigLIP 224/14 -> 256 image tokens, prefix-LM Gemma, raw prompts (no chat template)."""
+    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<image>"], chat_template=None)
+    image_processor = SiglipImageProcessor(
+        size={"height": 224, "width": 224}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    image_processor.image_seq_length = 256
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)  # adds <loc..>/<seg..> tokens
+    text = GemmaConfig(
+        **_TEXT,
+        head_dim=16,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(**_VISION, image_size=224, patch_size=14, vision_use_head=False),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vocab_size=len(tok),
+        projection_dim=_TEXT["hidden_size"],
+        hidden_size=_TEXT["hidden_size"],
+    )
+    return config, processor
+
+
+_BUILDERS: dict[str, Callable[[], tuple]] = {
+    "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "qwen2_vl": lambda: _build_qwen("qwen2_vl"),
+    "qwen2_5_vl": lambda: _build_qwen("qwen2_5_vl"),
+    "idefics3": lambda: _build_idefics("idefics3"),
+    "smolvlm": lambda: _build_idefics("smolvlm"),
+    "paligemma": _build_paligemma,
+}
+
+
+def tiny_parts(family: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Return (model, processor): a random-weight fp32 model of ``family`` at tiny sizes, in eval mode.
+
+    The model is built from a config (``torch.manual_seed(seed)`` first, so the
+    same seed gives identical weights), its class is the one
+    ``AutoModelForImageTextToText`` picks for the family, and its attention is
+    the transformers default (sdpa). The processor is built offline; see the
+    module docstring for the tokenizer and the image geometry.
+
+    Raises:
+        ValueError: if ``family`` is not one of ``SUPPORTED_TINY_FAMILIES``.
+    """
+    if family not in _BUILDERS:
+        raise ValueError(
+            f"Unknown tiny model family {family!r}; supported families: {', '.join(SUPPORTED_TINY_FAMILIES)}."
+        )
+    config, processor = _BUILDERS[family]()
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    return model.eval(), processor
+
+
+def tiny_vlm(family: str, seed: int = 0) -> "VLM":
+    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed)``, named ``"tiny:<family>"``."""
+    from analysis.models import VLM
+
+    model, processor = tiny_parts(family, seed)
+    return VLM.from_parts(model, processor, name=f"tiny:{family}")

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# vlm-probes: set up .venv when needed, then run the main job or the tests.
+#
+#   ./run_all.sh            set up, then run the main job
+#   ./run_all.sh --test     set up, then run the test suite (extra args go to pytest)
+#   ./run_all.sh --setup    set up only
+#
+# Torch: a torch already importable by $PYTHON (conda or a GPU build) is kept and shared with
+# the venv; otherwise the tested pin below is installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+VENV=".venv"
+TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
+KERNEL_NAME="vlm-probes"
+
+setup() {
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "error: $PYTHON is not Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+        exit 2
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        if "$PYTHON" -c 'import torch, torchvision' 2>/dev/null; then
+            echo "[setup] creating $VENV sharing the torch already installed for $PYTHON"
+            "$PYTHON" -m venv --system-site-packages "$VENV"
+        else
+            echo "[setup] creating $VENV"
+            "$PYTHON" -m venv "$VENV"
+        fi
+    fi
+    local stamp="$VENV/.vlm-probes-installed"
+    local want
+    want="$(cat pyproject.toml run_all.sh | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return
+    fi
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    if ! "$VENV/bin/python" -c 'import torch, torchvision' 2>/dev/null; then
+        echo "[setup] installing $TORCH_PIN"
+        "$VENV/bin/python" -m pip install --quiet $TORCH_PIN
+    fi
+    echo "[setup] installing vlm-probes with extras [notebooks,test]"
+    "$VENV/bin/python" -m pip install --quiet -e ".[notebooks,test]"
+    "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
+        --display-name "Python (vlm-probes)" >/dev/null
+    echo "$want" > "$stamp"
+    echo "[setup] done: $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
+}
+
+mode="run"
+case "${1:-}" in
+    --test) mode="test"; shift ;;
+    --setup) mode="setup"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+esac
+
+setup
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TOKENIZERS_PARALLELISM=false
+case "$mode" in
+    setup) ;;
+    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    run) exec "$VENV/bin/python" -m analysis "$@" ;;
+esac

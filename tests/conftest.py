@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random VLMs of every family, built once per test session."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from analysis.models import SUPPORTED_FAMILIES  # noqa: E402
+
+
+@functools.cache
+def _tiny(family: str):
+    from analysis.testing import tiny_vlm
+
+    return tiny_vlm(family, seed=0)
+
+
+@pytest.fixture(params=SUPPORTED_FAMILIES)
+def family(request) -> str:
+    """Every supported family name."""
+    return request.param
+
+
+@pytest.fixture
+def tiny():
+    """``tiny(family)`` -> the session's shared tiny VLM of that family (do not modify it)."""
+    return _tiny
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    """A 200 x 150 (landscape) RGB test image with structure in it."""
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+
+
+QUESTION = "what color is the circle ?"

@@ -1,0 +1,132 @@
+"""Tests for analysis.testing: tiny random VLMs of every family, built offline."""
+
+from __future__ import annotations
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from analysis.testing import SUPPORTED_TINY_FAMILIES, tiny_parts
+
+QUESTION = "what color is the circle ?"
+
+# Image-placeholder tokens for a 200 x 150 (W x H) image: the family's real layout rules.
+EXPECTED_IMAGE_TOKENS = {
+    "llava": 576,  # 24 x 24 patches
+    "llava_next": 1368,  # base 576 + 1x2 tiles unpadded to 24 x 32 + 24 newlines
+    "qwen2_vl": 35,  # smart_resize to 140 x 196 -> 10 x 14 patches -> 5 x 7 merged
+    "qwen2_5_vl": 35,
+    "idefics3": 320,  # 2 x 2 tiles + global, 64 each
+    "smolvlm": 320,
+    "paligemma": 256,  # 16 x 16 patches
+}
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(150, 200, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+@pytest.fixture(scope="module", params=SUPPORTED_TINY_FAMILIES)
+def parts(request):
+    family = request.param
+    model, processor = tiny_parts(family)
+    return family, model, processor
+
+
+def prompt_for(processor, question: str = QUESTION) -> str:
+    """The family's chat-templated prompt, or PaliGemma's raw one."""
+    if processor.chat_template is None:
+        return "<image>answer en " + question
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def encode(processor, image: Image.Image) -> dict[str, torch.Tensor]:
+    inputs = processor(images=image, text=prompt_for(processor), return_tensors="pt")
+    inputs.pop("labels", None)  # PaliGemma returns training labels (all -100 without a suffix)
+    return dict(inputs)
+
+
+def test_processor_and_model_geometry_agree(parts, image):
+    family, model, processor = parts
+    assert not model.training and model.dtype == torch.float32
+    inputs = encode(processor, image)
+    ids = inputs["input_ids"]
+    n_image = int((ids == model.config.image_token_id).sum())
+    assert n_image == EXPECTED_IMAGE_TOKENS[family]
+    with torch.no_grad():
+        logits = model(**inputs).logits  # the model checks #placeholders == #image features
+    vocab = model.config.get_text_config().vocab_size
+    assert vocab == len(processor.tokenizer)
+    assert logits.shape == (1, ids.shape[1], vocab)
+    assert torch.isfinite(logits).all()
+
+
+def test_question_round_trips_through_the_tokenizer(parts, image):
+    _, _, processor = parts
+    tok = processor.tokenizer
+    q_ids = tok.encode(QUESTION, add_special_tokens=False)
+    assert tok.unk_token_id not in q_ids
+    assert tok.decode(q_ids) == QUESTION
+    ids = encode(processor, image)["input_ids"][0].tolist()
+    starts = [i for i in range(len(ids)) if ids[i : i + len(q_ids)] == q_ids]
+    assert len(starts) == 1  # the question appears once, as the same ids as on its own
+
+
+@pytest.mark.parametrize("family", SUPPORTED_TINY_FAMILIES)
+def test_same_seed_same_weights(family):
+    a, _ = tiny_parts(family, seed=0)
+    b, _ = tiny_parts(family, seed=0)
+    c, _ = tiny_parts(family, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_save_and_reload_offline(parts, image, tmp_path, monkeypatch):
+    _, model, processor = parts
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model2 = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    processor2 = AutoProcessor.from_pretrained(tmp_path)
+    assert type(model2) is type(model) and type(processor2) is type(processor)
+    inputs, inputs2 = encode(processor, image), encode(processor2, image)
+    assert inputs.keys() == inputs2.keys()
+    assert torch.equal(inputs["input_ids"], inputs2["input_ids"])
+    with torch.no_grad():
+        logits, logits2 = model(**inputs).logits, model2(**inputs2).logits
+    assert (logits - logits2).abs().max().item() < 1e-5
+
+
+def test_eager_attention_outputs(parts, image):
+    family, _, processor = parts
+    model, _ = tiny_parts(family)
+    inputs = encode(processor, image)
+    with torch.no_grad():
+        sdpa_logits = model(**inputs).logits
+        model.set_attn_implementation("eager")
+        out = model(**inputs, output_attentions=True)
+    text = model.config.get_text_config()
+    T = inputs["input_ids"].shape[1]
+    assert (out.logits - sdpa_logits).abs().max().item() < 1e-4
+    assert len(out.attentions) == text.num_hidden_layers
+    for attn in out.attentions:
+        assert attn.shape == (1, text.num_attention_heads, T, T)
+        torch.testing.assert_close(attn.sum(-1), torch.ones(1, text.num_attention_heads, T))
+    first_to_last = out.attentions[0][0, :, 0, T - 1]
+    if family == "paligemma":  # prefix-LM: the whole prompt (image + text + "\n") is bidirectional
+        assert (first_to_last > 0).all()
+    else:
+        assert (first_to_last == 0).all()
+
+
+def test_unknown_family_lists_supported():
+    with pytest.raises(ValueError, match="llava_next.*qwen2_5_vl.*paligemma"):
+        tiny_parts("blip2")
