@@ -292,6 +292,8 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, torch_device)
     source = resolve_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
@@ -304,8 +306,6 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
             f"{source} --local-dir DIR`, copy DIR here and call load_vlm('DIR')."
         ) from None
     adapter_cls = adapter_for(config.model_type)
-    torch_device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, torch_device)
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).to(torch_device)
     processor = AutoProcessor.from_pretrained(source)
     return VLM(model=model.eval(), processor=processor, adapter=adapter_cls(model, processor), name=str(name_or_path))
