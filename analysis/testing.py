@@ -1,6 +1,6 @@
-"""Tiny random-weight VLMs of every supported family, built offline (no hub).
+r"""Tiny random-weight VLMs of every supported family, built offline (no hub).
 
-Each builder returns ``(model, processor)``: a randomly initialised
+``tiny_parts(family)`` returns ``(model, processor)``: a randomly initialised
 ``*ForConditionalGeneration`` model with tiny widths and depths, and a processor
 whose tokenizer, image processor and chat template are built in memory. Only the
 widths are tiny. The image geometry is each family's real one (or a documented,
@@ -34,8 +34,8 @@ paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
 
 Tokenizers are ``tokenizers`` WordLevel models over a few hundred English words
 (lower case and Capitalised), the digits 0-20 and punctuation, with the family's
-real special tokens, ``"\\n"`` as a token of its own, and ``<unk>`` for anything
-else. The pre-tokenizer is ``Whitespace`` (``\\w+|[^\\w\\s]+``) and decoding joins
+real special tokens, ``"\n"`` as a token of its own, and ``<unk>`` for anything
+else. The pre-tokenizer is ``Whitespace`` (``\w+|[^\w\s]+``) and decoding joins
 tokens with single spaces, so::
 
     decode(encode(q)) == q
@@ -46,13 +46,21 @@ a word is split off and comes back space-separated ("circle?" decodes as
 "circle ?"); compare question spans after ``" ".join(q.replace("?", " ? ").split())``
 or, simpler, write test questions with spaced punctuation.
 
-Chat templates follow the real ones (LLaVA-1.5 "USER: <image>\\n... ASSISTANT:",
-LLaVA-NeXT Mistral "[INST] <image>\\n... [/INST]", Qwen2-VL ChatML with a default
-system prompt, Idefics3 / SmolVLM "User:<image>...<end_of_utterance>\\nAssistant:")
+Chat templates follow the real ones (LLaVA-1.5 "USER: <image>\n... ASSISTANT:",
+LLaVA-NeXT Mistral "[INST] <image>\n... [/INST]", Qwen2-VL ChatML with a default
+system prompt, Idefics3 / SmolVLM "User:<image>...<end_of_utterance>\nAssistant:")
 and take ``[{"role": "user", "content": [{"type": "image"}, {"type": "text",
 "text": q}]}]`` with ``add_generation_prompt=True``. PaliGemma has no chat template:
-its processor takes the raw prompt (e.g. "answer en what color is the circle ?")
-and prepends the image tokens and ``<bos>`` itself.
+its processor takes the raw prompt ("<image>answer en what color is the circle ?"),
+expands ``<image>`` to 256 tokens, puts ``<bos>`` after them and ``"\n"`` at the end
+(a prompt without ``<image>`` gets one prepended, with a warning), and returns
+``token_type_ids`` (0 = bidirectional prefix) and training ``labels`` (drop them for
+inference). LLaVA / LLaVA-NeXT tokenizers add ``<s>`` themselves; the others rely on
+the template (or processor) for any BOS. Padding is on the left.
+
+Like the real processors, ``Idefics3Processor`` replaces the tokenizer's list of
+extra special tokens, so ``<global-img>`` and ``<row_i_col_j>`` are special in the
+backend (``skip_special_tokens`` drops them) but absent from ``all_special_ids``.
 
 Attention is left at the transformers default (sdpa); every family also runs with
 ``attn_implementation="eager"`` (needed for ``output_attentions=True``).
@@ -65,6 +73,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
     GemmaConfig,
@@ -80,6 +89,7 @@ from transformers import (
     LlavaProcessor,
     PaliGemmaConfig,
     PaliGemmaProcessor,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
@@ -97,7 +107,6 @@ from transformers import (
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
 )
-from transformers import AutoModelForImageTextToText
 
 if TYPE_CHECKING:
     from analysis.models import VLM
@@ -112,6 +121,9 @@ _TEXT = dict(
 )
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
+# What a family builder returns: the model config and the processor the model is built for.
+_Recipe = tuple[PretrainedConfig, ProcessorMixin]
+
 _WORDS = """
 a an the this that these those it its there here what which where who whom whose why how when
 is are was were be been being do does did has have had can could will would should may might must
@@ -119,7 +131,7 @@ of in on at to from by with without for into onto over under above below behind 
 near next inside outside around across along through toward up down left right top bottom middle
 center centre front back side corner edge part half first second third last other another same
 different both each every all any some no not none only also and or but if than then so very
-more most less least many much few several number count how
+more most less least many much few several number count
 yes true false
 color colour shape size kind type name position place location object objects thing things item
 items picture image photo photograph scene view background foreground area region
@@ -177,12 +189,13 @@ def _tokenizer(
         extra_special_tokens=[t for t in special if t not in {"<unk>", bos, eos, pad}],
         add_bos_token=add_bos_token,
         clean_up_tokenization_spaces=False,
+        padding_side="left",
         chat_template=chat_template,
         model_max_length=32768,
     )
 
 
-def _llama(tok: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
+def _llama(tok: PreTrainedTokenizerFast) -> LlamaConfig:
     """Return a tiny Llama text config over ``tok``'s vocabulary."""
     return LlamaConfig(
         **_TEXT,
@@ -190,7 +203,6 @@ def _llama(tok: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        **overrides,
     )
 
 
@@ -254,7 +266,7 @@ _IDEFICS_BODY = (
 _IDEFICS_TILE_TOKENS = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 
-def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
+def _build_llava() -> _Recipe:
     """LLaVA-1.5: CLIP 336/14 (+CLS, dropped), 576 image tokens, Vicuna-style prompt."""
     tok = _tokenizer(
         bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_LLAVA_TEMPLATE, add_bos_token=True
@@ -279,7 +291,7 @@ def _build_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
     return config, processor
 
 
-def _build_llava_next() -> tuple[PreTrainedModel, ProcessorMixin]:
+def _build_llava_next() -> _Recipe:
     """LLaVA-NeXT: anyres over 336 px tiles (real pinpoints), unpadding, image_newline."""
     tok = _tokenizer(
         bos="<s>",
@@ -314,9 +326,10 @@ def _build_llava_next() -> tuple[PreTrainedModel, ProcessorMixin]:
     return config, processor
 
 
-def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _build_qwen(family: str) -> _Recipe:
     """Qwen2-VL / Qwen2.5-VL: 14 px patches, temporal 2, 2x2 merge, M-RoPE sections [2, 3, 3] of head_dim 16."""
-    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"]
+    specials += ["<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE)
     size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}  # at most 256 merged tokens per image
     processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
@@ -362,7 +375,7 @@ def _build_qwen(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     return config, processor
 
 
-def _build_idefics(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _build_idefics(family: str) -> _Recipe:
     """Idefics3 (224/14, scale 2) or SmolVLM (512/16, scale 4): 64 tokens per tile, 2x2 tiles at most + global."""
     tile, patch, scale = (224, 14, 2) if family == "idefics3" else (512, 16, 4)
     image_seq_len = (tile // patch) ** 2 // scale**2
@@ -412,7 +425,7 @@ def _build_idefics(family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     return config, processor
 
 
-def _build_paligemma() -> tuple[PreTrainedModel, ProcessorMixin]:
+def _build_paligemma() -> _Recipe:
     """PaliGemma: SigLIP 224/14 -> 256 image tokens, prefix-LM Gemma, raw prompts (no chat template)."""
     tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<image>"], chat_template=None)
     image_processor = SiglipImageProcessor(
@@ -439,7 +452,7 @@ def _build_paligemma() -> tuple[PreTrainedModel, ProcessorMixin]:
     return config, processor
 
 
-_BUILDERS: dict[str, Callable[[], tuple]] = {
+_BUILDERS: dict[str, Callable[[], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
     "qwen2_vl": lambda: _build_qwen("qwen2_vl"),
