@@ -68,12 +68,15 @@ class Adapter(ABC):
         title: human-readable family name for tables and errors.
         default_template: a ``str.format`` template with ``{question}`` used instead of the
             processor's chat template (``None`` to use the chat template).
+        bidirectional_prompt: True when prompt tokens attend to later prompt tokens (prefix-LM),
+            so a prompt prefix cannot be computed once and reused.
     """
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     title: ClassVar[str]
     default_template: ClassVar[str | None] = None
+    bidirectional_prompt: ClassVar[bool] = False
 
     def __init__(self, model, processor):
         self.model = model
@@ -99,11 +102,18 @@ class Adapter(ABC):
 
     def process(self, prompt: str, image) -> dict:
         """Run the processor on one prompt and image; return PyTorch tensors."""
-        return self.processor(text=[prompt], images=[image], return_tensors="pt")
+        inputs = self.processor(text=[prompt], images=[image], return_tensors="pt")
+        inputs.pop("labels", None)  # PaliGemma's processor adds training labels
+        return inputs
 
     @abstractmethod
     def layout(self, inputs: dict, image_size: tuple[int, int]) -> Layout:
         """Return the image-token layout for processed ``inputs`` of an image of ``(width, height)``."""
+
+    def expand(self, inputs: dict, n: int) -> dict:
+        """Return ``inputs`` of a batch of one repeated into a batch of ``n`` identical rows."""
+        return {k: v.repeat(n, *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() and v.shape[0] == 1 else v
+                for k, v in inputs.items()}
 
     def vision_config(self):
         """The vision tower's config."""

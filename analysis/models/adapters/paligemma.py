@@ -11,6 +11,7 @@ class PaliGemmaAdapter(Adapter):
     model_types = ("paligemma",)
     title = "PaliGemma"
     default_template = "{question}"
+    bidirectional_prompt = True
 
     def layout(self, inputs, image_size):
         vision = self.vision_config()

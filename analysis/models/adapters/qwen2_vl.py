@@ -23,6 +23,14 @@ class Qwen2VLAdapter(Adapter):
             out.add_grid(frame, f"frame {frame}" if t > 1 else "image", gh // merge, gw // merge, cell, cell, affine)
         return out
 
+    def expand(self, inputs, n):
+        """Repeat a batch of one ``n`` times; pixel patches are flattened over images."""
+        out = super().expand(inputs, n)
+        for key in ("pixel_values", "image_grid_thw"):
+            if key in inputs:
+                out[key] = inputs[key].repeat(n, 1)
+        return out
+
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"

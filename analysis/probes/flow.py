@@ -1,0 +1,304 @@
+"""Cross-modal information flow: attention knockout sweeps and the logit lens.
+
+Reference: Zhang et al., "Cross-modal Information Flow in Multimodal Large Language Models"
+(CVPR 2025). An edge set ``A->B`` blocks queries at positions ``B`` from attending to keys at
+positions ``A`` in a window of layers; the effect is the relative change of the probability of
+the answer the model originally predicted, ``100 * (p_new - p_base) / p_base``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from analysis.errors import InputError
+from analysis.models.inputs import PreparedInputs
+from analysis.probes.backend import Edges, probing
+from analysis.probes.hooks import decoder_position_ids, residual_stream
+from analysis.probes.samples import Sample, as_samples
+
+BLOCKS: dict[str, tuple[str, str]] = {
+    "question->last": ("question", "last"),
+    "image->last": ("image", "last"),
+    "last->last": ("last", "last"),
+    "image->question": ("image", "question"),
+    "related->question": ("related", "question"),
+    "other->question": ("other_image", "question"),
+}
+DEFAULT_BLOCKS = ("question->last", "image->last", "last->last", "image->question")
+_PIXEL_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+
+
+def block_positions(prepared: PreparedInputs, block: str, boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(sources, targets)`` positions of a named edge set.
+
+    Args:
+        prepared: the prepared input.
+        block: one of ``BLOCKS`` (e.g. ``"image->question"``).
+        boxes: ground-truth region (original pixels) for ``related`` / ``other`` image patches.
+    """
+    if block not in BLOCKS:
+        raise InputError(f"unknown edge set {block!r}; use one of {', '.join(BLOCKS)}")
+
+    def group(name: str) -> torch.Tensor:
+        if name in ("related", "other_image"):
+            if not boxes:
+                raise InputError(
+                    f"{block!r} needs the question's ground-truth region: give the sample boxes "
+                    "(x0, y0, x1, y1) in image pixels, or drop this edge set"
+                )
+            related = prepared.related_positions(boxes)
+            if name == "related":
+                return related
+            image = prepared.image_positions
+            return image[~torch.isin(image, related)]
+        if name == "last":
+            return torch.tensor([prepared.last_position])
+        return prepared.positions(name)
+
+    source, target = BLOCKS[block]
+    return group(source), group(target)
+
+
+def layer_windows(n_layers: int, window: int) -> list[tuple[int, range]]:
+    """Return ``(centre, layers)`` for every centre layer: ``[c - k//2, c + ceil(k/2))`` clipped."""
+    if not 1 <= window <= n_layers:
+        raise InputError(f"window must be between 1 and the number of layers ({n_layers}); got {window}")
+    return [(c, range(max(0, c - window // 2), min(n_layers, c + math.ceil(window / 2)))) for c in range(n_layers)]
+
+
+def last_logits(vlm, prepared: PreparedInputs) -> torch.Tensor:
+    """Return the fp32 next-token logits at the last prompt position, shape ``(vocab,)``."""
+    with torch.no_grad():
+        return vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
+
+
+def answer_token_id(vlm, prepared: PreparedInputs, word: str) -> int:
+    """Return the id of the first token of ``word`` when it follows the prompt as an answer."""
+    prompt = prepared.prompt
+    text = prompt + (word if prompt[-1:].isspace() else " " + word)
+    tok = vlm.tokenizer
+    base = tok(prompt, add_special_tokens=False)["input_ids"]
+    full = tok(text, add_special_tokens=False)["input_ids"]
+    start = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
+    if start >= len(full):
+        raise InputError(f"answer {word!r} adds no token to the prompt")
+    return int(full[start])
+
+
+def is_correct(vlm, prepared: PreparedInputs, predicted: int, answer: str) -> bool:
+    """Whether the greedy first token ``predicted`` is the first token of the gold ``answer``."""
+    if predicted == answer_token_id(vlm, prepared, answer):
+        return True
+    text = vlm.tokenizer.decode([predicted]).strip().lower()
+    return bool(text) and answer.strip().lower().startswith(text)
+
+
+def _slice(inputs: dict, start: int, stop: int, keep_pixels: bool) -> dict:
+    length = inputs["input_ids"].shape[1]
+    out = {}
+    for key, value in inputs.items():
+        if key in _PIXEL_INPUTS:
+            if keep_pixels:
+                out[key] = value
+        elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[-1] == length:
+            out[key] = value[..., start:stop]
+        else:
+            out[key] = value
+    return out
+
+
+def knockout_probs(
+    vlm,
+    prepared: PreparedInputs,
+    configs: Sequence[Sequence[Edges]],
+    token: int,
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
+) -> torch.Tensor:
+    """Return the probability of ``token`` at the last position under each edge configuration.
+
+    Args:
+        configs: one list of ``Edges`` per configuration (an empty list is the unmodified model).
+        token: the vocabulary id whose probability is read.
+        batch_size: configurations run together as one batch.
+        reuse_prefix: compute the positions before the first blocked target once and reuse their
+            key/value cache for every configuration (skipped for prefix-LM families, where the
+            prompt attends bidirectionally).
+
+    Returns:
+        fp32 tensor of shape ``(len(configs),)``.
+    """
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    targets = [int(e.targets.min()) for config in configs for e in config]
+    split = min(targets, default=prepared.last_position)
+    reuse = (
+        reuse_prefix
+        and not vlm.adapter.bidirectional_prompt
+        and split > int(prepared.image_positions.max())
+    )
+    if reuse:
+        # One full forward gives the cache (cropped to the prefix) and the position ids the model
+        # built itself (3-D M-RoPE ids for Qwen2-VL), which the suffix passes then reuse.
+        with torch.no_grad(), decoder_position_ids(vlm) as positions:
+            cache = vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1).past_key_values
+        cache.crop(split - prepared.length)
+        suffix = _slice(prepared.inputs, split, prepared.length, keep_pixels=False)
+    probs = []
+    for start in range(0, len(configs), batch_size):
+        chunk = list(configs[start : start + batch_size])
+        n = len(chunk)
+        with torch.no_grad(), probing(vlm, block=chunk):
+            if reuse:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(n)
+                batch = vlm.adapter.expand(suffix, n)
+                batch["attention_mask"] = torch.ones(n, prepared.length, dtype=torch.long, device=vlm.device)
+                if positions.get("ids") is not None:
+                    ids = positions["ids"][..., split:]
+                    batch["position_ids"] = ids.expand(*ids.shape[:-2], n, ids.shape[-1])
+                logits = vlm.model(
+                    **batch, past_key_values=past, use_cache=True, logits_to_keep=1,
+                    cache_position=torch.arange(split, prepared.length, device=vlm.device),
+                ).logits
+            else:
+                logits = vlm.model(**vlm.adapter.expand(prepared.inputs, n), logits_to_keep=1).logits
+        probs.append(torch.softmax(logits[:, -1].float(), dim=-1)[:, token].cpu())
+    return torch.cat(probs)
+
+
+def information_flow(
+    vlm,
+    samples: Iterable,
+    blocks: Sequence[str] = DEFAULT_BLOCKS,
+    window: int = 9,
+    only_correct: bool = True,
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Knockout sweep: block each edge set in a sliding window of layers, for every sample.
+
+    Args:
+        vlm: the model.
+        samples: ``Sample`` objects, dicts or zoo samples (image, question, answer, boxes,
+            question_type); see ``analysis.probes.samples.as_samples``.
+        blocks: names from ``BLOCKS``.
+        window: layers blocked at once, centred on each layer (``k`` of the paper; 9 for 32-layer
+            models, smaller for shallow models).
+        only_correct: keep only samples whose greedy first token is the gold answer (default).
+        batch_size, reuse_prefix: see ``knockout_probs``.
+        progress: show a progress bar over samples.
+
+    Returns:
+        Tidy DataFrame with one row per sample x block x window centre: ``sample``,
+        ``question_type``, ``block``, ``layer`` (window centre), ``first_layer``, ``last_layer``,
+        ``answer`` (the predicted token), ``p_base``, ``p_new``, ``change`` (percent).
+        ``df.attrs`` holds ``n_samples``, ``n_correct`` and ``window``.
+    """
+    samples = as_samples(samples)
+    windows = layer_windows(vlm.n_layers, window)
+    rows, n_correct = [], 0
+    for sample in tqdm(samples, desc="knockout", disable=not progress):
+        prepared = vlm.prepare(sample.image, sample.question)
+        logits = last_logits(vlm, prepared)
+        predicted = int(logits.argmax())
+        p_base = float(torch.softmax(logits, dim=-1)[predicted])
+        if only_correct:
+            if sample.answer is None:
+                raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
+            if not is_correct(vlm, prepared, predicted, sample.answer):
+                continue
+        n_correct += 1
+        configs, meta = [], []
+        for block in blocks:
+            sources, targets = block_positions(prepared, block, sample.boxes)
+            for centre, layers in windows:
+                configs.append([Edges.make(sources, targets, layers)])
+                meta.append((block, centre, layers))
+        p_new = knockout_probs(vlm, prepared, configs, predicted, batch_size, reuse_prefix)
+        answer = vlm.tokenizer.decode([predicted]).strip()
+        for (block, centre, layers), p in zip(meta, p_new.tolist()):
+            rows.append(
+                {"sample": sample.id, "question_type": sample.question_type, "block": block, "layer": centre,
+                 "first_layer": layers.start, "last_layer": layers.stop - 1, "answer": answer,
+                 "p_base": p_base, "p_new": p, "change": 100.0 * (p - p_base) / p_base}
+            )
+    if only_correct and n_correct == 0:
+        raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to knock out")
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(n_samples=len(samples), n_correct=n_correct, window=window)
+    return frame
+
+
+def _tracked_tokens(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> dict[str, int]:
+    tracked = {"prediction": predicted}
+    if sample.answer:
+        tracked["answer"] = answer_token_id(vlm, prepared, sample.answer)
+        capital = sample.answer[:1].upper() + sample.answer[1:]
+        if capital != sample.answer:
+            tracked["answer (capitalised)"] = answer_token_id(vlm, prepared, capital)
+    if sample.foil:
+        tracked["foil"] = answer_token_id(vlm, prepared, sample.foil)
+    return tracked
+
+
+def logit_lens(
+    vlm,
+    samples: Iterable,
+    positions: Sequence[str | int] = ("last",),
+    final_norm: bool = True,
+    only_correct: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Probability of the answer token read from each layer's residual stream.
+
+    Args:
+        vlm: the model.
+        samples: as for ``information_flow``; ``answer`` and ``foil`` are tracked when given.
+        positions: role names (``"last"``, ``"question"``) or absolute positions.
+        final_norm: apply the final norm before unembedding intermediate layers (the reference
+            code does not; without it early layers are on a different scale).
+        only_correct: keep only correctly answered samples.
+        progress: show a progress bar.
+
+    Returns:
+        Tidy DataFrame, one row per sample x layer x position x tracked token: ``sample``,
+        ``question_type``, ``layer`` (decoder layer whose output is read), ``position``,
+        ``role``, ``tracked`` (``prediction``, ``answer``, ``answer (capitalised)``, ``foil``),
+        ``token``, ``prob``, ``rank`` (0 = top-1).
+    """
+    rows = []
+    for sample in tqdm(as_samples(samples), desc="logit lens", disable=not progress):
+        prepared = vlm.prepare(sample.image, sample.question)
+        chosen = []
+        for spec in positions:
+            chosen += prepared.positions(spec).tolist() if isinstance(spec, str) and spec != "last" else (
+                [prepared.last_position] if spec == "last" else [int(spec)])
+        if any(not 0 <= p < prepared.length for p in chosen):
+            raise InputError(f"positions must lie in 0..{prepared.length - 1}")
+        with torch.no_grad(), residual_stream(vlm) as stream:
+            logits = vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
+        predicted = int(logits.argmax())
+        if only_correct and (sample.answer is None or not is_correct(vlm, prepared, predicted, sample.answer)):
+            continue
+        tracked = _tracked_tokens(vlm, prepared, sample, predicted)
+        ids = torch.tensor(list(tracked.values()))
+        for layer in range(vlm.n_layers):
+            with torch.no_grad():
+                probs = torch.softmax(vlm.unembed(stream[layer][0, chosen], final_norm=final_norm), dim=-1).cpu()
+            ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
+            for i, pos in enumerate(chosen):
+                for j, (name, token) in enumerate(tracked.items()):
+                    rows.append(
+                        {"sample": sample.id, "question_type": sample.question_type, "layer": layer, "position": pos,
+                         "role": prepared.roles[pos], "tracked": name, "token": vlm.tokenizer.decode([token]).strip(),
+                         "prob": float(probs[i, token]), "rank": int(ranks[i, j])}
+                    )
+    return pd.DataFrame(rows)

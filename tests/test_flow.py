@@ -1,0 +1,128 @@
+"""Knockout and logit lens against plain reference computations on every family's tiny model."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.errors import InputError
+from analysis.probes.backend import Edges
+from analysis.probes.flow import (
+    block_positions,
+    information_flow,
+    knockout_probs,
+    last_logits,
+    layer_windows,
+    logit_lens,
+)
+from conftest import QUESTION
+
+
+def reference_knockout(vlm, prepared, configs, token):
+    """Plain reference: a full eager forward per configuration with the edge mask on the 4-D mask."""
+    model = copy.deepcopy(vlm.model)
+    model.config.get_text_config()._attn_implementation_internal = "eager"
+    out = []
+    for edges in configs:
+        handles = []
+        for index, layer in enumerate(model.get_decoder().layers):
+            def pre_hook(module, args, kwargs, index=index):
+                mask = kwargs["attention_mask"].clone()
+                for e in edges:
+                    if index in e.layers:
+                        mask[..., e.targets[:, None], e.sources[None, :]] = torch.finfo(mask.dtype).min
+                kwargs["attention_mask"] = mask
+                return args, kwargs
+
+            handles.append(layer.self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        try:
+            with torch.no_grad():
+                logits = model(**prepared.inputs).logits[0, -1].float()
+        finally:
+            for h in handles:
+                h.remove()
+        out.append(torch.softmax(logits, -1)[token])
+    return torch.stack(out)
+
+
+def _configs(vlm, prepared):
+    configs = [[]]
+    for block in ("question->last", "image->last", "last->last", "image->question"):
+        sources, targets = block_positions(prepared, block)
+        for _, layers in layer_windows(vlm.n_layers, 1):
+            configs.append([Edges.make(sources, targets, layers)])
+    return configs
+
+
+def test_knockout_matches_reference_batched_and_prefix_reused(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    logits = last_logits(vlm, prepared)
+    token = int(logits.argmax())
+    p_base = torch.softmax(logits, -1)[token]
+    configs = _configs(vlm, prepared)
+    reference = reference_knockout(vlm, prepared, configs, token)
+    unbatched = knockout_probs(vlm, prepared, configs, token, batch_size=1, reuse_prefix=False)
+    batched = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=False)
+    reused = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=True)
+    assert torch.allclose(unbatched, reference, atol=1e-5, rtol=0)
+    assert torch.allclose(batched, unbatched, atol=1e-5, rtol=0)
+    assert torch.allclose(reused, unbatched, atol=1e-5, rtol=0)
+    assert torch.allclose(unbatched[0], p_base, atol=1e-6, rtol=0)  # the empty edge set
+    assert ((unbatched[1:] - p_base).abs() / p_base).max() > 1e-3  # the knockouts do something
+
+
+def test_information_flow_table(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    answer = vlm.tokenizer.decode([int(last_logits(vlm, prepared).argmax())]).strip()
+    samples = [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, 100, 75)], "question_type": "QueryAttr"}]
+    frame = information_flow(vlm, samples, blocks=("image->last", "related->question", "other->question"), window=1, progress=False)
+    assert len(frame) == 3 * vlm.n_layers
+    assert frame.attrs["n_correct"] == 1
+    row = frame.iloc[0]
+    assert row["change"] == pytest.approx(100 * (row["p_new"] - row["p_base"]) / row["p_base"])
+    sources_related, _ = block_positions(prepared, "related->question", [(0, 0, 100, 75)])
+    sources_other, _ = block_positions(prepared, "other->question", [(0, 0, 100, 75)])
+    assert len(sources_related) + len(sources_other) == len(prepared.image_positions)
+    wrong = [dict(samples[0], answer="zebra")]
+    with pytest.raises(InputError, match="none of the 1 samples"):
+        information_flow(vlm, wrong, window=1, progress=False)
+
+
+def test_layer_windows():
+    assert [list(r) for _, r in layer_windows(4, 3)] == [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3]]
+    assert [list(r) for _, r in layer_windows(4, 4)][0] == [0, 1]
+    with pytest.raises(InputError, match="window"):
+        layer_windows(4, 9)
+
+
+def test_flow_bad_input(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    with pytest.raises(InputError, match="ground-truth region"):
+        block_positions(prepared, "related->question", None)
+    with pytest.raises(InputError, match="unknown edge set"):
+        block_positions(prepared, "image->nowhere")
+    with pytest.raises(InputError, match="at least one source"):
+        Edges.make([], [1], [0])
+    with pytest.raises(InputError, match="needs each sample's answer"):
+        information_flow(vlm, [{"image": photo, "question": QUESTION}], window=1, progress=False)
+
+
+def test_logit_lens_last_layer_is_the_model_output(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    probs = torch.softmax(last_logits(vlm, prepared), -1)
+    frame = logit_lens(vlm, [{"image": photo, "question": QUESTION, "answer": "red", "foil": "blue"}], progress=False)
+    assert set(frame["tracked"]) >= {"prediction", "answer", "foil"}
+    last = frame[(frame["layer"] == vlm.n_layers - 1)].set_index("tracked")
+    assert last.loc["prediction", "prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert last.loc["prediction", "rank"] == 0
+    red = vlm.tokenizer.convert_tokens_to_ids("red")
+    assert last.loc["answer", "prob"] == pytest.approx(float(probs[red]), abs=1e-5)
+    raw = logit_lens(vlm, [{"image": photo, "question": QUESTION}], final_norm=False, progress=False)
+    assert isinstance(raw, pd.DataFrame) and len(raw) == vlm.n_layers
