@@ -463,8 +463,11 @@ _BUILDERS: dict[str, Callable[[], _Recipe]] = {
 }
 
 
-def tiny_parts(family: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_parts(family: str, seed: int = 0, text: dict | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Return (model, processor): a random-weight fp32 model of ``family`` at tiny sizes, in eval mode.
+
+    ``text`` overrides language-model config fields (e.g. ``hidden_size``, ``head_dim``,
+    ``num_hidden_layers``) to build a larger decoder at the same image geometry, for benchmarks.
 
     The model is built from a config (``torch.manual_seed(seed)`` first, so the
     same seed gives identical weights), its class is the one
@@ -480,14 +483,16 @@ def tiny_parts(family: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMi
             f"Unknown tiny model family {family!r}; supported families: {', '.join(SUPPORTED_TINY_FAMILIES)}."
         )
     config, processor = _BUILDERS[family]()
+    for key, value in (text or {}).items():
+        setattr(config.get_text_config(), key, value)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     return model.eval(), processor
 
 
-def tiny_vlm(family: str, seed: int = 0) -> "VLM":
-    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed)``, named ``"tiny:<family>"``."""
+def tiny_vlm(family: str, seed: int = 0, text: dict | None = None) -> "VLM":
+    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed, text)``, named ``"tiny:<family>"``."""
     from analysis.models import VLM
 
-    model, processor = tiny_parts(family, seed)
+    model, processor = tiny_parts(family, seed, text)
     return VLM.from_parts(model, processor, name=f"tiny:{family}")

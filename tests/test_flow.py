@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pandas as pd
 import pytest
 import torch
 
 from analysis.errors import InputError
 from analysis.probes.backend import Edges
+from analysis.probes.reference import reference_knockout
 from analysis.probes.flow import (
     block_positions,
     information_flow,
@@ -19,33 +18,6 @@ from analysis.probes.flow import (
     logit_lens,
 )
 from conftest import QUESTION
-
-
-def reference_knockout(vlm, prepared, configs, token):
-    """Plain reference: a full eager forward per configuration with the edge mask on the 4-D mask."""
-    model = copy.deepcopy(vlm.model)
-    model.config.get_text_config()._attn_implementation_internal = "eager"
-    out = []
-    for edges in configs:
-        handles = []
-        for index, layer in enumerate(model.get_decoder().layers):
-            def pre_hook(module, args, kwargs, index=index):
-                mask = kwargs["attention_mask"].clone()
-                for e in edges:
-                    if index in e.layers:
-                        mask[..., e.targets[:, None], e.sources[None, :]] = torch.finfo(mask.dtype).min
-                kwargs["attention_mask"] = mask
-                return args, kwargs
-
-            handles.append(layer.self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        try:
-            with torch.no_grad():
-                logits = model(**prepared.inputs).logits[0, -1].float()
-        finally:
-            for h in handles:
-                h.remove()
-        out.append(torch.softmax(logits, -1)[token])
-    return torch.stack(out)
 
 
 def _configs(vlm, prepared):

@@ -101,14 +101,18 @@ class AttentionMaps:
             layer, head: a recorded layer / head index (not an array index).
             query: a recorded query position.
             kind: ``"attention"`` (``image_attention``), ``"corrected"`` (``position_corrected()``,
-                which has no query axis) or ``"rollout"`` (which has no head axis).
+                which has no query axis) or ``"rollout"`` (which has no head axis); giving an
+                index for a missing axis is an error.
         """
         values, axes = self._values(kind)
         picks = {"layer": (layer, self.layers), "head": (head, self.heads), "query": (query, self.query_positions)}
-        for name in reversed(axes):
-            wanted, labels = picks[name]
-            index = axes.index(name)
-            values = values.mean(axis=index) if wanted is None else np.take(values, _index(labels, wanted, name), axis=index)
+        extra = [name for name, (wanted, _) in picks.items() if wanted is not None and name not in axes]
+        if extra:
+            raise InputError(f"{kind} maps have no {extra[0]} axis; leave {extra[0]}=None")
+        for axis in reversed(range(len(axes))):
+            wanted, labels = picks[axes[axis]]
+            values = values.mean(axis=axis) if wanted is None else np.take(
+                values, _index(labels, wanted, axes[axis]), axis=axis)
         return values
 
     def to_grid(self, tile: int = 0, query: int | None = None, kind: str = "attention") -> np.ndarray:
@@ -220,21 +224,22 @@ def attention_maps(
     attention = np.zeros((n, len(head_ids), len(queries), len(image)), dtype=np.float32)
     mass = np.zeros((n, len(head_ids), len(queries), len(TARGETS)), dtype=np.float32)
     rolled = np.zeros((n, len(queries), len(image)), dtype=np.float32) if rollout else None
-    running = {"R": None}
     slot = {layer: i for i, layer in enumerate(layer_ids)}
-    rows = torch.arange(inputs.length) if rollout else torch.from_numpy(queries)
+    q_index, h_index, i_index = (torch.from_numpy(a) for a in (queries, head_ids, image))
+    rows = torch.arange(inputs.length) if rollout else q_index
+    running = None  # the rollout product so far, (T, T) on the model's device
 
     def consume(layer: int, probs: torch.Tensor) -> None:
-        """Take one layer's recording, ``(H_all, n_rows, T)``, and keep what is needed."""
-        q = probs[:, torch.from_numpy(queries)] if rollout else probs
+        """Take one layer's recording, ``(all heads, n_rows, T)``, and keep what is needed."""
+        nonlocal running
         if layer in slot:
-            kept = q[torch.from_numpy(head_ids)]
-            attention[slot[layer]] = kept[..., torch.from_numpy(image)].numpy()
+            kept = (probs[:, q_index] if rollout else probs)[h_index]
+            attention[slot[layer]] = kept[..., i_index].numpy()
             mass[slot[layer]] = torch.stack([kept[..., g].sum(-1) for g in groups], dim=-1).numpy()
         if rollout:
-            running["R"] = _rollout_step(running["R"], probs.to(vlm.device).mean(dim=0))
+            running = _rollout_step(running, probs.to(vlm.device).mean(dim=0))
             if layer in slot:
-                rolled[slot[layer]] = running["R"][torch.from_numpy(queries)][:, torch.from_numpy(image)].cpu().numpy()
+                rolled[slot[layer]] = running[q_index.to(vlm.device)][:, i_index.to(vlm.device)].cpu().numpy()
 
     wanted = range(max(layer_ids) + 1) if rollout else layer_ids
     norms = _forward(vlm, inputs, rows, wanted, consume, norm_layers=layer_ids)

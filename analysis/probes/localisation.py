@@ -18,15 +18,10 @@ Scores should be non-negative (attention, rollout); pass the positive part of si
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 
 from analysis.errors import InputError
 from analysis.models import PreparedInputs
-
-Region = Iterable[tuple[float, float, float, float]]
-
 
 def region_boxes(region) -> np.ndarray:
     """Return a region as a ``(n_boxes, 4)`` float array of ``(x0, y0, x1, y1)`` boxes.

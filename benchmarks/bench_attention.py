@@ -1,0 +1,142 @@
+"""Benchmark of the attention backend against the plain reference, as ratios measured in one run.
+
+    python benchmarks/bench_attention.py            # all three, prints a table
+    python benchmarks/bench_attention.py --quick    # fewer layers / repeats
+
+1. Knockout sweep (3 edge sets x every window) on a random-weight Llama-style decoder at
+   LLaVA-1.5's layout (576 image tokens + ~40 text tokens): batched prefix-reused sweep vs the
+   plain reference (eager, one full forward per configuration); results compared.
+2. Peak memory of recording text -> image attention for every layer at a LLaVA-NeXT length
+   (~2900 tokens) vs a plain forward, with ``output_attentions=True`` beside it. Each
+   measurement runs in a fresh process and reports the peak RSS growth during the forward.
+3. Idle backend vs stock forward time (median of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from PIL import Image
+
+from analysis.probes.backend import Edges, Recording, install, probing
+from analysis.probes.flow import block_positions, knockout_probs, last_logits, layer_windows
+from analysis.probes.reference import eager_copy, reference_knockout
+from analysis.testing import tiny_vlm
+
+QUESTION = ("what color is the large circle that is left of the small red square and above the blue "
+            "triangle in this picture , and is it the same color as the square or not ?")
+
+
+def decoder(layers: int, hidden: int = 256, heads: int = 8) -> dict:
+    """Config overrides for a Llama-style decoder of the given size."""
+    return dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers, max_position_embeddings=4096,
+                num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads)
+
+
+def bench_sweep(layers: int, window: int) -> dict:
+    vlm = tiny_vlm("llava", text=decoder(layers))
+    prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
+    token = int(last_logits(vlm, prepared).argmax())
+    configs = []
+    for block in ("question->last", "image->last", "image->question"):
+        sources, targets = block_positions(prepared, block)
+        configs += [[Edges.make(sources, targets, r)] for _, r in layer_windows(vlm.n_layers, window)]
+    reference_model = eager_copy(vlm)
+    start = time.perf_counter()
+    reference = reference_knockout(vlm, prepared, configs, token, model=reference_model)
+    t_reference = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = knockout_probs(vlm, prepared, configs, token, batch_size=16, reuse_prefix=True)
+    t_fast = time.perf_counter() - start
+    return {"tokens": prepared.length, "image_tokens": len(prepared.image_positions), "configs": len(configs),
+            "reference_s": t_reference, "backend_s": t_fast, "speed-up": t_reference / t_fast,
+            "max_abs_diff": float((fast - reference).abs().max())}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(mode: str) -> None:
+    """Run one forward in this process and print the peak RSS growth (MB) as JSON."""
+    torch.set_num_threads(1)
+    vlm = tiny_vlm("llava_next", text=decoder(8, hidden=512, heads=8))
+    prepared = vlm.prepare(Image.new("RGB", (672, 672), (20, 160, 90)), QUESTION)
+    if mode == "output_attentions":
+        vlm.text_config._attn_implementation_internal = "eager"
+    install(vlm) if mode == "record" else None
+    before = _rss_mb()
+    with torch.no_grad():
+        if mode == "record":
+            rows = torch.cat([prepared.question_positions, torch.tensor([prepared.last_position])])
+            recording = Recording(rows=rows, cols=prepared.image_positions, wanted=frozenset(range(vlm.n_layers)))
+            with probing(vlm, record=recording):
+                vlm.model(**prepared.inputs, logits_to_keep=1)
+        else:
+            vlm.model(**prepared.inputs, logits_to_keep=1, output_attentions=mode == "output_attentions")
+    print(json.dumps({"mode": mode, "tokens": prepared.length, "peak_growth_mb": _rss_mb() - before}))
+
+
+def bench_memory() -> dict:
+    out = {}
+    for mode in ("plain", "record", "output_attentions"):
+        result = subprocess.run([sys.executable, __file__, "--memory-child", mode], capture_output=True, text=True,
+                                check=True)
+        out[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+    plain = out["plain"]["peak_growth_mb"]
+    return {"tokens": out["plain"]["tokens"], "plain_mb": plain, "record_mb": out["record"]["peak_growth_mb"],
+            "output_attentions_mb": out["output_attentions"]["peak_growth_mb"],
+            "record/plain": out["record"]["peak_growth_mb"] / plain,
+            "output_attentions/plain": out["output_attentions"]["peak_growth_mb"] / plain}
+
+
+def bench_idle(layers: int, repeats: int) -> dict:
+    vlm = tiny_vlm("llava", text=decoder(layers))
+    prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
+
+    def timed() -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with torch.no_grad():
+                vlm.model(**prepared.inputs)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    timed()
+    stock = timed()
+    install(vlm)
+    idle = timed()
+    return {"stock_s": stock, "idle_s": idle, "idle/stock": idle / stock}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 layers and 5 repeats instead of 16 and 15")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    torch.manual_seed(0)
+    layers = 8 if args.quick else 16
+    results = {
+        "knockout sweep": bench_sweep(layers, window=5),
+        "recording memory": bench_memory(),
+        "idle overhead": bench_idle(layers, repeats=5 if args.quick else 15),
+    }
+    for name, values in results.items():
+        print(f"\n{name}")
+        for key, value in values.items():
+            print(f"  {key:>24}: {value:.4g}" if isinstance(value, float) else f"  {key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()
