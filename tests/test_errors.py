@@ -37,7 +37,7 @@ def test_unsupported_family(tmp_path):
 
 
 def test_unknown_zoo_name():
-    with pytest.raises(ModelNotFoundError, match="shapes-llava"):
+    with pytest.raises(ModelNotFoundError, match=r"no-such-model.*python -m analysis\.zoo\.train --all"):
         load_vlm("zoo:no-such-model")
 
 

@@ -263,7 +263,10 @@ def resolve_source(name_or_path: str | os.PathLike) -> str:
     if name.startswith("zoo:"):
         from analysis.zoo import checkpoint_path
 
-        return str(checkpoint_path(name[len("zoo:"):]))
+        try:
+            return str(checkpoint_path(name[len("zoo:"):]))
+        except FileNotFoundError as err:
+            raise ModelNotFoundError(str(err)) from None
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
