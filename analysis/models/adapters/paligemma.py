@@ -13,6 +13,12 @@ class PaliGemmaAdapter(Adapter):
     default_template = "{question}"
     bidirectional_prompt = True
 
+    def build_prompt(self, question, template=None):
+        """The raw prompt (no chat template), led by the image placeholder the processor expands."""
+        prompt = super().build_prompt(question, template)
+        image_token = self.processor.image_token
+        return prompt if prompt.startswith(image_token) else image_token + prompt
+
     def layout(self, inputs, image_size):
         vision = self.vision_config()
         side = vision.image_size // vision.patch_size
