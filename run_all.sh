@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# vlm-probes: set up .venv when needed, then run the main job or the tests.
+# vlm-probes: set up .venv when needed, then run every notebook or the tests.
 #
-#   ./run_all.sh            set up, then run the main job
+#   ./run_all.sh [OPTIONS]  set up, then execute every notebook and regenerate figures/
 #   ./run_all.sh --test     set up, then run the test suite (extra args go to pytest)
 #   ./run_all.sh --setup    set up only
+#
+# OPTIONS go to the notebook runner (python -m analysis --help), e.g.
+#   --only 00_quickstart,01   --params notebooks/params/tiny.yaml   -p model zoo:shapes-llava-local
+#   --model tiny:qwen2_vl     --device cpu                           --list
 #
 # Torch: a torch already importable by $PYTHON (conda or a GPU build) is kept and shared with
 # the venv; otherwise the tested pin below is installed.
@@ -52,7 +56,7 @@ mode="run"
 case "${1:-}" in
     --test) mode="test"; shift ;;
     --setup) mode="setup"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
 esac
 
 setup

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from analysis.data.images import ImageLike, load_image
-from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError
+from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError, UnsupportedModelError
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 
@@ -286,7 +286,8 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
     Args:
         name_or_path: a local checkpoint folder, a Hugging Face hub id (e.g.
             ``"llava-hf/llava-1.5-7b-hf"``, needs the hub or the local HF cache), or
-            ``"zoo:<name>"`` for the project's own toy models (e.g. ``"zoo:shapes-llava"``).
+            ``"zoo:<name>"`` for the project's own toy models (e.g. ``"zoo:shapes-llava"``), or
+            ``"tiny:<family>"`` for a tiny random-weight model (``analysis.testing.tiny_vlm``).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device.
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
 
@@ -297,6 +298,17 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
 
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
+    if str(name_or_path).startswith("tiny:"):
+        from analysis.testing import SUPPORTED_TINY_FAMILIES, tiny_vlm
+
+        family = str(name_or_path)[len("tiny:"):]
+        if family not in SUPPORTED_TINY_FAMILIES:
+            raise UnsupportedModelError(
+                f"unknown tiny family {family!r}; use tiny:<family> with one of {', '.join(SUPPORTED_TINY_FAMILIES)}"
+            )
+        vlm = tiny_vlm(family)
+        vlm.model.to(device=torch_device, dtype=torch_dtype)
+        return vlm
     source = resolve_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)

@@ -282,7 +282,7 @@ def _forward(vlm: VLM, inputs: PreparedInputs, rows: torch.Tensor, wanted: Itera
 
     hooks = [vlm.layers[l].register_forward_hook(take(l)) for l in recording.wanted]
     hooks += [vlm.layers[l].register_forward_pre_hook(measure(l), with_kwargs=True) for l in norm_layers]
-    model_inputs = {k: v for k, v in inputs.inputs.items() if k != "labels"}
+    model_inputs = inputs.inputs
     try:
         with torch.no_grad(), probing(vlm, record=recording):
             vlm.model(**model_inputs, use_cache=False, logits_to_keep=1)

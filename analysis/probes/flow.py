@@ -123,16 +123,30 @@ def knockout_probs(
 ) -> torch.Tensor:
     """Return the probability of ``token`` at the last position under each edge configuration.
 
+    Arguments as for ``knockout_logits``; returns fp32 of shape ``(len(configs),)``.
+    """
+    logits = knockout_logits(vlm, prepared, configs, batch_size, reuse_prefix)
+    return torch.softmax(logits, dim=-1)[:, token]
+
+
+def knockout_logits(
+    vlm,
+    prepared: PreparedInputs,
+    configs: Sequence[Sequence[Edges]],
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
+) -> torch.Tensor:
+    """Return the next-token logits at the last position under each edge configuration.
+
     Args:
         configs: one list of ``Edges`` per configuration (an empty list is the unmodified model).
-        token: the vocabulary id whose probability is read.
         batch_size: configurations run together as one batch.
         reuse_prefix: compute the positions before the first blocked target once and reuse their
             key/value cache for every configuration (skipped for prefix-LM families, where the
             prompt attends bidirectionally).
 
     Returns:
-        fp32 tensor of shape ``(len(configs),)``.
+        fp32 CPU tensor of shape ``(len(configs), vocab)``.
     """
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
@@ -150,7 +164,7 @@ def knockout_probs(
             cache = vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1).past_key_values
         cache.crop(split - prepared.length)
         suffix = _slice(prepared.inputs, split, prepared.length, keep_pixels=False)
-    probs = []
+    out = []
     for start in range(0, len(configs), batch_size):
         chunk = list(configs[start : start + batch_size])
         n = len(chunk)
@@ -169,8 +183,8 @@ def knockout_probs(
                 ).logits
             else:
                 logits = vlm.model(**vlm.adapter.expand(prepared.inputs, n), logits_to_keep=1).logits
-        probs.append(torch.softmax(logits[:, -1].float(), dim=-1)[:, token].cpu())
-    return torch.cat(probs)
+        out.append(logits[:, -1].float().cpu())
+    return torch.cat(out)
 
 
 def information_flow(
@@ -235,6 +249,37 @@ def information_flow(
     frame = pd.DataFrame(rows)
     frame.attrs.update(n_samples=len(samples), n_correct=n_correct, window=window)
     return frame
+
+
+def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Accuracy when the question's related image patches are cut off, against as many other patches.
+
+    For each sample with a ground-truth region, three configurations run at once: the unmodified
+    model, blocking every later position from the related image tokens in all layers, and the
+    same for a seeded random choice of as many other image tokens (all of them if fewer exist).
+
+    Returns:
+        One row per sample: ``sample``, ``question_type``, ``n_related``, ``n_other_blocked``
+        and ``correct_base``, ``correct_related_blocked``, ``correct_other_blocked`` (bools).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for sample in tqdm(as_samples(samples), desc="region knockout", disable=not progress):
+        if sample.answer is None:
+            raise InputError(f"sample {sample.id} has no answer; region knockout measures accuracy")
+        prepared = vlm.prepare(sample.image, sample.question)
+        related, targets = block_positions(prepared, "related->question", sample.boxes)
+        other, _ = block_positions(prepared, "other->question", sample.boxes)
+        other = other[torch.randperm(len(other), generator=generator)[: len(related)]]
+        later = torch.arange(int(prepared.image_positions.max()) + 1, prepared.length)
+        every_layer = range(vlm.n_layers)
+        configs = [[], [Edges.make(related, later, every_layer)], [Edges.make(other, later, every_layer)]]
+        predicted = knockout_logits(vlm, prepared, configs, batch_size).argmax(-1).tolist()
+        correct = [is_correct(vlm, prepared, p, sample.answer) for p in predicted]
+        rows.append({"sample": sample.id, "question_type": sample.question_type, "n_related": len(related),
+                     "n_other_blocked": len(other), "correct_base": correct[0],
+                     "correct_related_blocked": correct[1], "correct_other_blocked": correct[2]})
+    return pd.DataFrame(rows)
 
 
 def _tracked_tokens(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> dict[str, int]:

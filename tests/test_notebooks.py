@@ -1,0 +1,118 @@
+"""The notebooks: committed clean, and each one runs end to end on the tiny parameter set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from analysis.runner import KERNEL, check_kernel, find_notebooks, load_params, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+PARAMS = NOTEBOOKS / "params"
+
+# Every notebook and the figures it must write (figures/<notebook>/<name>.png/.pdf/.json).
+# A new notebook is added here with its figures; the test below fails until it is.
+EXPECTED_FIGURES = {
+    "00_quickstart": ["token_norms"],
+}
+# Parameters every notebook's `parameters` cell declares.
+STANDARD_PARAMS = {"model", "seed", "device", "dtype", "interactive", "figures_dir"}
+
+
+def _notebooks() -> list[Path]:
+    return find_notebooks(NOTEBOOKS)
+
+
+def test_every_notebook_lists_its_figures():
+    assert sorted(p.stem for p in _notebooks()) == sorted(EXPECTED_FIGURES)
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"cell {i} has outputs; clear them before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", "exactly one code cell must be tagged 'parameters'"
+    assert nb.metadata["kernelspec"]["name"] == KERNEL
+    assert STANDARD_PARAMS <= set(papermill.inspect_notebook(str(path)))
+
+
+def test_parameter_files_are_valid():
+    names = {p.stem for p in _notebooks()}
+    files = sorted(PARAMS.glob("*.yaml"))
+    assert {"default", "tiny", "llava-1.5-7b"} <= {p.stem for p in files}
+    assert yaml.safe_load((PARAMS / "default.yaml").read_text())["model"] == "zoo:shapes-llava"
+    for path in files:
+        params = load_params(path)
+        assert params["model"], path
+        assert set(params.get("notebooks", {})) <= names, f"{path.name} has a section for a notebook that does not exist"
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_notebook_runs_on_tiny_params(path, tmp_path):
+    check_kernel()
+    result = run_notebook(path, load_params(PARAMS / "tiny.yaml"), executed_dir=tmp_path / "executed",
+                          figures_dir=tmp_path / "figures", progress=False)
+    if not result.ok:
+        pytest.fail(f"{path.name} failed: {result.error}\n{result.detail}", pytrace=False)
+    assert (tmp_path / "executed" / path.name).is_file()
+    for name in EXPECTED_FIGURES[path.stem]:
+        for ext in ("png", "pdf", "json"):
+            figure = tmp_path / "figures" / path.stem / f"{name}.{ext}"
+            assert figure.is_file() and figure.stat().st_size > 0, f"{figure.name} was not written"
+        sidecar = json.loads((tmp_path / "figures" / path.stem / f"{name}.json").read_text())
+        assert sidecar["model"]["name"] == "tiny:llava" and sidecar["params"]["model"] == "tiny:llava"
+
+
+def test_load_vlm_resolves_tiny_names():
+    import torch
+
+    from analysis import load_vlm
+    from analysis.errors import InputError, UnsupportedModelError
+
+    vlm = load_vlm("tiny:qwen2_vl", device="cpu", dtype="bfloat16")
+    assert (vlm.name, vlm.family, vlm.dtype, vlm.device.type) == ("tiny:qwen2_vl", "qwen2_vl", torch.bfloat16, "cpu")
+    with pytest.raises(UnsupportedModelError, match="unknown tiny family"):
+        load_vlm("tiny:gpt2")
+    with pytest.raises(InputError, match="unknown dtype"):
+        load_vlm("tiny:llava", dtype="float8")
+
+
+def test_load_example_sources(tmp_path, photo):
+    from analysis.errors import InputError
+    from analysis.notebook_utils import load_example
+
+    scene = load_example(seed=1)
+    assert scene.answer and scene.boxes and scene.question.endswith("?")
+    assert load_example(seed=1).question == scene.question and load_example(seed=2).image != scene.image
+    own = load_example(None, "how many shapes are there ?", seed=1)
+    assert own.answer is None and own.boxes == [] and own.image == scene.image
+    cat = load_example("skimage:chelsea", "what is in the picture ?")
+    assert cat.image.mode == "RGB" and "chelsea" in cat.description
+    photo.save(tmp_path / "photo.png")
+    assert load_example(str(tmp_path / "photo.png"), "what color ?").description == "photo.png"
+    with pytest.raises(InputError, match="set `question`"):
+        load_example("skimage:chelsea")
+    with pytest.raises(InputError, match="no sample"):
+        load_example("skimage:nothing", "what ?")
+
+
+def test_answer_helpers(tiny, photo):
+    from analysis.notebook_utils import greedy_answer, next_token_table
+
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, "what color is the circle ?")
+    assert isinstance(greedy_answer(vlm, prepared, max_new_tokens=2), str)
+    logits = vlm.model(**prepared.inputs).logits[0, prepared.last_position]
+    table = next_token_table(vlm, logits, k=3)
+    assert list(table.columns) == ["token", "probability"] and len(table) == 3
+    assert table["probability"].is_monotonic_decreasing and table["probability"].sum() <= 1

@@ -1,0 +1,78 @@
+"""The notebook runner behind ``python -m analysis`` / ``./run_all.sh``."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from analysis.runner import Result, find_notebooks, load_params, main, notebook_params, summary_table
+
+
+def _write(path, parameters: str, *body: str):
+    cell = new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[cell, *map(new_code_cell, body)],
+                      metadata={"kernelspec": {"name": "vlm-probes", "display_name": "Python (vlm-probes)", "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_find_notebooks_sorts_and_selects(tmp_path):
+    for name in ("01_b.ipynb", "00_a.ipynb", "scratch.ipynb", "10_c.ipynb"):
+        _write(tmp_path / name, "x = 1")
+    assert [p.stem for p in find_notebooks(tmp_path)] == ["00_a", "01_b", "10_c"]
+    assert [p.stem for p in find_notebooks(tmp_path, ["10_c.ipynb", "00"])] == ["00_a", "10_c"]
+    with pytest.raises(ValueError, match="no notebook named 02"):
+        find_notebooks(tmp_path, ["02"])
+
+
+def test_params_overrides_sections_and_declared_names(tmp_path):
+    (tmp_path / "p.yaml").write_text("model: a\nseed: 0\nextra: 1\nnotebooks:\n  00_a:\n    seed: 5\n    model: b\n")
+    nb = _write(tmp_path / "00_a.ipynb", "model = 'm'\nseed = 1\nfigures_dir = 'f'")
+    other = _write(tmp_path / "01_b.ipynb", "model = 'm'\nseed = 1")
+    params = load_params(tmp_path / "p.yaml")
+    assert notebook_params(nb, params) == {"model": "b", "seed": 5}
+    assert notebook_params(other, params) == {"model": "a", "seed": 0}
+    params = load_params(tmp_path / "p.yaml", {"model": "c"})
+    assert notebook_params(nb, params) == {"model": "c", "seed": 5}
+    assert notebook_params(other, params) == {"model": "c", "seed": 0}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_params(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_summary_table_lists_every_notebook():
+    table = summary_table([Result("00_a", True, 1.25, []), Result("01_b", False, 0.5, [], "In [3]: ValueError: boom")])
+    header, rule, ok, failed = table.splitlines()
+    assert header.split() == ["notebook", "status", "seconds", "figures", "error"]
+    assert ok.split() == ["00_a", "ok", "1.2", "0"] and set(rule) == {"-"}
+    assert failed.split()[:4] == ["01_b", "FAILED", "0.5", "0"] and failed.endswith("In [3]: ValueError: boom")
+
+
+def test_a_failing_notebook_does_not_stop_the_others(tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _write(notebooks / "00_fails.ipynb", "model = 'm'", "raise FileNotFoundError(f'no model at {model}')")
+    # Writes a figure and its sidecar by hand: importing analysis in the kernel would cost seconds.
+    _write(notebooks / "01_draws.ipynb", "model = 'm'\nseed = 0\nfigures_dir = 'figures'",
+           "import json, pathlib\nout = pathlib.Path(figures_dir, '01_draws'); out.mkdir(parents=True)\n"
+           "(out / 'line.png').write_bytes(b'png'); (out / 'line.json').write_text(json.dumps({'model': model}))")
+    (tmp_path / "p.yaml").write_text("model: tiny:llava\nseed: 1\n")
+    status = main(["--notebooks", str(notebooks), "--params", str(tmp_path / "p.yaml"), "-p", "model", "/no/such/model",
+                   "--executed", str(tmp_path / "executed"), "--figures", str(tmp_path / "figures")])
+    out = capsys.readouterr()
+    assert status == 1
+    rows = {line.split()[0]: line for line in out.out.splitlines() if line.startswith(("00_fails ", "01_draws "))}
+    assert "FAILED" in rows["00_fails"] and "FileNotFoundError: no model at /no/such/model" in rows["00_fails"]
+    assert rows["01_draws"].split()[1:4:2] == ["ok", "1"]
+    assert "raise FileNotFoundError" in out.err  # the failing cell is shown
+    assert (tmp_path / "figures" / "01_draws" / "line.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "executed").iterdir()) == ["00_fails.ipynb", "01_draws.ipynb"]
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert main(["--notebooks", str(tmp_path), "--params", str(tmp_path / "none.yaml")]) == 2
+    assert "error:" in capsys.readouterr().err
