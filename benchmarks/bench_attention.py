@@ -8,7 +8,8 @@
    plain reference (eager, one full forward per configuration); results compared.
 2. Peak memory of recording text -> image attention for every layer at a LLaVA-NeXT length
    (~2900 tokens) vs a plain forward, with ``output_attentions=True`` beside it. Each
-   measurement runs in a fresh process and reports the peak RSS growth during the forward.
+   measurement runs in a fresh process and reports the peak RSS growth during the forward
+   (Linux: the peak is reset through /proc/self/clear_refs just before it).
 3. Idle backend vs stock forward time (median of repeats).
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -60,8 +60,15 @@ def bench_sweep(layers: int, window: int) -> dict:
             "max_abs_diff": float((fast - reference).abs().max())}
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``: now, ``VmHWM``: peak since reset) in MB."""
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as handle:  # Linux: "5" resets VmHWM to the current RSS
+        handle.write("5")
 
 
 def memory_child(mode: str) -> None:
@@ -72,7 +79,8 @@ def memory_child(mode: str) -> None:
     if mode == "output_attentions":
         vlm.text_config._attn_implementation_internal = "eager"
     install(vlm) if mode == "record" else None
-    before = _rss_mb()
+    _reset_peak()
+    before = _status_mb("VmRSS")
     with torch.no_grad():
         if mode == "record":
             rows = torch.cat([prepared.question_positions, torch.tensor([prepared.last_position])])
@@ -81,7 +89,7 @@ def memory_child(mode: str) -> None:
                 vlm.model(**prepared.inputs, logits_to_keep=1)
         else:
             vlm.model(**prepared.inputs, logits_to_keep=1, output_attentions=mode == "output_attentions")
-    print(json.dumps({"mode": mode, "tokens": prepared.length, "peak_growth_mb": _rss_mb() - before}))
+    print(json.dumps({"mode": mode, "tokens": prepared.length, "peak_growth_mb": _status_mb("VmHWM") - before}))
 
 
 def bench_memory() -> dict:
@@ -127,15 +135,15 @@ def main() -> None:
         return
     torch.manual_seed(0)
     layers = 8 if args.quick else 16
-    results = {
-        "knockout sweep": bench_sweep(layers, window=5),
-        "recording memory": bench_memory(),
-        "idle overhead": bench_idle(layers, repeats=5 if args.quick else 15),
+    benches = {
+        "knockout sweep": lambda: bench_sweep(layers, window=5),
+        "recording memory": bench_memory,
+        "idle overhead": lambda: bench_idle(layers, repeats=5 if args.quick else 15),
     }
-    for name, values in results.items():
-        print(f"\n{name}")
-        for key, value in values.items():
-            print(f"  {key:>24}: {value:.4g}" if isinstance(value, float) else f"  {key:>24}: {value}")
+    for name, bench in benches.items():
+        print(f"\n{name}", flush=True)
+        for key, value in bench().items():
+            print(f"  {key:>24}: {value:.4g}" if isinstance(value, float) else f"  {key:>24}: {value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ PARAMS = NOTEBOOKS / "params"
 # A new notebook is added here with its figures; the test below fails until it is.
 EXPECTED_FIGURES = {
     "00_quickstart": ["token_norms"],
+    "02_information_flow": ["knockout_by_type", "related_vs_other", "region_knockout", "logit_lens"],
 }
 # Parameters every notebook's `parameters` cell declares.
 STANDARD_PARAMS = {"model", "seed", "device", "dtype", "interactive", "figures_dir"}

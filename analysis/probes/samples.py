@@ -38,7 +38,8 @@ def as_samples(samples: Iterable) -> list[Sample]:
     """Return ``samples`` as ``Sample`` objects.
 
     Accepts ``Sample``, dicts, or any object with ``image`` and ``question`` attributes (e.g. a
-    zoo sample, whose ``object_boxes`` become ``boxes``). Missing ids become the list index.
+    zoo sample, whose ``object_boxes`` become ``boxes``; with two ``options``, the one that is not
+    the answer becomes the ``foil``). Missing ids become the list index.
     """
     out = []
     for index, item in enumerate(samples):
@@ -53,6 +54,9 @@ def as_samples(samples: Iterable) -> list[Sample]:
                 fields[name] = get(name)
             for name, keys in _ALIASES.items():
                 fields[name] = next((get(k) for k in keys if get(k) is not None), None)
+            options = get("options")
+            if fields["foil"] is None and options is not None and len(options) == 2 and fields["answer"] in options:
+                fields["foil"] = next(o for o in options if o != fields["answer"])  # a two-way choice
             sample = Sample(image=get("image"), question=get("question"), **fields)
         if sample.id is None:
             sample.id = index
