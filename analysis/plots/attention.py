@@ -180,3 +180,37 @@ def _label(kind: str, normalise: bool) -> str:
     if kind not in KIND_LABELS:
         raise InputError(f"unknown kind {kind!r}; use one of {', '.join(KIND_LABELS)}")
     return KIND_LABELS[kind] + (", min-max per panel" if normalise else "")
+
+
+def plot_localisation(frame, model: str, data: str) -> Figure:
+    """Return two panels over layers: attention share on the region / its area share, and the
+    pointing-game hit rate (%), one line per map kind, mean with a 95% bootstrap band.
+
+    Args:
+        frame: the output of ``analysis.probes.attention.localisation_sweep``.
+        model, data: shown in the title.
+    """
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    from analysis.plots.style import PALETTE
+
+    frame = frame.assign(hit_percent=100.0 * frame["hit"].astype(float))
+    kinds = list(dict.fromkeys(frame["map"]))
+    palette = dict(zip(kinds, PALETTE))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH, 2.6))
+    for ax, column, label in ((axes[0], "ratio", "share on region / area share"),
+                              (axes[1], "hit_percent", "pointing game hits (%)")):
+        sns.lineplot(frame, x="layer", y=column, hue="map", hue_order=kinds, palette=palette, errorbar=("ci", 95),
+                     n_boot=1000, seed=0, ax=ax, legend=ax is axes[0])
+        ax.set(xlabel="decoder layer", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].axhline(1.0, color="0.5", lw=0.6, zorder=0)
+    chance = 100 * frame.groupby("sample")["area_share"].first().mean()
+    axes[1].axhline(chance, color="0.5", lw=0.6, ls="--", zorder=0, label=f"chance ({chance:.0f}%)")
+    axes[1].set_ylim(0, 100)
+    axes[1].legend(fontsize="small")
+    axes[0].legend(title="map", fontsize="small", title_fontsize="small")
+    fig.suptitle(f"Attention localisation on the question's objects: {model} on {data} "
+                 f"(n={frame['sample'].nunique()})")
+    return fig

@@ -5,7 +5,7 @@
 - the shared attention backend: ``probing``, ``Recording``, ``Edges``
 """
 
-from analysis.probes.attention import AttentionMaps, attention_maps
+from analysis.probes.attention import AttentionMaps, attention_maps, localisation_sweep
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.flow import BLOCKS, information_flow, knockout_logits, knockout_probs, logit_lens, region_knockout
 from analysis.probes.localisation import localisation_scores
@@ -14,6 +14,6 @@ from analysis.probes.sinks import detect_sinks
 
 __all__ = [
     "BLOCKS", "AttentionMaps", "Edges", "Recording", "Sample", "as_samples", "attention_maps", "detect_sinks",
-    "information_flow", "knockout_logits", "knockout_probs", "localisation_scores", "logit_lens", "probing",
+    "information_flow", "knockout_logits", "knockout_probs", "localisation_scores", "localisation_sweep", "logit_lens", "probing",
     "region_knockout",
 ]

@@ -344,3 +344,37 @@ def _index(labels: np.ndarray, wanted: int, name: str) -> int:
     if len(found) == 0:
         raise InputError(f"{name} {wanted!r} was not recorded; recorded: {labels.tolist()}")
     return int(found[0])
+
+
+def localisation_sweep(vlm: VLM, samples, query: str = "last", progress: bool = True) -> pd.DataFrame:
+    """Localisation of head-averaged attention and of rollout, per layer, over many samples.
+
+    Args:
+        vlm: the model.
+        samples: samples with a ground-truth region (``boxes`` / ``object_boxes``), as
+            ``analysis.probes.samples.as_samples`` accepts.
+        query: as in ``attention_maps``; the maps are averaged over query positions and heads.
+        progress: show a progress bar.
+
+    Returns:
+        Tidy DataFrame, one row per sample x map x layer: ``sample``, ``question_type``,
+        ``map`` (``"attention"`` or ``"rollout"``), ``layer``, ``share``, ``area_share``,
+        ``ratio``, ``hit`` (see ``analysis.probes.localisation``).
+    """
+    from tqdm.auto import tqdm
+
+    from analysis.probes.samples import as_samples
+
+    rows = []
+    for sample in tqdm(as_samples(samples), desc="localisation", disable=not progress):
+        if not sample.boxes:
+            raise InputError(f"sample {sample.id} has no ground-truth region (boxes)")
+        maps = attention_maps(vlm, vlm.prepare(sample.image, sample.question), query=query, rollout=True)
+        for name, values in (("attention", maps.image_attention.mean(axis=(1, 2))), ("rollout", maps.rollout.mean(axis=1))):
+            scores = localisation_scores(maps.prepared, values, sample.boxes)
+            for i, layer in enumerate(maps.layers):
+                rows.append({"sample": sample.id, "question_type": sample.question_type, "map": name,
+                             "layer": int(layer), "share": float(scores["share"][i]),
+                             "area_share": float(scores["area_share"]), "ratio": float(scores["ratio"][i]),
+                             "hit": bool(scores["hit"][i])})
+    return pd.DataFrame(rows)
