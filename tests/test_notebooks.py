@@ -19,7 +19,7 @@ PARAMS = NOTEBOOKS / "params"
 # Every notebook and the figures it must write (figures/<notebook>/<name>.png/.pdf/.json).
 # A new notebook is added here with its figures; the test below fails until it is.
 EXPECTED_FIGURES = {
-    "00_quickstart": ["token_norms"],
+    "00_quickstart": ["token_norms", "attention_overlay", "knockout"],
     "01_attention_maps": ["mass_heatmap", "layer_overlays", "head_overlays", "rollout_overlays", "localisation"],
     "02_information_flow": ["knockout_by_type", "related_vs_other", "region_knockout", "logit_lens"],
 }
