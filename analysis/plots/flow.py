@@ -13,16 +13,28 @@ from analysis.plots.style import COLUMN_WIDTH, PALETTE
 _CI = ("ci", 95)
 
 
-def _panels(frame: pd.DataFrame, by: str | None, width: float):
+def _line_panels(frame: pd.DataFrame, y: str, hue: str, by: str | None, width: float, *, xlabel: str,
+                 ylabel: str, legend: str, single: str) -> tuple[plt.Figure, list]:
+    """One panel per value of ``by``: mean of ``y`` over samples per layer, one line per ``hue``,
+    with a seeded 95% bootstrap band; returns the figure and its visible axes."""
+    order = list(dict.fromkeys(frame[hue]))
+    palette = dict(zip(order, PALETTE))
     groups = [(None, frame)] if by is None else list(frame.groupby(by, sort=True))
     cols = min(3, len(groups))
     rows = int(np.ceil(len(groups) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 0.8 * width * rows), sharey=True, squeeze=False)
-    for ax in axes.flat[len(groups):]:
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, 0.8 * width * rows), sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(groups):]:
         ax.set_visible(False)
-    for ax in axes.flat:
+    for ax, (name, group) in zip(axes, groups):
+        sns.lineplot(group, x="layer", y=y, hue=hue, hue_order=order, palette=palette, errorbar=_CI, n_boot=1000,
+                     seed=0, ax=ax, legend=ax is axes[0])
+        n = group["sample"].nunique()
+        ax.set(title=f"{name} (n={n})" if name is not None else f"n={n} {single}", xlabel=xlabel, ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return fig, groups, list(axes.flat)
+    if axes[0].get_legend() is not None:
+        axes[0].legend(title=legend, fontsize="small", title_fontsize="small")
+    return fig, axes[: len(groups)]
 
 
 def knockout_curves(frame: pd.DataFrame, model: str, data: str, by: str | None = None,
@@ -38,19 +50,11 @@ def knockout_curves(frame: pd.DataFrame, model: str, data: str, by: str | None =
         by: a column to draw one panel per value of (e.g. ``"question_type"``), or None.
         width: width of one panel in inches.
     """
-    blocks = list(dict.fromkeys(frame["block"]))
-    palette = dict(zip(blocks, PALETTE))
-    fig, groups, axes = _panels(frame, by, width)
-    for ax, (name, group) in zip(axes, groups):
-        sns.lineplot(group, x="layer", y="change", hue="block", hue_order=blocks, palette=palette,
-                     errorbar=_CI, n_boot=1000, seed=0, ax=ax, legend=ax is axes[0])
+    fig, axes = _line_panels(frame, "change", "block", by, width, xlabel="window centre (decoder layer)",
+                             ylabel="change in answer probability (%)", legend="blocked edges",
+                             single="correctly answered samples")
+    for ax in axes:
         ax.axhline(0, color="0.5", lw=0.6, zorder=0)
-        n = group["sample"].nunique()
-        ax.set_title(f"{name} (n={n})" if name is not None else f"n={n} correctly answered samples")
-        ax.set_xlabel("window centre (decoder layer)")
-        ax.set_ylabel("change in answer probability (%)")
-    if axes[0].get_legend() is not None:
-        axes[0].legend(title="blocked edges", fontsize="small", title_fontsize="small")
     window = frame.attrs.get("window")
     fig.suptitle(f"Attention knockout{f' (window {window})' if window else ''}: {model} on {data}")
     return fig
@@ -68,18 +72,9 @@ def logit_lens_curves(frame: pd.DataFrame, model: str, data: str, by: str | None
         width: width of one panel in inches.
     """
     frame = frame[frame["role"] == "last"].assign(percent=lambda f: 100 * f["prob"])
-    tracked = list(dict.fromkeys(frame["tracked"]))
-    palette = dict(zip(tracked, PALETTE))
-    fig, groups, axes = _panels(frame, by, width)
-    for ax, (name, group) in zip(axes, groups):
-        sns.lineplot(group, x="layer", y="percent", hue="tracked", hue_order=tracked, palette=palette,
-                     errorbar=_CI, n_boot=1000, seed=0, ax=ax, legend=ax is axes[0])
-        n = group["sample"].nunique()
-        ax.set_title(f"{name} (n={n})" if name is not None else f"n={n} samples")
-        ax.set_xlabel("decoder layer")
-        ax.set_ylabel("probability at last position (%)")
+    fig, axes = _line_panels(frame, "percent", "tracked", by, width, xlabel="decoder layer",
+                             ylabel="probability at last position (%)", legend="token", single="samples")
+    for ax in axes:
         ax.set_ylim(0, 100)
-    if axes[0].get_legend() is not None:
-        axes[0].legend(title="token", fontsize="small", title_fontsize="small")
     fig.suptitle(f"Logit lens: {model} on {data}")
     return fig
