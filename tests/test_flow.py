@@ -16,6 +16,7 @@ from analysis.probes.flow import (
     last_logits,
     layer_windows,
     logit_lens,
+    region_knockout,
 )
 from conftest import QUESTION
 
@@ -98,3 +99,17 @@ def test_logit_lens_last_layer_is_the_model_output(family, tiny, photo):
     assert last.loc["answer", "prob"] == pytest.approx(float(probs[red]), abs=1e-5)
     raw = logit_lens(vlm, [{"image": photo, "question": QUESTION}], final_norm=False, progress=False)
     assert isinstance(raw, pd.DataFrame) and len(raw) == vlm.n_layers
+
+
+def test_region_knockout_blocks_as_many_other_patches(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    answer = vlm.tokenizer.decode([int(last_logits(vlm, prepared).argmax())]).strip()
+    box = (25, 0, 60, 40)
+    frame = region_knockout(vlm, [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [box]}],
+                            progress=False)
+    row = frame.iloc[0]
+    assert bool(row["correct_base"])
+    assert row["n_related"] == len(prepared.related_positions([box])) == row["n_other_blocked"]
+    with pytest.raises(InputError, match="has no answer"):
+        region_knockout(vlm, [{"image": photo, "question": QUESTION, "boxes": [box]}], progress=False)
