@@ -51,8 +51,8 @@ class ShapeObject:
     extent: float
 
     def describe(self) -> str:
-        """Return the object as words with its centre on a 10 x 10 grid, e.g. "a large red circle at x 2 y 7"."""
-        return f"a {self.size} {self.color} {self.shape} at x {int(self.x * 10)} y {int(self.y * 10)}"
+        """Return the object as words, shape first, centre on a 10 x 10 grid: "circle red large x 2 y 7"."""
+        return f"{self.shape} {self.color} {self.size} x {int(self.x * 10)} y {int(self.y * 10)}"
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class Scene:
         return Image.fromarray(pixels, "RGB")
 
     def describe(self) -> str:
-        """Return a caption listing every object, e.g. "a small blue square at x 6 y 1 . a ... ." """
-        return " ".join(f"{obj.describe()} ." for obj in self.objects)
+        """Return a caption listing the objects left to right: "square blue small x 1 y 6 . circle ... ." """
+        return " ".join(f"{obj.describe()} ." for obj in sorted(self.objects, key=lambda o: o.x))
 
 
 @dataclass(frozen=True)
@@ -136,17 +136,18 @@ class Sample:
 
 
 def make_samples(n: int, seed: int = 0, question_types: Sequence[str] | None = None,
-                 image_size: int = DEFAULT_IMAGE_SIZE) -> list[Sample]:
-    """Return ``n`` samples; sample ``i`` has type ``question_types[i % len(question_types)]``.
+                 image_size: int = DEFAULT_IMAGE_SIZE, start: int = 0) -> list[Sample]:
+    """Return samples ``start .. start + n - 1`` of the stream ``seed``.
 
-    Sample ``i`` depends only on (seed, i, its type), so prefixes agree across ``n``.
+    Sample ``i`` has type ``question_types[i % len(question_types)]`` (all types by default)
+    and depends only on (seed, i, its type): streams can be read in chunks.
     """
     types = tuple(question_types or QUESTION_TYPES)
     unknown = set(types) - set(QUESTION_TYPES)
     if unknown:
         raise ValueError(f"unknown question types {sorted(unknown)}; choose from {QUESTION_TYPES}")
     return [make_sample(np.random.default_rng([seed, i, QUESTION_TYPES.index(types[i % len(types)])]),
-                        types[i % len(types)], image_size) for i in range(n)]
+                        types[i % len(types)], image_size) for i in range(start, start + n)]
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
@@ -159,95 +160,193 @@ def make_sample(rng: np.random.Generator, question_type: str, image_size: int = 
     return _GENERATORS[question_type](rng, image_size)
 
 
-# ---------------------------------------------------------------- question families
+def ask(scene: Scene, rng: np.random.Generator, question_type: str,
+        image_size: int = DEFAULT_IMAGE_SIZE) -> Sample | None:
+    """Return a question of ``question_type`` about an existing scene (None if the scene allows none).
 
+    Targets are drawn at random among those the scene allows, so answers are only roughly
+    balanced; use :func:`make_samples` for balanced evaluation data.
+    """
+    return _ASK[question_type](scene, rng, image_size)
+
+
+# ---------------------------------------------------------------- question families
+# One builder per type computes the answer and the object ids from the scene; the
+# answer-first generators (_GENERATORS) build a scene for a drawn answer, the scene-first
+# ones (_ASK) pick what to ask about a given scene.
+
+
+def _values(attr):
+    return tuple(COLORS) if attr == "color" else tuple(SIZES)
+
+
+def _query_q(scene, shape, attr, image_size):
+    obj = _by_shape(scene, shape)
+    return Sample(scene, f"what {attr} is the {shape} ?", getattr(obj, attr), "QueryAttr", (obj.id,),
+                  _values(attr), image_size)
+
+
+def _choose_attr_q(scene, shape, attr, options, image_size):
+    obj = _by_shape(scene, shape)
+    return Sample(scene, f"is the {shape} {options[0]} or {options[1]} ?", getattr(obj, attr), "ChooseAttr",
+                  (obj.id,), tuple(options), image_size)
+
+
+def _choose_rel_q(scene, s1, s2, words, image_size):
+    a, b = _by_shape(scene, s1), _by_shape(scene, s2)
+    if "left" in words:
+        answer, between = ("left" if a.x < b.x else "right"), "of "
+    else:
+        answer, between = ("above" if a.y < b.y else "below"), ""
+    return Sample(scene, f"is the {s1} {words[0]} or {words[1]} {between}the {s2} ?", answer, "ChooseRel",
+                  (a.id, b.id), tuple(words), image_size)
+
+
+def _compare_q(scene, s1, s2, attr, image_size):
+    a, b = _by_shape(scene, s1), _by_shape(scene, s2)
+    return Sample(scene, f"are the {s1} and the {s2} the same {attr} ?",
+                  _yes(getattr(a, attr) == getattr(b, attr)), "CompareAttr", (a.id, b.id), ("yes", "no"), image_size)
+
+
+def _logical_q(scene, item1, op, item2, image_size):
+    p1, p2 = _has(scene, *item1), _has(scene, *item2)
+    return Sample(scene, f"is there a {item1[0]} {item1[1]} {op} a {item2[0]} {item2[1]} ?",
+                  _yes(p1 and p2 if op == "and" else p1 or p2), "LogicalObj",
+                  _ref_ids(scene, *item1) + _ref_ids(scene, *item2), ("yes", "no"), image_size)
+
+
+def _count_q(scene, color, image_size):
+    ids = _ids(scene, color=color)
+    return Sample(scene, f"how many {color} shapes are there ?", COUNT_WORDS[len(ids) - 1], "Count", ids,
+                  COUNT_WORDS, image_size)
+
+
+def _exist_q(scene, item, image_size):
+    return Sample(scene, f"is there a {item[0]} {item[1]} ?", _yes(_has(scene, *item)), "Exist",
+                  _ref_ids(scene, *item), ("yes", "no"), image_size)
+
+
+# answer first: draw the answer, build a scene that fits it
 
 def _query_attr(rng, image_size):
     shape, attr = _pick(rng, SHAPES), _pick(rng, ("color", "size"))
-    options = tuple(COLORS) if attr == "color" else tuple(SIZES)
-    answer = _pick(rng, options)
-    scene = _build(rng, [{"shape": shape, attr: answer}])
-    return Sample(scene, f"what {attr} is the {shape} ?", answer, "QueryAttr",
-                  _ids(scene, shape=shape), options, image_size)
+    scene = _build(rng, [{"shape": shape, attr: _pick(rng, _values(attr))}])
+    return _query_q(scene, shape, attr, image_size)
 
 
 def _choose_attr(rng, image_size):
     shape, attr = _pick(rng, SHAPES), _pick(rng, ("color", "size"))
-    values = tuple(COLORS) if attr == "color" else tuple(SIZES)
-    answer = _pick(rng, values)
-    options = (answer, _pick(rng, [v for v in values if v != answer]))
-    options = options if rng.random() < 0.5 else options[::-1]
+    answer = _pick(rng, _values(attr))
     scene = _build(rng, [{"shape": shape, attr: answer}])
-    return Sample(scene, f"is the {shape} {options[0]} or {options[1]} ?", answer, "ChooseAttr",
-                  _ids(scene, shape=shape), options, image_size)
+    return _choose_attr_q(scene, shape, attr, _options(rng, answer, _values(attr)), image_size)
 
 
 def _choose_rel(rng, image_size):
-    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
-    options = _pick(rng, (("left", "right"), ("above", "below")))
-    answer = _pick(rng, options)
-    axis, sign = ("x" if answer in ("left", "right") else "y"), (1 if answer in ("left", "above") else -1)
-    words = options if rng.random() < 0.5 else options[::-1]
-    between = "of" if axis == "x" else ""
-    question = " ".join(f"is the {s1} {words[0]} or {words[1]} {between} the {s2} ?".split())
+    s1, s2 = _two_shapes(rng)
+    words = _pick(rng, (("left", "right"), ("above", "below")))
+    answer = _pick(rng, words)
+    axis, sign = ("x" if "left" in words else "y"), (1 if answer in ("left", "above") else -1)
 
     def related(objs):  # object 0 (s1) lies `answer` of object 1 (s2) by a clear margin
         return sign * (getattr(objs[1], axis) - getattr(objs[0], axis)) >= _REL_MARGIN
 
     scene = _build(rng, [{"shape": s1}, {"shape": s2}], relation=related)
-    return Sample(scene, question, answer, "ChooseRel",
-                  _ids(scene, shape=s1) + _ids(scene, shape=s2), tuple(words), image_size)
+    return _choose_rel_q(scene, s1, s2, words if rng.random() < 0.5 else words[::-1], image_size)
 
 
 def _compare_attr(rng, image_size):
-    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
+    s1, s2 = _two_shapes(rng)
     attr = _pick(rng, ("color", "size"))
-    values = tuple(COLORS) if attr == "color" else tuple(SIZES)
-    answer = _pick(rng, ("yes", "no"))
-    v1 = _pick(rng, values)
-    v2 = v1 if answer == "yes" else _pick(rng, [v for v in values if v != v1])
-    scene = _build(rng, [{"shape": s1, attr: v1}, {"shape": s2, attr: v2}])
-    return Sample(scene, f"are the {s1} and the {s2} the same {attr} ?", answer, "CompareAttr",
-                  _ids(scene, shape=s1) + _ids(scene, shape=s2), ("yes", "no"), image_size)
+    v1 = _pick(rng, _values(attr))
+    v2 = v1 if rng.random() < 0.5 else _pick(rng, [v for v in _values(attr) if v != v1])
+    return _compare_q(_build(rng, [{"shape": s1, attr: v1}, {"shape": s2, attr: v2}]), s1, s2, attr, image_size)
 
 
 def _logical_obj(rng, image_size):
-    s1, s2 = (str(s) for s in rng.permutation(SHAPES)[:2])
-    c1, c2 = _pick(rng, COLORS), _pick(rng, COLORS)
-    op, answer = _pick(rng, ("and", "or")), _pick(rng, ("yes", "no"))
-    both, neither = (True, True), (False, False)
-    one = [(True, False), (False, True)]
-    cases = {("and", "yes"): [both], ("and", "no"): one + [neither],
-             ("or", "yes"): one + [both], ("or", "no"): [neither]}[op, answer]
-    present = cases[int(rng.integers(len(cases)))]
+    s1, s2 = _two_shapes(rng)
+    items = ((_pick(rng, COLORS), s1), (_pick(rng, COLORS), s2))
+    op = _pick(rng, ("and", "or"))
+    present = _pick(rng, _PRESENCE[op, _pick(rng, ("yes", "no"))])
     required, forbidden = [], set()
-    for (color, shape), here in zip(((c1, s1), (c2, s2)), present):
-        _require(rng, required, forbidden, color, shape, here)
-    scene = _build(rng, required, forbidden_shapes=forbidden)
-    return Sample(scene, f"is there a {c1} {s1} {op} a {c2} {s2} ?", answer, "LogicalObj",
-                  _ref_ids(scene, c1, s1) + _ref_ids(scene, c2, s2), ("yes", "no"), image_size)
+    for item, here in zip(items, present):
+        _require(rng, required, forbidden, *item, here)
+    return _logical_q(_build(rng, required, forbidden_shapes=forbidden), items[0], op, items[1], image_size)
 
 
 def _count(rng, image_size):
-    color, answer = _pick(rng, COLORS), _pick(rng, COUNT_WORDS)
-    k = COUNT_WORDS.index(answer) + 1
-    n = int(rng.integers(max(2, k), 5))
-    scene = _build(rng, [{"color": color}] * k, n=n, other_colors=[c for c in COLORS if c != color])
-    return Sample(scene, f"how many {color} shapes are there ?", answer, "Count",
-                  _ids(scene, color=color), COUNT_WORDS, image_size)
+    color, k = _pick(rng, COLORS), int(rng.integers(1, len(COUNT_WORDS) + 1))
+    scene = _build(rng, [{"color": color}] * k, n=int(rng.integers(max(2, k), 5)),
+                   other_colors=[c for c in COLORS if c != color])
+    return _count_q(scene, color, image_size)
 
 
 def _exist(rng, image_size):
-    color, shape, answer = _pick(rng, COLORS), _pick(rng, SHAPES), _pick(rng, ("yes", "no"))
+    item = (_pick(rng, COLORS), _pick(rng, SHAPES))
     required, forbidden = [], set()
-    _require(rng, required, forbidden, color, shape, answer == "yes")
-    scene = _build(rng, required, forbidden_shapes=forbidden)
-    return Sample(scene, f"is there a {color} {shape} ?", answer, "Exist",
-                  _ref_ids(scene, color, shape), ("yes", "no"), image_size)
+    _require(rng, required, forbidden, *item, rng.random() < 0.5)
+    return _exist_q(_build(rng, required, forbidden_shapes=forbidden), item, image_size)
 
 
 _GENERATORS = {"QueryAttr": _query_attr, "ChooseAttr": _choose_attr, "ChooseRel": _choose_rel,
                "CompareAttr": _compare_attr, "LogicalObj": _logical_obj, "Count": _count, "Exist": _exist}
+_BOTH, _NEITHER, _ONE = (True, True), (False, False), [(True, False), (False, True)]
+_PRESENCE = {("and", "yes"): [_BOTH], ("and", "no"): _ONE + [_NEITHER],
+             ("or", "yes"): _ONE + [_BOTH], ("or", "no"): [_NEITHER]}
+
+
+# scene first: pick what to ask about a given scene
+
+def _ask_query(scene, rng, image_size):
+    return _query_q(scene, _pick(rng, scene.objects).shape, _pick(rng, ("color", "size")), image_size)
+
+
+def _ask_choose_attr(scene, rng, image_size):
+    obj, attr = _pick(rng, scene.objects), _pick(rng, ("color", "size"))
+    return _choose_attr_q(scene, obj.shape, attr, _options(rng, getattr(obj, attr), _values(attr)), image_size)
+
+
+def _ask_choose_rel(scene, rng, image_size):
+    words = _pick(rng, (("left", "right"), ("above", "below")))
+    axis = "x" if "left" in words else "y"
+    pairs = [(a, b) for a in scene.objects for b in scene.objects
+             if abs(getattr(a, axis) - getattr(b, axis)) >= _REL_MARGIN]
+    if not pairs:
+        return None
+    a, b = _pick(rng, pairs)
+    return _choose_rel_q(scene, a.shape, b.shape, words if rng.random() < 0.5 else words[::-1], image_size)
+
+
+def _ask_compare(scene, rng, image_size):
+    attr, same = _pick(rng, ("color", "size")), rng.random() < 0.5
+    pairs = [(a, b) for a in scene.objects for b in scene.objects if a.id != b.id]
+    wanted = [(a, b) for a, b in pairs if (getattr(a, attr) == getattr(b, attr)) == same]
+    a, b = _pick(rng, wanted or pairs)
+    return _compare_q(scene, a.shape, b.shape, attr, image_size)
+
+
+def _ask_logical(scene, rng, image_size):
+    op = _pick(rng, ("and", "or"))
+    present = _pick(rng, _PRESENCE[op, _pick(rng, ("yes", "no"))])
+    here = [(o.color, o.shape) for o in scene.objects]
+    away = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in here]
+    first = _pick(rng, here if present[0] else away)
+    second = [item for item in (here if present[1] else away) if item[1] != first[1]]
+    return _logical_q(scene, first, op, _pick(rng, second), image_size) if second else None
+
+
+def _ask_count(scene, rng, image_size):
+    colors = [c for c in COLORS if 1 <= len(_ids(scene, color=c)) <= len(COUNT_WORDS)]
+    return _count_q(scene, _pick(rng, colors), image_size) if colors else None
+
+
+def _ask_exist(scene, rng, image_size):
+    here = [(o.color, o.shape) for o in scene.objects]
+    away = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in here]
+    return _exist_q(scene, _pick(rng, here if rng.random() < 0.5 else away), image_size)
+
+
+_ASK = {"QueryAttr": _ask_query, "ChooseAttr": _ask_choose_attr, "ChooseRel": _ask_choose_rel,
+        "CompareAttr": _ask_compare, "LogicalObj": _ask_logical, "Count": _ask_count, "Exist": _ask_exist}
 
 
 # ---------------------------------------------------------------- scene construction
@@ -256,6 +355,29 @@ _GENERATORS = {"QueryAttr": _query_attr, "ChooseAttr": _choose_attr, "ChooseRel"
 def _pick(rng, values):
     values = list(values)
     return values[int(rng.integers(len(values)))]
+
+
+def _two_shapes(rng) -> tuple[str, str]:
+    s1, s2 = rng.permutation(SHAPES)[:2]
+    return str(s1), str(s2)
+
+
+def _options(rng, answer, values) -> tuple[str, str]:
+    """Return (answer, a wrong value) in random order."""
+    pair = (answer, _pick(rng, [v for v in values if v != answer]))
+    return pair if rng.random() < 0.5 else pair[::-1]
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _by_shape(scene, shape) -> ShapeObject:
+    return next(o for o in scene.objects if o.shape == shape)
+
+
+def _has(scene, color, shape) -> bool:
+    return any(o.color == color and o.shape == shape for o in scene.objects)
 
 
 def _require(rng, required, forbidden, color, shape, present):

@@ -50,10 +50,10 @@ class ModelSpec:
     vision_layers: int = 3
     vision_heads: int = 4
     vision_mlp: int = 256
-    text_hidden: int = 128
+    text_hidden: int = 96
     text_layers: int = 4
     text_heads: int = 4
-    text_mlp: int = 384
+    text_mlp: int = 256
     max_positions: int = 256
 
     @property
@@ -114,8 +114,7 @@ def build_model(spec: ModelSpec = ModelSpec(), seed: int = 0) -> LlavaForConditi
 class Encoder:
     """Turn samples into training tensors exactly as the processor would, but fast.
 
-    ``encode(...)`` returns ``input_ids`` and ``labels`` (B, T) right-padded (labels -100 off
-    the answer), ``attention_mask`` (B, T) and ``pixel_values`` (B, 3, S, S) or None.
+    ``dialog`` turns a conversation into (ids, labels); ``batch`` pads rows into model inputs.
     """
 
     def __init__(self, spec: ModelSpec = ModelSpec()):
@@ -131,34 +130,45 @@ class Encoder:
 
     def prompt_ids(self, question: str, image: bool = True, context: str = "") -> list[int]:
         """Return the prompt ids: <s> USER: [<image>*N | context] question ASSISTANT:."""
-        middle = [self.vocab[IMAGE]] * self.spec.n_image_tokens if image else self.ids(context)
-        return [self.vocab[BOS]] + self.ids("USER:") + middle + self.ids(question) + self.ids("ASSISTANT:")
+        return self.dialog([(question, None)], image, context)[0]
+
+    def dialog(self, turns: list[tuple[str, str | None]], image: bool = True,
+               context: str = "") -> tuple[list[int], list[int]]:
+        """Return (ids, labels) of a conversation, as the chat template writes it.
+
+        The first user turn holds the image placeholders (or ``context`` text when ``image`` is
+        False); each answer is followed by </s>; labels are -100 except on answers and </s>.
+        A final ``(question, None)`` turn ends with the generation prompt "ASSISTANT:".
+        """
+        ids, labels = [self.vocab[BOS]], [-100]
+        for k, (question, answer) in enumerate(turns):
+            head = self.ids("USER:")
+            if k == 0:
+                head += [self.vocab[IMAGE]] * self.spec.n_image_tokens if image else self.ids(context)
+            prompt = head + self.ids(question) + self.ids("ASSISTANT:")
+            target = [] if answer is None else self.ids(answer) + [self.vocab[EOS]]
+            ids += prompt + target
+            labels += [-100] * len(prompt) + target
+        return ids, labels
 
     def pixels(self, images) -> torch.Tensor:
         """Return normalised pixel values (B, 3, S, S) of images already rendered at S px."""
         arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
         return (arr.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std
 
-    def encode(self, prompts: list[list[int]], answers: list[str], images=None, loss_on_prompt: bool = False):
-        """Return a right-padded training batch; the target is ``answer </s>`` after each prompt."""
-        rows, labels = [], []
-        for prompt, answer in zip(prompts, answers):
-            target = self.ids(answer) + [self.vocab[EOS]]
-            rows.append(prompt + target)
-            labels.append((prompt if loss_on_prompt else [-100] * len(prompt)) + target)
-        width = max(map(len, rows))
+    def batch(self, rows: list[tuple[list[int], list[int]]], images=None) -> dict:
+        """Return right-padded ``input_ids``, ``labels``, ``attention_mask`` (B, T) and ``pixel_values``."""
+        width = max(len(ids) for ids, _ in rows)
         pad = self.vocab[PAD]
-        batch = {
-            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-            "labels": torch.tensor([r + [-100] * (width - len(r)) for r in labels]),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        return {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+            "pixel_values": None if images is None else self.pixels(images),
         }
-        if loss_on_prompt:  # never predict the image placeholder or padding
-            batch["labels"][batch["labels"] == self.vocab[IMAGE]] = -100
-        batch["pixel_values"] = None if images is None else self.pixels(images)
-        return batch
 
-    def samples(self, samples: list[Sample], answer_map: dict[str, str] | None = None):
-        """Return a training batch of image questions (answers renamed through ``answer_map``)."""
-        answers = [(answer_map or {}).get(s.answer, s.answer) for s in samples]
-        return self.encode([self.prompt_ids(s.question) for s in samples], answers, [s.image for s in samples])
+    def samples(self, samples: list[Sample], answer_map: dict[str, str] | None = None) -> dict:
+        """Return a training batch of single-turn image questions (answers renamed by ``answer_map``)."""
+        renames = answer_map or {}
+        return self.batch([self.dialog([(s.question, renames.get(s.answer, s.answer))]) for s in samples],
+                          [s.image for s in samples])

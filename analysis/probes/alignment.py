@@ -1,0 +1,306 @@
+"""Implicit multimodal alignment (IMA): how image tokens sit relative to text tokens in the LLM.
+
+Reference: Shukor & Cord, "Implicit Multimodal Alignment: On the Generalization of Frozen LLMs
+to Multimodal Inputs" (NeurIPS 2024). For every hidden state ``h_l`` (``l = 0`` is the LLM input,
+``l`` the output of decoder layer ``l - 1``; never final-normed), ``P`` are the image positions and
+``T`` the text positions after the image (question + teacher-forced answer by default; the
+chat template and system prompt are excluded). Mean-pooling gives ``p_n`` and ``t_n`` per example.
+
+Scores (rows of ``AlignmentResult.scores``, one per sample x layer x measure):
+
+=========  =====  ==============  ==================================================================
+measure    pair   variant         value for sample ``n``
+=========  =====  ==============  ==================================================================
+alignment  P-T    matched         ``cos(p_n, t_n)``
+alignment  P-T    all pairs       ``mean_m cos(p_n, t_m)`` (the reference's score: all pairs)
+alignment  P-T    shuffled        ``cos(p_n, t_pi(n))`` for a seeded derangement ``pi`` (control)
+alignment  P-T    token max       mean over text tokens of the best cosine to any image token
+alignment  P-T    token mean      mean of the ``|P| x |T|`` token cosine matrix
+alignment  P-T    token median    median of that matrix
+alignment  P-T    image layer 0   ``cos(p_n at layer 0, t_n at layer l)``
+cone       P-P    all pairs       ``mean_{m != n} cos(p_n, p_m)`` (narrow cone of image tokens)
+cone       T-T    all pairs       ``mean_{m != n} cos(t_n, t_m)``
+drift      P / T  k=1, k=8        mean over tokens of ``cos(h_l, h_{l+k})`` (layers ``l + k <= L``)
+norm       P / T  mean            mean L2 norm of the modality's tokens
+=========  =====  ==============  ==================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from tqdm.auto import tqdm
+
+from analysis.capture import Activations, capture
+from analysis.errors import InputError
+from analysis.probes.samples import as_samples
+
+SCORE_COLUMNS = ["sample", "question_type", "layer", "measure", "pair", "variant", "value"]
+
+
+@dataclass
+class AlignmentResult:
+    """Implicit alignment of one model on a set of samples.
+
+    Attributes:
+        scores: tidy per-sample scores (columns ``SCORE_COLUMNS``; see the module docstring).
+        meta: the capture's per-sample table (prediction, ``correct``, ...).
+        dropped: samples the capture dropped, with the reason.
+        text_role: the role(s) used as ``T``.
+        model: the model's name.
+    """
+
+    scores: pd.DataFrame
+    meta: pd.DataFrame
+    dropped: pd.DataFrame
+    text_role: str
+    model: str
+
+    @property
+    def accuracy(self) -> float:
+        """Share of samples whose greedy first answer token is the gold answer's (NaN without answers)."""
+        correct = self.meta["correct"].dropna()
+        return float(correct.astype(float).mean()) if len(correct) else float("nan")
+
+    def summary(self) -> pd.DataFrame:
+        """Return mean, std and count over samples per layer x measure x pair x variant."""
+        return (self.scores.groupby(["layer", "measure", "pair", "variant"], sort=False)["value"]
+                .agg(["mean", "std", "count"]).reset_index())
+
+    def score(self, variant: str = "all pairs", layers: Sequence[int] | None = None) -> float:
+        """Return the IMA score: the P-T ``variant`` alignment averaged over samples and ``layers``.
+
+        ``layers`` are hidden-state indices (default ``1 .. L``: every decoder layer's output).
+        """
+        rows = self.scores[(self.scores["measure"] == "alignment") & (self.scores["variant"] == variant)]
+        if rows.empty:
+            raise InputError(f"no alignment variant {variant!r}; use one of "
+                             f"{sorted(self.scores.loc[self.scores.measure == 'alignment', 'variant'].unique())}")
+        chosen = list(layers) if layers is not None else [l for l in rows["layer"].unique() if l > 0]
+        rows = rows[rows["layer"].isin(chosen)]
+        if rows.empty:
+            raise InputError(f"layers {chosen} are not among the captured hidden states 0..{self.scores.layer.max()}")
+        return float(rows.groupby("layer")["value"].mean().mean())
+
+
+def implicit_alignment(
+    vlm,
+    samples: Iterable,
+    text_role: str = "question+answer",
+    drift_steps: Sequence[int] = (1, 8),
+    seed: int = 0,
+    batch_size: int = 8,
+    cache=None,
+    progress: bool = True,
+) -> AlignmentResult:
+    """Return the implicit-alignment scores of ``vlm`` on ``samples`` at every hidden state.
+
+    Args:
+        vlm: the model.
+        samples: at least two samples; with the default ``text_role`` each needs its gold answer
+            (it is teacher-forced after the prompt).
+        text_role: the capture role(s) that make ``T`` (``"question"`` for samples without answers).
+        drift_steps: the ``k`` of the consecutive-layer drift ``cos(h_l, h_{l+k})``.
+        seed: seed of the shuffled-pair control.
+        batch_size, cache, progress: see ``analysis.capture.capture``.
+    """
+    samples = as_samples(samples)
+    if len(samples) < 2:
+        raise InputError("implicit alignment compares examples with each other: give at least 2 samples")
+    sites = [("input", 0)] + [("output", l) for l in range(vlm.n_layers)]
+    acts = capture(vlm, samples, sites=sites, roles=["image", text_role], pool=None, batch_size=batch_size,
+                   cache=cache, progress=progress)
+    image, text = _states(acts, "image"), _states(acts, text_role)
+    scores = alignment_scores(image, text, acts.meta, drift_steps, seed)
+    return AlignmentResult(scores, acts.meta, acts.dropped, text_role, vlm.name)
+
+
+def _states(acts: Activations, role: str) -> list[torch.Tensor]:
+    """Return per sample a ``(n_states, n_tokens, hidden)`` tensor: layer-0 input, then each output."""
+    per_site = [acts.get(role, layer, point) for point, layer in acts.sites]
+    return [torch.stack([site[n] for site in per_site]) for n in range(len(acts))]
+
+
+def alignment_scores(
+    image: Sequence[torch.Tensor],
+    text: Sequence[torch.Tensor],
+    meta: pd.DataFrame,
+    drift_steps: Sequence[int] = (1, 8),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Compute the IMA score table from token states.
+
+    Args:
+        image, text: per sample, ``(n_states, n_tokens, hidden)`` states of the image / text tokens.
+        meta: per-sample table with ``sample`` and ``question_type`` columns, in the same order.
+        drift_steps, seed: see ``implicit_alignment``.
+
+    Returns:
+        DataFrame with ``SCORE_COLUMNS``.
+    """
+    n = len(image)
+    if n < 2 or len(text) != n or len(meta) != n:
+        raise InputError("need at least 2 samples with image and text states for each")
+    n_states = image[0].shape[0]
+    p = torch.stack([x.float().mean(1) for x in image])  # (N, S, D)
+    t = torch.stack([x.float().mean(1) for x in text])
+    pn, tn = F.normalize(p, dim=-1), F.normalize(t, dim=-1)
+    perm = torch.from_numpy(_derangement(n, seed))
+    off = ~torch.eye(n, dtype=torch.bool)
+    blocks = []
+
+    def add(measure, pair, variant, values):  # values: (N, S') for layers 0..S'-1
+        values = np.asarray(values, dtype=float)
+        layers = np.arange(values.shape[1])
+        blocks.append(pd.DataFrame({
+            "sample": np.repeat(meta["sample"].to_numpy(), len(layers)),
+            "question_type": np.repeat(meta["question_type"].to_numpy(), len(layers)),
+            "layer": np.tile(layers, n), "measure": measure, "pair": pair, "variant": variant,
+            "value": values.reshape(-1)}))
+
+    cross = torch.einsum("nsd,msd->snm", pn, tn)  # (S, N, N): cos(p_n, t_m) per state
+    add("alignment", "P-T", "matched", torch.diagonal(cross, dim1=1, dim2=2).T)
+    add("alignment", "P-T", "all pairs", cross.mean(2).T)
+    add("alignment", "P-T", "shuffled", cross[:, torch.arange(n), perm].T)
+    token = torch.stack([_token_alignment(a.float(), b.float()) for a, b in zip(image, text)])  # (N, 3, S)
+    for k, variant in enumerate(("token max", "token mean", "token median")):
+        add("alignment", "P-T", variant, token[:, k])
+    add("alignment", "P-T", "image layer 0", (pn[:, :1] * tn).sum(-1))
+    for pair, x in (("P-P", pn), ("T-T", tn)):
+        sims = torch.einsum("nsd,msd->snm", x, x)
+        add("cone", pair, "all pairs", (sims * off).sum(2).T / (n - 1))
+    for k in drift_steps:
+        if 0 < k < n_states:
+            for pair, states in (("P", image), ("T", text)):
+                add("drift", pair, f"k={k}", torch.stack([
+                    F.cosine_similarity(x[:-k].float(), x[k:].float(), dim=-1).mean(-1) for x in states]))
+    for pair, states in (("P", image), ("T", text)):
+        add("norm", pair, "mean", torch.stack([x.float().norm(dim=-1).mean(-1) for x in states]))
+    return pd.concat(blocks, ignore_index=True)[SCORE_COLUMNS]
+
+
+def _token_alignment(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Return ``(3, S)``: token max / mean / median alignment of one sample's ``(S, n, D)`` states."""
+    sims = torch.einsum("spd,std->spt", F.normalize(image, dim=-1), F.normalize(text, dim=-1))
+    flat = sims.flatten(1)
+    return torch.stack([sims.amax(1).mean(1), flat.mean(1), flat.median(1).values])
+
+
+def _derangement(n: int, seed: int) -> np.ndarray:
+    """Return a seeded uniformly random permutation of ``range(n)`` with no fixed point (``n >= 2``)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+@dataclass
+class AlignmentAccuracy:
+    """The IMA score against task accuracy across checkpoints.
+
+    Attributes:
+        table: one row per checkpoint: ``checkpoint``, ``score``, ``accuracy``, ``n_samples``.
+        correlations: one row per method (``spearman``, ``pearson``): ``r``, ``p_value``,
+            ``ci_low``, ``ci_high`` (percentile bootstrap over checkpoints), ``n_checkpoints``,
+            ``n_boot`` (resamples with a defined coefficient), ``confidence``.
+        results: the per-checkpoint ``AlignmentResult`` objects.
+        variant, layers: which score was correlated.
+    """
+
+    table: pd.DataFrame
+    correlations: pd.DataFrame
+    results: dict[str, AlignmentResult]
+    variant: str
+    layers: list[int] | None
+
+
+def alignment_vs_accuracy(
+    checkpoints: Mapping[str, object] | Sequence[str],
+    samples: Iterable,
+    variant: str = "all pairs",
+    layers: Sequence[int] | None = None,
+    accuracy: Mapping[str, float] | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 8,
+    cache=None,
+    device: str = "auto",
+    progress: bool = True,
+) -> AlignmentAccuracy:
+    """Correlate the IMA score with task accuracy across checkpoints.
+
+    Args:
+        checkpoints: ``{label: VLM or name}`` or a list of names (``"zoo:shapes-llava-step200"``,
+            folders, hub ids); names are loaded one at a time with ``load_vlm``.
+        samples: the same samples for every checkpoint, with gold answers.
+        variant, layers: the score (see ``AlignmentResult.score``).
+        accuracy: ``{label: accuracy}`` to use instead of the greedy first-token accuracy on
+            ``samples`` (e.g. the zoo's held-out evaluation).
+        n_boot, confidence, seed: percentile bootstrap over checkpoints for the interval.
+        batch_size, cache, progress: see ``analysis.capture.capture``; device: for loading names.
+
+    Returns:
+        ``AlignmentAccuracy`` with Spearman and Pearson coefficients, p-values and intervals.
+    """
+    from analysis.models import load_vlm
+
+    items = dict(checkpoints) if isinstance(checkpoints, Mapping) else {str(c): c for c in checkpoints}
+    if len(items) < 3:
+        raise InputError(f"a correlation across checkpoints needs at least 3; got {len(items)}")
+    if not 0 < confidence < 1:
+        raise InputError("confidence must be between 0 and 1")
+    samples = as_samples(samples)
+    results, rows = {}, []
+    for label, model in tqdm(items.items(), desc="checkpoints", disable=not progress):
+        vlm = load_vlm(model, device=device) if isinstance(model, (str, os.PathLike)) else model
+        result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False)
+        results[label] = result
+        acc = result.accuracy if accuracy is None else float(accuracy[label])
+        rows.append(dict(checkpoint=label, score=result.score(variant, layers), accuracy=acc,
+                         n_samples=len(result.meta)))
+        del vlm
+    table = pd.DataFrame(rows)
+    correlations = correlate(table["score"].to_numpy(), table["accuracy"].to_numpy(), n_boot, confidence, seed)
+    return AlignmentAccuracy(table, correlations, results, variant, list(layers) if layers is not None else None)
+
+
+def correlate(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
+              seed: int = 0) -> pd.DataFrame:
+    """Return Spearman and Pearson coefficients of ``x`` and ``y`` with p-values and bootstrap intervals.
+
+    The interval is the percentile interval of the coefficient over ``n_boot`` resamples of the
+    pairs with replacement; resamples where either variable is constant are skipped (``n_boot``
+    counts the others). When ``x`` or ``y`` is constant every coefficient is NaN, with a warning.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y) or len(x) < 3:
+        raise InputError("need at least 3 (x, y) pairs of equal length")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise InputError("scores and accuracies must be finite")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        warnings.warn("the scores or the accuracies are all equal: the correlation is undefined (NaN)", stacklevel=2)
+        return pd.DataFrame([dict(method=m, r=np.nan, p_value=np.nan, ci_low=np.nan, ci_high=np.nan,
+                                  n_checkpoints=len(x), n_boot=0, confidence=confidence)
+                             for m in ("spearman", "pearson")])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(x), size=(n_boot, len(x)))
+    rows = []
+    for method, fn in (("spearman", stats.spearmanr), ("pearson", stats.pearsonr)):
+        r, p = fn(x, y)
+        boot = [fn(x[d], y[d])[0] for d in draws if np.ptp(x[d]) > 0 and np.ptp(y[d]) > 0]
+        boot = np.asarray([b for b in boot if np.isfinite(b)])
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(boot, [tail, 100 - tail]) if len(boot) else (np.nan, np.nan)
+        rows.append(dict(method=method, r=float(r), p_value=float(p), ci_low=float(low), ci_high=float(high),
+                         n_checkpoints=len(x), n_boot=len(boot), confidence=confidence))
+    return pd.DataFrame(rows)

@@ -1,0 +1,446 @@
+"""Sanity checks for any per-image-token map: randomisation, localisation, deletion, comparison.
+
+A *map method* is anything that turns ``(vlm, prepared, token)`` into one score per image token
+(``MapMethod``): attention of the last position at a layer, attention rollout, and every captum
+attribution of ``analysis.probes.attribution``. On the same samples (by default only those the
+model answers correctly; the explained token is the model's answer) this module measures:
+
+- **Cascading model-parameter randomisation** (Adebayo et al., "Sanity Checks for Saliency
+  Maps", NeurIPS 2018). On a deep copy of the model, the language model's decoder layers are
+  re-initialised from the top down, then the projector, then the vision tower, cumulatively; after
+  each stage every method's map is recomputed and compared with the original map by Spearman
+  rank correlation of the absolute scores over the patch tokens. Re-initialising redraws every
+  weight tensor i.i.d. from a normal with that tensor's own mean and standard deviation (the
+  scale survives, the learned structure does not; constant tensors such as untrained norm
+  weights stay as they are). A map that still correlates after everything is randomised
+  explains the input, not the model: ``comparison_table`` flags it.
+- **Localisation** against ground-truth boxes (``analysis.probes.localisation``): the pointing
+  game (is the arg-max patch related) and the share of the map's positive mass on related
+  patches over their share of the area.
+- **Deletion** (faithfulness): the ``k`` patches a map ranks highest are knocked out (attention
+  from every other position to them is blocked in every layer, with the attention backend,
+  exactly) and the relative drop of the answer's probability is compared with knocking out
+  ``k`` random patches (the same draws for every method).
+
+``sanity_report`` runs all of them and builds the comparison table (methods as rows).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from analysis.errors import InputError, UnsupportedModelError
+from analysis.models import VLM, PreparedInputs
+from analysis.probes.attention import attention_maps
+from analysis.probes.attribution import attribute, positive_part
+from analysis.probes.backend import Edges
+from analysis.probes.flow import is_correct, knockout_probs, last_logits
+from analysis.probes.localisation import localisation_scores
+from analysis.probes.samples import Sample, as_samples
+
+PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger")
+VISION_NAMES = ("vision_tower", "visual", "vision_model")
+SURVIVAL_THRESHOLD = 0.5
+
+MapFunction = Callable[[VLM, PreparedInputs, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MapMethod:
+    """A named way to score image tokens.
+
+    Attributes:
+        name: row label in tables and figures, e.g. ``"attention L3"``.
+        kind: ``"attention"``, ``"gradient"``, ``"perturbation"`` or any label of your own.
+        compute: ``(vlm, prepared, token) -> (n_image,)`` scores, one per image token in sequence
+            order; ``token`` is the vocabulary id being explained (attention ignores it).
+    """
+
+    name: str
+    kind: str
+    compute: MapFunction
+
+
+def attention_method(layer: int, name: str | None = None) -> MapMethod:
+    """Return the head-averaged attention of the last position to the image at ``layer``."""
+
+    def compute(vlm, prepared, token):
+        index = vlm.check_layer(layer)
+        return attention_maps(vlm, prepared, layers=[index], query="last").image_map(layer=index)
+
+    return MapMethod(name or f"attention L{layer}", "attention", compute)
+
+
+def rollout_method(layer: int = -1, name: str | None = None) -> MapMethod:
+    """Return attention rollout (Abnar & Zuidema) of the last position up to ``layer``."""
+
+    def compute(vlm, prepared, token):
+        index = vlm.check_layer(layer)
+        maps = attention_maps(vlm, prepared, layers=[index], query="last", rollout=True)
+        return maps.image_map(layer=index, kind="rollout")
+
+    return MapMethod(name or "rollout", "attention", compute)
+
+
+def attribution_method(method: str, name: str | None = None, **options) -> MapMethod:
+    """Return a captum attribution (``analysis.probes.attribution.attribute``) as a map method.
+
+    Args:
+        method: one of ``analysis.probes.attribution.METHODS``.
+        name: row label (default: the method name).
+        **options: passed to ``attribute`` (``features``, ``perturb``, ``n_steps``, ...).
+    """
+    kind = "perturbation" if method in ("occlusion", "kernel_shap") else "gradient"
+
+    def compute(vlm, prepared, token):
+        return attribute(vlm, prepared, target=token, method=method, **options).image_scores
+
+    return MapMethod(name or method, kind, compute)
+
+
+def default_methods(vlm: VLM, attention_layers: Sequence[int] | None = None, n_steps: int = 64,
+                    n_samples: int = 256, batch_size: int = 16) -> list[MapMethod]:
+    """Return the comparison's rows: attention at a few layers, rollout, IG, saliency, InputXGradient,
+    occlusion and KernelSHAP (pixel perturbation of every patch).
+
+    Args:
+        vlm: the model (for its depth).
+        attention_layers: layers of the attention rows (default: first, middle and last).
+        n_steps, n_samples, batch_size: passed to the attributions.
+    """
+    n = vlm.n_layers
+    layers = sorted({0, n // 2, n - 1}) if attention_layers is None else [vlm.check_layer(l) for l in attention_layers]
+    return [
+        *(attention_method(layer) for layer in layers),
+        rollout_method(n - 1),
+        attribution_method("integrated_gradients", "IG", n_steps=n_steps, batch_size=batch_size),
+        attribution_method("saliency"),
+        attribution_method("input_x_gradient", "InputXGradient"),
+        attribution_method("occlusion", batch_size=batch_size),
+        attribution_method("kernel_shap", "KernelSHAP", n_samples=n_samples, batch_size=batch_size),
+    ]
+
+
+@dataclass
+class MapSet:
+    """Every method's map on every kept sample, from one model.
+
+    Attributes:
+        methods: the map methods, in table order.
+        samples: the kept samples.
+        prepared: their prepared inputs.
+        tokens: the explained token per sample (the model's greedy answer).
+        maps: ``{method name: [(n_image,) array per sample]}``.
+        seconds: tidy frame ``sample, method, seconds`` (wall-clock time of each map).
+        n_samples: samples given, before keeping the correctly answered ones.
+    """
+
+    methods: list[MapMethod]
+    samples: list[Sample]
+    prepared: list[PreparedInputs]
+    tokens: list[int]
+    maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    seconds: pd.DataFrame | None = None
+    n_samples: int = 0
+
+
+def _check_methods(methods: Iterable[MapMethod]) -> list[MapMethod]:
+    methods = list(methods)
+    if not methods or not all(isinstance(m, MapMethod) for m in methods):
+        raise InputError("methods must be a non-empty list of MapMethod (see default_methods)")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise InputError(f"method names must be unique; got {names}")
+    return methods
+
+
+def _compute(method: MapMethod, vlm: VLM, prepared: PreparedInputs, token: int) -> np.ndarray:
+    """Run one map method and check that it gives one finite-or-NaN score per image token."""
+    scores = method.compute(vlm, prepared, token)
+    scores = np.asarray(scores.detach().float().cpu() if torch.is_tensor(scores) else scores, dtype=float)
+    if scores.shape != (len(prepared.patches),):
+        raise InputError(f"map method {method.name!r} returned shape {scores.shape}; expected "
+                         f"({len(prepared.patches)},), one score per image token")
+    return scores
+
+
+def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | None = None,
+                 only_correct: bool = True, progress: bool = True) -> MapSet:
+    """Return every method's map on every (correctly answered) sample.
+
+    Args:
+        vlm: the model.
+        samples: ``Sample`` objects, dicts or zoo samples (see ``as_samples``).
+        methods: map methods (default: ``default_methods(vlm)``).
+        only_correct: keep only samples whose greedy first token is the gold answer.
+        progress: show a progress bar over samples.
+    """
+    methods = _check_methods(default_methods(vlm) if methods is None else methods)
+    samples = as_samples(samples)
+    out = MapSet(methods=methods, samples=[], prepared=[], tokens=[], maps={m.name: [] for m in methods},
+                 n_samples=len(samples))
+    seconds = []
+    for sample in tqdm(samples, desc="maps", disable=not progress):
+        prepared = vlm.prepare(sample.image, sample.question)
+        token = int(last_logits(vlm, prepared).argmax())
+        if only_correct:
+            if sample.answer is None:
+                raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
+            if not is_correct(vlm, prepared, token, sample.answer):
+                continue
+        out.samples.append(sample)
+        out.prepared.append(prepared)
+        out.tokens.append(token)
+        for method in methods:
+            started = time.perf_counter()
+            out.maps[method.name].append(_compute(method, vlm, prepared, token))
+            seconds.append({"sample": sample.id, "method": method.name, "seconds": time.perf_counter() - started})
+    if not out.samples:
+        raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to explain")
+    out.seconds = pd.DataFrame(seconds)
+    return out
+
+
+# --- localisation -------------------------------------------------------------------------------
+def localisation(maps: MapSet) -> pd.DataFrame:
+    """Return localisation scores, one row per sample x method.
+
+    Columns: ``sample, method, hit`` (pointing game), ``share`` (positive mass on related
+    patches), ``area_share`` (their share of the area), ``ratio`` (``share / area_share``).
+    """
+    rows = []
+    for i, (sample, prepared) in enumerate(zip(maps.samples, maps.prepared)):
+        if not sample.boxes:
+            raise InputError(f"sample {sample.id!r} has no ground-truth boxes; localisation needs them")
+        for method in maps.methods:
+            scores = localisation_scores(prepared, positive_part(maps.maps[method.name][i]), sample.boxes)
+            rows.append({"sample": sample.id, "method": method.name, "hit": bool(scores["hit"]),
+                         "share": float(scores["share"]), "area_share": float(scores["area_share"]),
+                         "ratio": float(scores["ratio"])})
+    return pd.DataFrame(rows)
+
+
+# --- deletion -----------------------------------------------------------------------------------
+def top_patches(prepared: PreparedInputs, scores: np.ndarray, k: int) -> np.ndarray:
+    """Return the positions of the ``k`` patch tokens with the highest finite scores (ties: earlier first)."""
+    patch = (prepared.patches["kind"].to_numpy() == "patch") & np.isfinite(scores)
+    candidates = np.flatnonzero(patch)
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    return prepared.patches["position"].to_numpy()[order[:k]]
+
+
+def knockout_edges(vlm: VLM, prepared: PreparedInputs, positions) -> Edges:
+    """Return edges that cut ``positions`` off: no other position attends to them, in any layer."""
+    positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    others = torch.arange(prepared.length)[~torch.isin(torch.arange(prepared.length), positions)]
+    return Edges.make(positions, others, range(vlm.n_layers))
+
+
+def deletion(vlm: VLM, maps: MapSet, k: int | float = 0.1, n_random: int = 8, seed: int = 0,
+             batch_size: int = 16) -> pd.DataFrame:
+    """Return the answer-probability drop when each map's top-``k`` patches are knocked out.
+
+    Args:
+        vlm: the model the maps were computed on.
+        maps: from ``compute_maps``.
+        k: patches removed: a count, or a fraction of each input's patch tokens (at least 1).
+        n_random: random ``k``-sets per sample (shared by every method).
+        seed: seeds the random sets.
+        batch_size: knockout configurations per forward.
+
+    Returns:
+        One row per sample x method: ``sample, method, k, p_base, p_top, p_random`` (mean over the
+        random sets), ``drop_top`` and ``drop_random`` in percent of ``p_base``.
+    """
+    if n_random < 1:
+        raise InputError("n_random must be at least 1")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
+        patch_positions = prepared.patches["position"].to_numpy()[prepared.patches["kind"].to_numpy() == "patch"]
+        n = len(patch_positions)
+        count = int(k) if isinstance(k, (int, np.integer)) else max(1, int(round(k * n)))
+        if not 1 <= count <= n:
+            raise InputError(f"k must select between 1 and {n} patches; got {k!r}")
+        random_sets = [rng.choice(patch_positions, size=count, replace=False) for _ in range(n_random)]
+        tops = [top_patches(prepared, maps.maps[m.name][i], count) for m in maps.methods]
+        configs = [[]] + [[knockout_edges(vlm, prepared, p)] for p in tops + random_sets]
+        probs = knockout_probs(vlm, prepared, configs, token, batch_size=batch_size).numpy().astype(float)
+        p_base, p_top, p_random = probs[0], probs[1:1 + len(tops)], probs[1 + len(tops):].mean()
+        for method, p in zip(maps.methods, p_top):
+            rows.append({"sample": sample.id, "method": method.name, "k": count, "p_base": p_base, "p_top": p,
+                         "p_random": p_random, "drop_top": 100 * (p_base - p) / p_base,
+                         "drop_random": 100 * (p_base - p_random) / p_base})
+    return pd.DataFrame(rows)
+
+
+# --- cascading randomisation --------------------------------------------------------------------
+def _find(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module | None:
+    """Return the first submodule whose attribute name is one of ``names``."""
+    return next((m for path, m in model.named_modules() if path.rsplit(".", 1)[-1] in names), None)
+
+
+def randomisation_stages(vlm: VLM) -> list[tuple[str, list[torch.nn.Parameter]]]:
+    """Return the cascade, in order: each stage's name and the parameters it re-initialises.
+
+    Stages: ``"LLM layer {L-1}"`` down to ``"LLM layer 0"``, ``"projector"``, ``"vision tower"``
+    (the vision tower's parameters that are not the projector's, e.g. Qwen2-VL's merger).
+    """
+    projector, vision = _find(vlm.model, PROJECTOR_NAMES), _find(vlm.model, VISION_NAMES)
+    if projector is None or vision is None:
+        raise UnsupportedModelError(
+            f"{type(vlm.model).__name__}: cannot find the projector ({', '.join(PROJECTOR_NAMES)}) or the "
+            f"vision tower ({', '.join(VISION_NAMES)}) for cascading randomisation"
+        )
+    stages = [(f"LLM layer {i}", list(vlm.layers[i].parameters())) for i in reversed(range(vlm.n_layers))]
+    projector_ids = {id(p) for p in projector.parameters()}
+    stages.append(("projector", list(projector.parameters())))
+    stages.append(("vision tower", [p for p in vision.parameters() if id(p) not in projector_ids]))
+    return stages
+
+
+@torch.no_grad()
+def reinitialise(parameters: Iterable[torch.nn.Parameter], seed: int) -> None:
+    """Redraw each tensor in place from a normal with its own mean and std (constant tensors stay)."""
+    generator = torch.Generator().manual_seed(seed)
+    for p in parameters:
+        values = p.detach().float()
+        std = float(values.std()) if p.numel() > 1 else 0.0
+        if std > 0:
+            drawn = torch.randn(p.shape, generator=generator) * std + float(values.mean())
+            p.copy_(drawn.to(device=p.device, dtype=p.dtype))
+
+
+def rank_correlation(prepared: PreparedInputs, a: np.ndarray, b: np.ndarray) -> float:
+    """Return Spearman's rho between ``|a|`` and ``|b|`` over patch tokens finite in both (NaN if constant)."""
+    keep = (prepared.patches["kind"].to_numpy() == "patch") & np.isfinite(a) & np.isfinite(b)
+    x, y = np.abs(a[keep]), np.abs(b[keep])
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
+
+
+def randomisation(vlm: VLM, maps: MapSet, stages: Sequence[str] | None = None, seed: int = 0,
+                  progress: bool = True) -> pd.DataFrame:
+    """Return the rank correlation between original and cascade-randomised maps.
+
+    The model is deep-copied once (``vlm`` is untouched; this needs memory for a second copy)
+    and randomised cumulatively, stage by stage (``randomisation_stages``).
+
+    Args:
+        vlm: the model the maps were computed on.
+        maps: from ``compute_maps``.
+        stages: stage names at which to recompute the maps (default: every stage); the cascade
+            still re-initialises every stage before them.
+        seed: seeds the re-initialisation.
+        progress: show a progress bar over stages.
+
+    Returns:
+        One row per evaluated stage x sample x method: ``stage_index`` (0 = top LLM layer),
+        ``stage``, ``sample``, ``method``, ``rho``.
+    """
+    model = copy.deepcopy(vlm.model)
+    randomised = VLM(model=model.eval(), processor=vlm.processor, adapter=type(vlm.adapter)(model, vlm.processor),
+                     name=f"{vlm.name} (randomised)")
+    cascade = randomisation_stages(randomised)
+    names = [name for name, _ in cascade]
+    unknown = sorted(set(stages or ()) - set(names))
+    if unknown:
+        raise InputError(f"unknown stages {unknown}; the cascade is {names}")
+    rows = []
+    for index, (name, parameters) in enumerate(tqdm(cascade, desc="randomisation", disable=not progress)):
+        reinitialise(parameters, seed=seed * 1000 + index)
+        if stages is not None and name not in stages:
+            continue
+        for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
+            for method in maps.methods:
+                scores = _compute(method, randomised, prepared, token)
+                rows.append({"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
+                             "rho": rank_correlation(prepared, maps.maps[method.name][i], scores)})
+    return pd.DataFrame(rows)
+
+
+# --- the comparison -----------------------------------------------------------------------------
+def comparison_table(maps: MapSet, localised: pd.DataFrame, deleted: pd.DataFrame, randomised: pd.DataFrame,
+                     threshold: float = SURVIVAL_THRESHOLD) -> pd.DataFrame:
+    """Return one row per method (in ``maps.methods`` order) with every check's mean over samples.
+
+    Columns: ``method, kind, pointing_game`` (fraction of hits), ``mass_ratio``, ``deletion_drop``
+    and ``random_drop`` (percent), ``rho_top`` (after the first evaluated stage, normally the top
+    LLM layer), ``rho_all`` (after the last evaluated stage, normally everything randomised),
+    ``seconds`` (per sample), ``survives_randomisation`` (``rho_all >= threshold``), ``n_samples``.
+    """
+    first, last = randomised["stage_index"].min(), randomised["stage_index"].max()
+    rows = []
+    for method in maps.methods:
+        loc = localised[localised["method"] == method.name]
+        dele = deleted[deleted["method"] == method.name]
+        rnd = randomised[randomised["method"] == method.name]
+        rho_all = rnd.loc[rnd["stage_index"] == last, "rho"].mean()
+        rows.append({
+            "method": method.name, "kind": method.kind,
+            "pointing_game": loc["hit"].mean(), "mass_ratio": loc["ratio"].mean(),
+            "deletion_drop": dele["drop_top"].mean(), "random_drop": dele["drop_random"].mean(),
+            "rho_top": rnd.loc[rnd["stage_index"] == first, "rho"].mean(), "rho_all": rho_all,
+            "seconds": maps.seconds.loc[maps.seconds["method"] == method.name, "seconds"].mean(),
+            "survives_randomisation": bool(rho_all >= threshold), "n_samples": len(maps.samples),
+        })
+    table = pd.DataFrame(rows)
+    stage = randomised.drop_duplicates("stage_index").set_index("stage_index")["stage"]
+    table.attrs.update(threshold=threshold, first_stage=stage[first], last_stage=stage[last], n_given=maps.n_samples)
+    return table
+
+
+@dataclass
+class SanityReport:
+    """All checks on one model and one sample set.
+
+    Attributes:
+        maps: the maps (``compute_maps``).
+        localisation, deletion, randomisation: the tidy frames of each check.
+        table: ``comparison_table`` (methods as rows).
+    """
+
+    maps: MapSet
+    localisation: pd.DataFrame
+    deletion: pd.DataFrame
+    randomisation: pd.DataFrame
+    table: pd.DataFrame
+
+
+def sanity_report(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | None = None, *,
+                  k: int | float = 0.1, n_random: int = 8, stages: Sequence[str] | None = None,
+                  threshold: float = SURVIVAL_THRESHOLD, only_correct: bool = True, seed: int = 0,
+                  batch_size: int = 16, progress: bool = True) -> SanityReport:
+    """Run every sanity check on the same samples and return the report with its comparison table.
+
+    Args:
+        vlm: the model.
+        samples: samples with image, question, answer and ground-truth ``boxes`` (zoo samples).
+        methods: map methods (default: ``default_methods(vlm)``).
+        k, n_random: see ``deletion``.
+        stages: see ``randomisation``.
+        threshold: ``rho_all`` at or above which a method is flagged as surviving randomisation.
+        only_correct: keep only correctly answered samples.
+        seed: seeds the random deletions and the re-initialisation.
+        batch_size: knockout configurations per forward.
+        progress: show progress bars.
+    """
+    maps = compute_maps(vlm, samples, methods, only_correct=only_correct, progress=progress)
+    localised = localisation(maps)
+    deleted = deletion(vlm, maps, k=k, n_random=n_random, seed=seed, batch_size=batch_size)
+    randomised = randomisation(vlm, maps, stages=stages, seed=seed, progress=progress)
+    return SanityReport(maps=maps, localisation=localised, deletion=deleted, randomisation=randomised,
+                        table=comparison_table(maps, localised, deleted, randomised, threshold))

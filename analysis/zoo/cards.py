@@ -1,0 +1,95 @@
+"""Model cards: evaluate every checkpoint under a folder and write its README.md (+ an index)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+from analysis.zoo.evaluate import EVAL_SEED, evaluate, evaluate_text
+from analysis.zoo.registry import BUILD_COMMAND, list_checkpoints
+
+_ABOUT = {
+    "lm": "Text-only Llama decoder pre-trained on question parsing (`USER: what color is the circle ? ASSISTANT: "
+          "circle color`) and scene descriptions. Accuracy below: the best of each question's options given the "
+          "question alone (no image): chance, as the answers are balanced.",
+    "vision": "CLIP vision tower pre-trained with per-patch supervision: colour, shape, size and centre of the "
+              "object under each patch, and whether the patch holds that object's centre.",
+    "vlm": "`LlavaForConditionalGeneration`: CLIP vision tower, 2-layer MLP projector, Llama decoder.",
+}
+
+
+def write_cards(out: Path, eval_n: int = 1400, train_seconds: dict | None = None) -> dict:
+    """Evaluate each checkpoint in ``out``, write ``<name>/README.md``, ``README.md`` and ``zoo.json``.
+
+    Returns {"summary": {name: overall accuracy}, "tables": {name: records per question type}}.
+    """
+    out = Path(out)
+    tables, summary = {}, {}
+    for name in list_checkpoints(out):
+        zoo = AutoConfig.from_pretrained(out / name).to_dict().get("zoo", {})
+        kind = zoo.get("kind", "vlm")
+        if kind == "vlm":
+            table = evaluate(out / name, n=eval_n, progress=False)
+        elif kind == "lm":
+            lm = LlamaForCausalLM.from_pretrained(out / name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(out / name)
+            table = evaluate_text(lm, tok, eval_n, with_caption=False)
+        else:
+            table = None
+        if table is not None:
+            tables[name] = table.round(4).to_dict("records")
+            summary[name] = float(table.accuracy.iloc[-1])
+        (out / name / "README.md").write_text(_card(name, zoo, table, eval_n))
+    index = {"seed": EVAL_SEED, "n": eval_n, "summary": summary, "tables": tables, "train_seconds": train_seconds}
+    (out / "zoo.json").write_text(json.dumps(index, indent=1) + "\n")
+    (out / "README.md").write_text(_index(summary, tables, train_seconds))
+    return index
+
+
+def _card(name: str, zoo: dict, table: pd.DataFrame | None, eval_n: int) -> str:
+    spec, recipe = zoo.get("spec", {}), zoo.get("recipe", {})
+    steps = ", ".join(f"{k} {v}" for k, v in zoo.get("steps", {}).items())
+    lines = [
+        f"# {name}", "", _ABOUT[zoo.get("kind", "vlm")], "",
+        f"- Stage: {zoo.get('stage', '?')}" + (" — vision self-attention weights are zero: no patch mixing."
+                                              if zoo.get("local") else ""),
+        f"- Data: the shapes world (`analysis.data.shapes`), {spec.get('image_size')} px scenes, "
+        f"patch {spec.get('patch_size')}; streams of seed {recipe.get('seed', 0)} * 10 + stage (< 1000).",
+        f"- Steps: {steps}; batch size {recipe.get('batch_size')}; seed {zoo.get('seed')}.",
+        f"- Sizes: vision {spec.get('vision_layers')} x {spec.get('vision_hidden')}, "
+        f"decoder {spec.get('text_layers')} x {spec.get('text_hidden')}; weights stored in fp16.",
+        f"- Rebuild: `{BUILD_COMMAND}`.",
+    ]
+    if zoo.get("answer_map"):
+        lines.append(f"- Answers renamed: {', '.join(f'{k} -> {v}' for k, v in zoo['answer_map'].items())}.")
+    if table is not None:
+        lines += ["", f"Accuracy (greedy first answer token) on {eval_n} held-out questions (seed {EVAL_SEED}):",
+                  "", _markdown(table)]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    rows = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r] for r in table.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |"
+                                                                                 for r in rows])
+
+
+def _index(summary: dict, tables: dict, train_seconds: dict | None) -> str:
+    vlms = [name for name in tables if name != "shapes-lm"]
+    types = [r["question_type"] for r in tables[vlms[0]]] if vlms else []
+    lines = ["# The toy model zoo", "",
+             f"Built by `{BUILD_COMMAND}`; load with `load_vlm(\"zoo:<name>\")`. Each folder has a model card.",
+             f"Accuracy on {len(types) and tables[vlms[0]][-1]['n']} held-out questions (seed {EVAL_SEED}):", "",
+             "| checkpoint | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{r['accuracy']:.3f}" for r in tables[name]) + " |" for name in vlms]
+    if "shapes-lm" in tables:
+        lines += ["", f"shapes-lm (text only, best of the options, no image): {summary['shapes-lm']:.3f} overall."]
+    if train_seconds:
+        lines += ["", "Training time (minutes since start, after each checkpoint): " + ", ".join(
+            f"{k} {v / 60:.1f}" for k, v in train_seconds.items()) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""Accuracy of a zoo model (or any LLaVA-style model with a processor) on fresh shapes questions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from analysis.data.shapes import QUESTION_TYPES, Sample, make_samples
+
+EVAL_SEED = 10_000  # training streams use seeds below 1000 (see analysis.zoo.train)
+
+
+def _unpack(vlm: Any):
+    """Return (model, processor) from a VLM-like object, a (model, processor) pair or a folder."""
+    if isinstance(vlm, (str, Path)):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from analysis.zoo.registry import checkpoint_path
+        path = Path(vlm) if Path(vlm).is_dir() else checkpoint_path(str(vlm))
+        return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32), AutoProcessor.from_pretrained(path)
+    if isinstance(vlm, (tuple, list)):
+        return vlm
+    return vlm.model, vlm.processor
+
+
+def answer_map(model) -> dict[str, str]:
+    """Return the renaming of gold answers a checkpoint was trained with ({} for the standard task)."""
+    return dict((getattr(model.config, "zoo", None) or {}).get("answer_map") or {})
+
+
+@torch.no_grad()
+def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Return one row per sample: question_type, question, answer, prediction, p_answer, correct.
+
+    ``prediction`` is the greedy first token after the generation prompt; ``answer`` is the gold
+    answer after the checkpoint's answer map; ``p_answer`` its softmax probability (fp32).
+    Prompts are batched by token length, so no padding enters the forward pass.
+    """
+    model, processor = _unpack(vlm)
+    model.eval()
+    renames, tok = answer_map(model), processor.tokenizer
+    prompts = [processor.apply_chat_template(s.messages, add_generation_prompt=True) for s in samples]
+    lengths = [len(tok(p).input_ids) for p in prompts]
+    rows = {}
+    for group in tqdm(_batches(lengths, batch_size), desc="evaluate", disable=not progress, leave=False):
+        inputs = processor(text=[prompts[i] for i in group], images=[samples[i].image for i in group],
+                           return_tensors="pt").to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        probs = model(**inputs).logits[:, -1].float().softmax(-1)
+        for row, i in enumerate(group):
+            s = samples[i]
+            gold = renames.get(s.answer, s.answer)
+            gold_id = tok(gold, add_special_tokens=False).input_ids[0]
+            pred = tok.decode([int(probs[row].argmax())]).strip()
+            rows[i] = dict(question_type=s.question_type, question=s.question, answer=gold, prediction=pred,
+                           p_answer=float(probs[row, gold_id]), correct=pred == gold, chance=1 / len(s.options))
+    return pd.DataFrame([rows[i] for i in range(len(samples))])
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Return index batches of equal token length."""
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
+    return [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    """Return accuracy and chance per question type (in QUESTION_TYPES order) plus an "overall" row."""
+    types = [t for t in QUESTION_TYPES if t in set(df.question_type)]
+    table = (df.groupby("question_type").agg(n=("correct", "size"), accuracy=("correct", "mean"),
+                                               chance=("chance", "mean")).reindex(types).reset_index())
+    overall = pd.DataFrame([dict(question_type="overall", n=len(df), accuracy=df.correct.mean(),
+                                 chance=df.chance.mean())])
+    return pd.concat([table, overall], ignore_index=True)
+
+
+@torch.no_grad()
+def evaluate_text(model, tokenizer, n: int = 700, seed: int = EVAL_SEED, with_caption: bool = True,
+                  batch_size: int = 64) -> pd.DataFrame:
+    """Return accuracy per question type of a text-only LM, as :func:`evaluate` does.
+
+    The prompt is "USER: <caption> <question> ASSISTANT:" and the prediction is the most likely
+    of the question's ``options``. Without the caption no question is answerable, so a text-only
+    model sits at chance.
+    """
+    model.eval()
+    samples = make_samples(n, seed)
+    prompts = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{s.scene.describe()} {s.question}" if with_caption else s.question}],
+        add_generation_prompt=True, tokenize=False) for s in samples]
+    rows = []
+    for group in _batches([len(tokenizer(p).input_ids) for p in prompts], batch_size):
+        inputs = tokenizer([prompts[i] for i in group], return_tensors="pt").to(model.device)
+        logits = model(**inputs).logits[:, -1].float()
+        for row, i in enumerate(group):
+            s = samples[i]
+            option_ids = tokenizer(list(s.options), add_special_tokens=False).input_ids
+            best = max(range(len(s.options)), key=lambda k: logits[row, option_ids[k][0]].item())
+            rows.append(dict(question_type=s.question_type, correct=s.options[best] == s.answer,
+                             chance=1 / len(s.options)))
+    return _table(pd.DataFrame(rows))
+
+
+def evaluate(vlm: Any, n: int = 700, seed: int = EVAL_SEED, question_types: Sequence[str] | None = None,
+             image_size: int | None = None, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Return accuracy per question type on ``n`` fresh scenes, plus an "overall" row.
+
+    Columns: question_type, n, accuracy, chance (mean of 1 / number of options). ``vlm`` is a
+    loaded VLM (``.model``, ``.processor``), a (model, processor) pair, a checkpoint folder or a
+    zoo name. ``image_size`` renders scenes at another size (the processor resizes them).
+    """
+    model, processor = _unpack(vlm)
+    if image_size is None:
+        image_size = processor.image_processor.crop_size["height"]
+    samples = make_samples(n, seed, question_types, image_size=image_size)
+    return _table(predict((model, processor), samples, batch_size, progress))

@@ -1,0 +1,360 @@
+"""Train the toy model zoo from scratch on the shapes world, following the LLaVA recipe.
+
+    python -m analysis.zoo.train --all            # every checkpoint into models/
+    python -m analysis.zoo.train --all --scale 0.05 --out /tmp/zoo   # a quick smoke run
+
+Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bars):
+  1. ``shapes-lm``: Llama decoder pre-trained on text: questions -> their key words ("what color
+     is the circle ?" -> "circle color") and scene descriptions. (Text-form QA with the caption in
+     place of the image was tried and left out: a 4-layer LM does not learn it in this budget, and
+     the answer priors it learns instead slowed visual instruction tuning down.)
+  2. ``shapes-vision``: CLIP vision tower pre-trained with per-patch supervision: colour, shape,
+     size and centre (10 x 10 grid) of the object under each patch, and whether the patch holds
+     that object's centre.
+  3. ``shapes-llava-frozen``: LLaVA stage 1, only the projector trained.
+  4. ``shapes-llava``: stage 2, visual instruction tuning of projector and decoder (the vision
+     tower stays frozen, as in LLaVA-1.5). ``shapes-llava-step<N>`` are snapshots at global step
+     N of stages 1 + 2.
+  5. ``shapes-llava-ft``: ``shapes-llava`` fine-tuned on a shifted answer vocabulary (:data:`SHIFTED_ANSWERS`).
+  6. ``shapes-llava-local``: stages 2-4 with a vision tower whose self-attention weights are zero
+     (and frozen): each image token depends on its own patch only.
+
+Instruction data are multi-turn conversations about one scene (LLaVA style): a balanced question
+first, one question of every type after it, then the caption. Stage k reads the data stream of
+seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. Given the seed,
+torch version and thread count, a run is deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers.utils import logging as hf_logging
+
+from analysis.data.shapes import COLORS, QUESTION_TYPES, SHAPES, SIZES, Sample, ask, make_samples
+from analysis.zoo.build import DESCRIBE_PROMPT, Encoder, ModelSpec, build_config, build_model, build_processor
+from analysis.zoo.evaluate import evaluate
+from analysis.zoo.registry import MODELS_DIR
+
+SHIFTED_ANSWERS = {"yes": "true", "no": "false", "one": "1", "two": "2", "three": "3"}
+STREAMS = {"lm": 0, "vision": 1, "stage1": 2, "stage2": 3, "ft": 4, "local-vision": 5, "local-stage1": 6,
+           "local-stage2": 7}  # stage -> data stream seed offset
+N_HEADS = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "x": 11, "y": 11, "centre": 2}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the zoo: sizes, seed, steps and learning rates per stage."""
+
+    seed: int = 0
+    spec: ModelSpec = ModelSpec()
+    batch_size: int = 32
+    lm_steps: int = 300
+    vision_steps: int = 1000
+    stage1_steps: int = 200
+    stage2_steps: int = 1500
+    ft_steps: int = 200
+    lm_lr: float = 3e-3
+    vision_lr: float = 3e-3
+    stage1_lr: float = 3e-3
+    stage2_lr: float = 2e-3
+    ft_lr: float = 5e-4
+    snapshots: tuple[int, ...] = (0, 100, 300, 500, 700, 900, 1200)  # global steps over stages 1 + 2
+
+    def scaled(self, factor: float) -> "Recipe":
+        """Return the recipe with every step count (and snapshot) multiplied by ``factor``."""
+        steps = {k: max(1, round(v * factor)) for k, v in asdict(self).items() if k.endswith("_steps")}
+        return replace(self, **steps, snapshots=tuple(sorted({round(s * factor) for s in self.snapshots})))
+
+
+# ---------------------------------------------------------------- batches
+
+
+def conversation(sample: Sample, rng: np.random.Generator, answer_map: dict | None = None,
+                 caption: bool = True) -> list[tuple[str, str]]:
+    """Return (question, answer) turns about one scene: the sample's balanced question, one question
+    of every type in random order (see :func:`analysis.data.shapes.ask`), then the caption."""
+    questions = [sample] + [ask(sample.scene, rng, str(t)) for t in rng.permutation(QUESTION_TYPES)]
+    renames = answer_map or {}
+    turns = [(q.question, renames.get(q.answer, q.answer)) for q in questions if q is not None]
+    return turns + [(DESCRIBE_PROMPT, sample.scene.describe())] * caption
+
+
+def keywords(question: str) -> str:
+    """Return the question's content words, object words first: "what color is the circle ?" -> "circle color"."""
+    words = question.split()
+    return " ".join([w for w in words if w in SHAPES] + [w for w in words if w not in SHAPES and w not in _STOP])
+
+
+_STOP = {"what", "is", "the", "are", "there", "a", "how", "many", "shapes", "of", "?"}
+
+
+def qa_batch(enc: Encoder, recipe: Recipe, stream: str, step: int, answer_map: dict | None = None) -> dict:
+    """Return batch ``step`` of stream ``stream``: multi-turn conversations about rendered scenes."""
+    samples = _stream(recipe, stream, step)
+    rows = [enc.dialog(conversation(s, _rng(recipe, stream, step, i), answer_map)) for i, s in enumerate(samples)]
+    return enc.batch(rows, [s.image for s in samples])
+
+
+def text_batch(enc: Encoder, recipe: Recipe, step: int) -> dict:
+    """Return batch ``step`` of text pre-training: three rows in four parse questions into their key
+    words ("what color is the circle ?" -> "circle color"), the fourth writes a scene description."""
+    rows = []
+    for i, s in enumerate(_stream(recipe, "lm", step)):
+        turns = conversation(s, _rng(recipe, "lm", step, i), caption=False)
+        if i % 4:
+            rows.append(enc.dialog([(q, keywords(q)) for q, _ in turns], image=False))
+        else:
+            rows.append(enc.dialog([(DESCRIBE_PROMPT, s.scene.describe())], image=False))
+    return enc.batch(rows)
+
+
+def vision_batch(enc: Encoder, recipe: Recipe, stream: str, step: int) -> dict:
+    """Return ``pixel_values`` (B, 3, S, S) and per-patch ``labels`` (B, P, len(N_HEADS))."""
+    samples = _stream(recipe, stream, step)
+    labels = torch.stack([patch_labels(s, recipe.spec) for s in samples])
+    return {"pixel_values": enc.pixels([s.image for s in samples]), "labels": labels}
+
+
+def patch_labels(sample: Sample, spec: ModelSpec) -> torch.Tensor:
+    """Return (P, 6) labels per patch, row-major: colour, shape, size, x, y (0 = background) and
+    the centre flag. x and y are the object's centre on a 10 x 10 grid, plus one.
+
+    A patch belongs to the object covering most of it, if that object covers >= 1/8 of the patch.
+    """
+    g, p = spec.image_size // spec.patch_size, spec.patch_size
+    masks = sample.scene.masks(spec.image_size)
+    cover = masks.reshape(len(masks), g, p, g, p).sum((2, 4)).reshape(len(masks), -1)  # (n, P)
+    best, owned = cover.argmax(0), cover.max(0) * 8 >= p * p
+    objs = sample.scene.objects
+    table = np.array([[list(COLORS).index(o.color) + 1, SHAPES.index(o.shape) + 1, list(SIZES).index(o.size) + 1,
+                       int(o.x * 10) + 1, int(o.y * 10) + 1] for o in objs])
+    labels = np.zeros((g * g, len(N_HEADS)), dtype=np.int64)
+    labels[:, :5] = np.where(owned[:, None], table[best], 0)
+    for o in objs:
+        labels[min(int(o.y * g), g - 1) * g + min(int(o.x * g), g - 1), 5] = 1
+    return torch.from_numpy(labels)
+
+
+def _stream(recipe: Recipe, stream: str, step: int) -> list[Sample]:
+    n = recipe.batch_size
+    return make_samples(n, seed=recipe.seed * 10 + STREAMS[stream], image_size=recipe.spec.image_size,
+                        start=step * n)
+
+
+def _rng(recipe: Recipe, stream: str, step: int, i: int) -> np.random.Generator:
+    return np.random.default_rng([recipe.seed * 10 + STREAMS[stream], step, i])
+
+
+# ---------------------------------------------------------------- models
+
+
+class VisionPretrainer(torch.nn.Module):
+    """CLIP vision tower + linear heads on its patch tokens (CLS dropped, as LLaVA does)."""
+
+    def __init__(self, tower: CLIPVisionModel):
+        super().__init__()
+        self.tower = tower
+        self.head = torch.nn.Linear(tower.config.hidden_size, sum(N_HEADS.values()))
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return the summed cross-entropy of the per-patch heads (scalar)."""
+        logits = self.head(self.tower(pixel_values).last_hidden_state[:, 1:])  # (B, P, sum(heads))
+        return sum(F.cross_entropy(part.flatten(0, 1), labels[..., k].flatten())
+                   for k, part in enumerate(logits.split(list(N_HEADS.values()), -1)))
+
+
+def make_local(tower: CLIPVisionModel) -> CLIPVisionModel:
+    """Zero and freeze every self-attention weight: each token then depends on its own patch only."""
+    for name, module in tower.named_modules():
+        if name.endswith("self_attn"):
+            for p in module.parameters():
+                p.data.zero_()
+                p.requires_grad_(False)
+    return tower
+
+
+def assemble(recipe: Recipe, lm: LlamaForCausalLM, tower: CLIPVisionModel) -> LlavaForConditionalGeneration:
+    """Return a LLaVA model with the given decoder and vision tower and a fresh projector."""
+    model = build_model(recipe.spec, seed=recipe.seed)
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    model.model.vision_tower.load_state_dict(tower.state_dict())
+    for p, q in zip(model.model.vision_tower.parameters(), tower.parameters()):
+        p.requires_grad_(q.requires_grad)
+    return model
+
+
+# ---------------------------------------------------------------- loop
+
+
+def fit(loss_fn: Callable[[int], torch.Tensor], params: list[torch.nn.Parameter], steps: int, lr: float,
+        desc: str, on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Run ``steps`` AdamW steps on ``loss_fn(step)``; return the losses.
+
+    Linear warm-up over 5% of the steps, then cosine decay to 10% of ``lr``; gradients clipped at 1.
+    ``on_step(k)`` is called after ``k`` steps (and with 0 before the first).
+    """
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min((t + 1) / warm, 0.55 + 0.45 * math.cos(
+        math.pi * min(1.0, max(0, t - warm) / max(1, steps - warm)))))
+    losses = []
+    if on_step:
+        on_step(0)
+    bar = tqdm(range(steps), desc=desc, leave=True)
+    for t in bar:
+        loss = loss_fn(t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if on_step:
+            on_step(t + 1)
+    return losses
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save(model, folder: Path, zoo: dict, processor=None, tokenizer=None) -> None:
+    """Save ``model`` in fp16 (+ processor or tokenizer) to ``folder`` with ``zoo`` metadata in its config."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    hf_logging.disable_progress_bar()
+    model = copy.deepcopy(model).half()
+    model.config.zoo = zoo
+    model.save_pretrained(folder)
+    for extra in (processor, tokenizer):
+        if extra is not None:
+            extra.save_pretrained(folder)
+
+
+def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1400, monitor: int = 0) -> dict:
+    """Train every zoo checkpoint into ``out``, write the model cards; return the cards' index.
+
+    ``monitor`` > 0 prints held-out accuracy every ``monitor`` steps of stage 2.
+    """
+    from analysis.zoo.cards import write_cards
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for config_file in out.glob("*/config.json"):  # stale checkpoints of an earlier zoo
+        if "zoo" in json.loads(config_file.read_text()):
+            shutil.rmtree(config_file.parent)
+    enc, processor = Encoder(recipe.spec), build_processor(recipe.spec)
+    config = build_config(recipe.spec)
+    base = dict(seed=recipe.seed, recipe=asdict(recipe), spec=asdict(recipe.spec))
+    start, times = time.time(), {}
+
+    # 1. text-only language model
+    torch.manual_seed(recipe.seed)
+    lm = LlamaForCausalLM(config.text_config)
+    fit(lambda t: lm(**text_batch(enc, recipe, t)).loss, list(lm.parameters()), recipe.lm_steps, recipe.lm_lr,
+        "1/6 text LM")
+    save(lm, out / "shapes-lm", {**base, "kind": "lm", "stage": "text pre-training",
+                                  "steps": {"lm": recipe.lm_steps}}, tokenizer=processor.tokenizer)
+    times["shapes-lm"] = time.time() - start
+
+    for local in (False, True):  # the main model, then the one whose vision tower does not mix patches
+        prefix, suffix = ("local-", "-local") if local else ("", "")
+        # 2. vision tower
+        torch.manual_seed(recipe.seed)
+        tower = CLIPVisionModel(config.vision_config)
+        if local:
+            make_local(tower)
+        pre = VisionPretrainer(tower)
+        fit(lambda t: pre(**vision_batch(enc, recipe, prefix + "vision", t)), list(pre.parameters()),
+            recipe.vision_steps, recipe.vision_lr, f"2/6 {prefix}vision tower")
+        save(tower, out / f"shapes-vision{suffix}", {**base, "kind": "vision", "local": local,
+             "stage": "vision pre-training (per-patch attributes)", "steps": {"vision": recipe.vision_steps}})
+
+        # 3. stage 1: projector only
+        model = assemble(recipe, lm, tower)
+        meta = {**base, "kind": "vlm", "local": local}
+        steps = {"lm": recipe.lm_steps, "vision": recipe.vision_steps, "stage1": recipe.stage1_steps}
+
+        def snapshot(k: int) -> None:
+            if not local and k in recipe.snapshots:
+                save(model, out / f"shapes-llava-step{k}", {**meta, "stage": f"intermediate (global step {k})",
+                     "steps": {**steps, "stage1": min(k, recipe.stage1_steps),
+                               "stage2": max(0, k - recipe.stage1_steps)}}, processor)
+
+        for name, p in model.named_parameters():
+            p.requires_grad_("multi_modal_projector" in name)
+        fit(lambda t: model(**qa_batch(enc, recipe, prefix + "stage1", t)).loss, list(model.parameters()),
+            recipe.stage1_steps, recipe.stage1_lr, f"3/6 {prefix}stage 1 (projector)", on_step=snapshot)
+        if not local:
+            save(model, out / "shapes-llava-frozen", {**meta, "steps": steps,
+                 "stage": "stage 1: projector only (decoder and vision tower frozen)"}, processor)
+
+        # 4. stage 2: projector and decoder
+        for name, p in model.named_parameters():
+            p.requires_grad_("vision_tower" not in name)
+
+        def after_step(k: int) -> None:
+            if k:
+                snapshot(recipe.stage1_steps + k)
+            if monitor and k % monitor == 0:
+                table = evaluate((model, processor), n=350, progress=False)
+                model.train()
+                tqdm.write(f"{prefix}stage 2 step {k}: " + " ".join(
+                    f"{r.question_type}={r.accuracy:.2f}" for r in table.itertuples()))
+
+        fit(lambda t: model(**qa_batch(enc, recipe, prefix + "stage2", t)).loss, list(model.parameters()),
+            recipe.stage2_steps, recipe.stage2_lr, f"4/6 {prefix}stage 2 (projector + decoder)", on_step=after_step)
+        steps["stage2"] = recipe.stage2_steps
+        name = f"shapes-llava{suffix}"
+        save(model, out / name, {**meta, "steps": steps, "stage": "stage 2: visual instruction tuning"}, processor)
+        times[name] = time.time() - start
+
+        if not local:  # 5. fine-tune on a shifted answer vocabulary
+            fit(lambda t: model(**qa_batch(enc, recipe, "ft", t, SHIFTED_ANSWERS)).loss, list(model.parameters()),
+                recipe.ft_steps, recipe.ft_lr, "5/6 fine-tune (shifted answers)")
+            save(model, out / "shapes-llava-ft", {**meta, "answer_map": SHIFTED_ANSWERS,
+                 "steps": {**steps, "ft": recipe.ft_steps}, "stage": "shapes-llava fine-tuned on shifted answers"},
+                 processor)
+            times["shapes-llava-ft"] = time.time() - start
+
+    times["total"] = time.time() - start
+    return write_cards(out, eval_n=eval_n, train_seconds=times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="train every checkpoint of the zoo")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR, help="output folder (default: models/)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick runs)")
+    parser.add_argument("--eval-n", type=int, default=1400, help="held-out questions per checkpoint card")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--monitor", type=int, default=0, help="print held-out accuracy every N stage-2 steps")
+    args = parser.parse_args(argv)
+    if not args.all:
+        parser.error("nothing to do: pass --all")
+    torch.set_num_threads(args.threads)
+    recipe = Recipe(seed=args.seed)
+    if args.scale != 1.0:
+        recipe = recipe.scaled(args.scale)
+    print(json.dumps(train_all(recipe, args.out, args.eval_n, args.monitor)["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Implicit alignment against plain loops on synthetic states; the score-vs-accuracy correlation."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from analysis.errors import InputError
+from analysis.plots.representations import plot_alignment_curves, plot_score_vs_accuracy, plot_token_norms
+from analysis.probes.alignment import (
+    _derangement,
+    alignment_scores,
+    alignment_vs_accuracy,
+    correlate,
+    implicit_alignment,
+)
+from analysis.probes.samples import Sample
+from analysis.testing import tiny_vlm
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _reference(image, text, seed):
+    """Every score with plain Python loops over samples, layers and tokens."""
+    n, n_states = len(image), image[0].shape[0]
+    perm = _derangement(n, seed)
+    p = [[x[s].mean(0) for s in range(n_states)] for x in image]
+    t = [[x[s].mean(0) for s in range(n_states)] for x in text]
+    ref = {}
+    for i in range(n):
+        for s in range(n_states):
+            ref["alignment", "P-T", "matched", i, s] = _cos(p[i][s], t[i][s])
+            ref["alignment", "P-T", "all pairs", i, s] = np.mean([_cos(p[i][s], t[m][s]) for m in range(n)])
+            ref["alignment", "P-T", "shuffled", i, s] = _cos(p[i][s], t[perm[i]][s])
+            ref["alignment", "P-T", "image layer 0", i, s] = _cos(p[i][0], t[i][s])
+            sims = np.array([[_cos(a, b) for b in text[i][s]] for a in image[i][s]])  # (|P|, |T|)
+            ref["alignment", "P-T", "token max", i, s] = sims.max(0).mean()
+            ref["alignment", "P-T", "token mean", i, s] = sims.mean()
+            ref["alignment", "P-T", "token median", i, s] = np.quantile(sims, 0.5, method="lower")
+            ref["cone", "P-P", "all pairs", i, s] = np.mean([_cos(p[i][s], p[m][s]) for m in range(n) if m != i])
+            ref["cone", "T-T", "all pairs", i, s] = np.mean([_cos(t[i][s], t[m][s]) for m in range(n) if m != i])
+            for pair, states in (("P", image), ("T", text)):
+                ref["norm", pair, "mean", i, s] = np.mean([np.linalg.norm(v) for v in states[i][s]])
+                if s + 1 < n_states:
+                    ref["drift", pair, "k=1", i, s] = np.mean(
+                        [_cos(a, b) for a, b in zip(states[i][s], states[i][s + 1])])
+    return ref
+
+
+def test_scores_match_plain_loops():
+    rng = np.random.default_rng(0)
+    n, n_states, d = 5, 3, 8
+    image = [rng.normal(size=(n_states, rng.integers(3, 7), d)) + 1.0 for _ in range(n)]
+    text = [rng.normal(size=(n_states, rng.integers(2, 5), d)) for _ in range(n)]
+    meta = pd.DataFrame({"sample": list("abcde"), "question_type": list("xxyyz")})
+    got = alignment_scores([torch.tensor(x, dtype=torch.float32) for x in image],
+                           [torch.tensor(x, dtype=torch.float32) for x in text], meta, drift_steps=(1, 8), seed=4)
+    ref = _reference(image, text, seed=4)
+    ids = {s: i for i, s in enumerate(meta["sample"])}
+    values = {(r.measure, r.pair, r.variant, ids[r.sample], r.layer): r.value for r in got.itertuples()}
+    assert values.keys() == ref.keys()  # k=8 exceeds the 3 states and is skipped
+    for key, expected in ref.items():
+        assert values[key] == pytest.approx(expected, abs=1e-5), key
+    assert set(got["question_type"]) == {"x", "y", "z"}
+
+
+def test_derangement_has_no_fixed_point():
+    for n in (2, 3, 10):
+        perm = _derangement(n, seed=n)
+        assert sorted(perm) == list(range(n)) and not np.any(perm == np.arange(n))
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    rng = np.random.default_rng(5)
+    qa = [("what color is the circle ?", "red"), ("is there a red square ?", "yes"),
+          ("how many shapes are there ?", "two")]
+    return [Sample(Image.fromarray(rng.integers(0, 256, (80, 80 + 20 * i, 3), dtype=np.uint8)), q, answer=a,
+                   question_type=f"t{i}") for i, (q, a) in enumerate(qa)]
+
+
+def test_implicit_alignment_on_a_tiny_model(tiny, samples):
+    vlm = tiny("qwen2_vl")
+    result = implicit_alignment(vlm, samples, progress=False)
+    scores = result.scores
+    assert sorted(scores["layer"].unique()) == list(range(vlm.n_layers + 1))
+    layer0 = scores[scores.layer == 0].set_index(["sample", "variant"])["value"]
+    assert np.allclose(layer0.xs("image layer 0", level="variant"), layer0.xs("matched", level="variant"))
+    summary = result.summary()
+    assert {"mean", "std", "count"} <= set(summary.columns) and (summary["count"] == 3).all()
+    expected = scores[(scores.variant == "all pairs") & (scores.measure == "alignment") & (scores.layer > 0)]
+    assert result.score() == pytest.approx(expected.groupby("layer")["value"].mean().mean())
+    assert result.accuracy == pytest.approx(result.meta["correct"].mean())
+    for fig in (plot_alignment_curves(result, variant="token max"), plot_token_norms(result.scores)):
+        assert len(fig.axes[0].get_lines()) >= 2
+        plt.close(fig)
+    with pytest.raises(InputError, match="no alignment variant"):
+        result.score("cosine")
+    with pytest.raises(InputError, match="at least 2 samples"):
+        implicit_alignment(vlm, samples[:1], progress=False)
+    with pytest.raises(InputError, match="gold answer"):
+        implicit_alignment(vlm, [Sample(s.image, s.question) for s in samples], progress=False)
+    question_only = implicit_alignment(vlm, [Sample(s.image, s.question) for s in samples], text_role="question",
+                                       progress=False)
+    assert question_only.text_role == "question" and np.isnan(question_only.accuracy)
+
+
+def test_correlate_matches_scipy_with_a_bootstrap_interval():
+    x = np.array([0.1, 0.25, 0.2, 0.4, 0.5, 0.45])
+    y = np.array([0.3, 0.35, 0.5, 0.6, 0.8, 0.7])
+    table = correlate(x, y, n_boot=500, seed=1).set_index("method")
+    for method, fn in (("spearman", stats.spearmanr), ("pearson", stats.pearsonr)):
+        r, p = fn(x, y)
+        assert table.loc[method, "r"] == pytest.approx(r) and table.loc[method, "p_value"] == pytest.approx(p)
+        assert table.loc[method, "ci_low"] <= r <= table.loc[method, "ci_high"]
+    assert correlate(x, y, n_boot=500, seed=1).equals(correlate(x, y, n_boot=500, seed=1))
+    with pytest.raises(InputError, match="at least 3"):
+        correlate(x[:2], y[:2])
+    with pytest.warns(UserWarning, match="undefined"):
+        assert correlate(x, np.ones_like(x))["r"].isna().all()
+
+
+def test_alignment_vs_accuracy_across_checkpoints(tiny, samples):
+    models = {f"seed {k}": tiny("qwen2_vl") if k == 0 else tiny_vlm("qwen2_vl", seed=k) for k in range(3)}
+    accuracy = {"seed 0": 0.2, "seed 1": 0.5, "seed 2": 0.4}
+    result = alignment_vs_accuracy(models, samples[:2], accuracy=accuracy, n_boot=200, progress=False)
+    assert result.table["checkpoint"].tolist() == list(models)
+    assert result.table["accuracy"].tolist() == [0.2, 0.5, 0.4]
+    for label, res in result.results.items():
+        assert result.table.set_index("checkpoint").loc[label, "score"] == pytest.approx(res.score())
+    assert set(result.correlations["method"]) == {"spearman", "pearson"}
+    fig = plot_score_vs_accuracy(result, title="tiny qwen2_vl")
+    assert "Spearman" in fig.axes[0].get_title()
+    plt.close(fig)
+    with pytest.raises(InputError, match="at least 3"):
+        alignment_vs_accuracy(dict(list(models.items())[:2]), samples[:2], progress=False)

@@ -1,0 +1,201 @@
+"""captum attributions against plain forwards on every family's tiny model."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis.errors import InputError
+from analysis.probes.attribution import (
+    METHODS,
+    attribute,
+    grid_segments,
+    reference_tile,
+    resolve_target,
+    token_segments,
+)
+from analysis.probes.flow import answer_token_id, last_logits
+from conftest import QUESTION
+
+
+@contextlib.contextmanager
+def replaced_embeddings(vlm, positions, value=0.0):
+    """Plain-forward reference: overwrite the language model's input embeddings at ``positions``."""
+
+    def hook(module, args, kwargs):
+        embeds = kwargs["inputs_embeds"].clone()
+        embeds[:, positions] = value
+        kwargs["inputs_embeds"] = embeds
+        return args, kwargs
+
+    handle = vlm.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def logprob(vlm, prepared, token):
+    return float(torch.log_softmax(last_logits(vlm, prepared), -1)[token])
+
+
+def test_maps_have_the_patch_grid_shape_and_finite_values(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    result = attribute(vlm, prepared, method="saliency")
+    n_image = len(prepared.image_positions)
+    assert result.image_scores.shape == (n_image,) and np.isfinite(result.image_scores).all()
+    assert (result.image_scores >= 0).all()  # captum's Saliency: absolute gradients
+    for tile, shape in prepared.grids.items():
+        grid = result.to_grid(tile)
+        assert grid.shape == shape and np.isfinite(grid).all()
+    frame = result.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == n_image
+    assert list(frame.columns) == ["method", "perturb", "target", "target_token", "feature", "position", "token",
+                                   "tile", "row", "col", "kind", "group", "score"]
+    assert result.target_token == int(last_logits(vlm, prepared).argmax())
+
+
+def test_integrated_gradients_completeness(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    result = attribute(vlm, prepared, method="integrated_gradients", n_steps=8, batch_size=8)
+    token = result.target_token
+    f_input = logprob(vlm, prepared, token)
+    with replaced_embeddings(vlm, prepared.image_positions, 0.0):  # the zero baseline, by a plain forward
+        f_baseline = logprob(vlm, prepared, token)
+    assert result.target_value == pytest.approx(f_input, abs=1e-5)
+    assert np.isfinite(result.image_scores).all()
+    assert abs(result.group_scores.sum() - (f_input - f_baseline)) <= abs(result.delta) + 1e-4
+
+
+def test_integrated_gradients_converges_on_question_tokens(tiny, photo):
+    vlm = tiny("qwen2_vl")
+    prepared = vlm.prepare(photo, QUESTION)
+    result = attribute(vlm, prepared, method="integrated_gradients", features="question", n_steps=64)
+    with replaced_embeddings(vlm, prepared.question_positions, 0.0):
+        f_baseline = logprob(vlm, prepared, result.target_token)
+    assert result.scores.shape == (len(prepared.question_positions),)
+    assert " ".join(t.strip() for t in result.tokens) == QUESTION
+    assert abs(result.delta) < 1e-3
+    assert result.scores.sum() == pytest.approx(result.target_value - f_baseline, abs=1e-3)
+
+
+def test_occlusion_of_a_token_embedding_equals_a_masked_forward(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    groups = np.full(len(prepared.image_positions), -1)
+    j = len(groups) // 3
+    groups[j] = 7
+    result = attribute(vlm, prepared, method="occlusion", features=groups, perturb="embeddings")
+    with replaced_embeddings(vlm, prepared.image_positions[j], 0.0):
+        masked = logprob(vlm, prepared, result.target_token)
+    assert result.features == "segments" and result.group_scores.shape == (1,)
+    assert result.group_scores[0] == pytest.approx(result.target_value - masked, abs=1e-5)
+    assert result.scores[j] == result.group_scores[0] and np.isnan(np.delete(result.scores, j)).all()
+
+
+def test_occlusion_of_a_patch_equals_a_forward_on_the_masked_image(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    cells = grid_segments(prepared)
+    one_patch = np.where(cells == cells[75, 100], 0, -1)  # the patch under the image centre
+    result = attribute(vlm, prepared, method="occlusion", features=one_patch, baseline=(0, 0, 0))
+    pixels = np.asarray(photo).copy()
+    pixels[one_patch == 0] = 0
+    masked = vlm.prepare(pixels, QUESTION)
+    assert result.perturb == "pixels" and result.group_scores.shape == (1,)
+    assert result.group_scores[0] == pytest.approx(result.target_value - logprob(vlm, masked, result.target_token),
+                                                   abs=1e-5)
+
+
+def test_every_patch_occluded_in_batches(tiny, photo):
+    vlm = tiny("qwen2_vl")
+    small = photo.resize((84, 56))  # 3 x 2 image tokens
+    prepared = vlm.prepare(small, QUESTION)
+    result = attribute(vlm, prepared, method="occlusion", batch_size=4)
+    assert result.features == "patches" and result.group_scores.shape == (6,)
+    cells = grid_segments(prepared)
+    j = 4
+    pixels = np.asarray(small).copy()
+    mean_colour = np.asarray(small).reshape(-1, 3).mean(0).round()  # the default fill
+    pixels[cells == token_segments(prepared, cells)[j]] = mean_colour
+    expected = result.target_value - logprob(vlm, vlm.prepare(pixels, QUESTION), result.target_token)
+    assert result.image_scores[j] == pytest.approx(expected, abs=1e-5)
+    prepared = vlm.prepare(photo, QUESTION)
+    batched = attribute(vlm, prepared, method="occlusion", perturb="embeddings", batch_size=16)
+    single = attribute(vlm, prepared, method="occlusion", perturb="embeddings", batch_size=1)
+    np.testing.assert_allclose(batched.image_scores, single.image_scores, atol=1e-5)
+
+
+def test_kernel_shap_is_seeded_and_covers_segments(tiny, photo):
+    vlm = tiny("qwen2_vl")
+    prepared = vlm.prepare(photo, QUESTION)
+    runs = [attribute(vlm, prepared, method="kernel_shap", perturb="embeddings", n_samples=16, seed=s)
+            for s in (1, 1, 2)]
+    np.testing.assert_array_equal(runs[0].group_scores, runs[1].group_scores)
+    assert not np.array_equal(runs[0].group_scores, runs[2].group_scores)
+    segments = grid_segments(prepared, block=3)
+    pixels = attribute(vlm, prepared, method="kernel_shap", features=segments, n_samples=8, batch_size=8)
+    assert pixels.group_scores.shape == (len(np.unique(segments[segments >= 0])),)
+    assert np.isfinite(pixels.image_scores).all()
+
+
+def test_reference_tile_and_segments(tiny, photo):
+    expected = {"llava": 0, "llava_next": 1, "idefics3": 4, "paligemma": 0}
+    for family, tile in expected.items():
+        prepared = tiny(family).prepare(photo, QUESTION)
+        assert reference_tile(prepared) == tile
+        cells = token_segments(prepared, grid_segments(prepared))
+        sel = ((prepared.patches["tile"] == tile) & (prepared.patches["kind"] == "patch")).to_numpy()
+        rows, cols = prepared.grids[tile]
+        assert np.array_equal(cells[sel], prepared.patches["row"].to_numpy()[sel] * cols
+                              + prepared.patches["col"].to_numpy()[sel])
+    prepared = tiny("llava").prepare(photo, QUESTION)
+    blocks = grid_segments(prepared, block=8)
+    assert set(np.unique(blocks)) == {-1, *range(9)}  # 3 x 3 cells; the centre crop drops the sides
+    assert (blocks[:, :20] == -1).all() and (blocks[:, 30:170] >= 0).all()
+
+
+def test_targets(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    red = answer_token_id(vlm, prepared, "red")
+    assert resolve_target(vlm, prepared, "red") == red == resolve_target(vlm, prepared, red)
+    result = attribute(vlm, prepared, target="red", method="input_x_gradient", features="question")
+    assert result.target_text == "red" and result.target_value == pytest.approx(logprob(vlm, prepared, red), abs=1e-5)
+    assert set(result.to_frame()["feature"]) == {"question"}
+
+
+def test_bad_inputs(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    with pytest.raises(InputError, match="unknown method 'lrp'.*" + ", ".join(METHODS)):
+        attribute(vlm, prepared, method="lrp")
+    vocab = vlm.lm_head.weight.shape[0]
+    with pytest.raises(InputError, match=f"target token id {vocab} is not in the vocabulary"):
+        attribute(vlm, prepared, target=vocab, method="saliency")
+    with pytest.raises(InputError, match="'xylophone' is not in the vocabulary"):
+        attribute(vlm, prepared, target="xylophone", method="saliency")
+    with pytest.raises(InputError, match=r"shape \(576,\).*\(150, 200\).*got a int64 array of shape \(24, 24\)"):
+        attribute(vlm, prepared, method="saliency", features=np.zeros((24, 24), dtype=np.int64))
+    with pytest.raises(InputError, match="integer segment array"):
+        attribute(vlm, prepared, method="saliency", features=np.zeros(576))
+    with pytest.raises(InputError, match="unknown features"):
+        attribute(vlm, prepared, method="saliency", features="pixels")
+    with pytest.raises(InputError, match="pixel perturbation needs a pixel segment map"):
+        attribute(vlm, prepared, method="occlusion", features=np.arange(576))
+    with pytest.raises(InputError, match="question tokens have no pixels"):
+        attribute(vlm, prepared, method="occlusion", features="question", perturb="pixels")
+    with pytest.raises(InputError, match="perturb applies to occlusion and kernel_shap"):
+        attribute(vlm, prepared, method="saliency", perturb="pixels")
+    with pytest.raises(InputError, match="unknown baseline"):
+        attribute(vlm, prepared, method="integrated_gradients", baseline=(0, 0, 0))
+    with pytest.raises(InputError, match="vlm.prepare"):
+        attribute(vlm, {"image": photo, "question": QUESTION}, method="saliency")
+    with pytest.raises(InputError, match="question tokens"):
+        _ = attribute(vlm, prepared, method="saliency", features="question").image_scores

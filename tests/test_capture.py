@@ -1,0 +1,155 @@
+"""Hidden-state capture against per-sample ``output_hidden_states`` on every family's tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analysis.capture import AllDroppedError, capture, continuation_ids, generate_answers
+from analysis.errors import InputError
+from analysis.probes.samples import Sample
+
+QUESTIONS = ("what color is the circle ?", "is there a red square left of the blue circle ?")
+
+
+@pytest.fixture(scope="module")
+def two_samples(photo) -> list[Sample]:
+    """Two samples with different image sizes (landscape / portrait) and prompt lengths."""
+    portrait = Image.fromarray(np.random.default_rng(1).integers(0, 256, (180, 120, 3), dtype=np.uint8))
+    return [Sample(photo, QUESTIONS[0], answer="red", id="a"), Sample(portrait, QUESTIONS[1], answer="yes", id="b")]
+
+
+def _reference_states(vlm, sample: Sample):
+    """Per-sample forward, gold answer appended; returns (prepared, hidden states, last-prompt logits)."""
+    prepared = vlm.prepare(sample.image, sample.question)
+    inputs = dict(prepared.inputs)
+    ids = torch.tensor([continuation_ids(vlm, prepared.prompt, sample.answer)])
+    for key, fill in (("input_ids", None), ("attention_mask", 1), ("token_type_ids", 1), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            extra = ids if fill is None else torch.full_like(ids, fill, dtype=inputs[key].dtype)
+            inputs[key] = torch.cat([inputs[key], extra], dim=1)
+    with torch.no_grad():
+        out = vlm.model(**inputs, output_hidden_states=True)
+    return prepared, out.hidden_states, out.logits[0, prepared.length - 1]
+
+
+def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_samples, tmp_path):
+    """Batched (left-padded, two image sizes) capture == per-sample hidden states; pooled == manual; cached."""
+    vlm = tiny(family)
+    roles = ["image", "question", "last", "answer", "question+answer"]
+    points = ("input", "attn", "mlp", "output")
+    raw = capture(vlm, two_samples, roles=roles, points=points, pool=None, batch_size=2, progress=False)
+    n = vlm.n_layers
+    for i, sample in enumerate(two_samples):
+        prepared, states, logits = _reference_states(vlm, sample)
+        positions = {role: prepared.positions(role) for role in ("image", "question", "last")}
+        positions["answer"] = torch.arange(prepared.length, states[0].shape[1])
+        positions["question+answer"] = torch.cat([positions["question"], positions["answer"]])
+        for role in roles:
+            pos = positions[role]
+            for layer in range(n):
+                out = raw.get(role, layer)[i]
+                if layer == n - 1:  # transformers 5 returns the last hidden state after the final norm
+                    with torch.no_grad():
+                        out = vlm.final_norm(out)
+                torch.testing.assert_close(out, states[layer + 1][0, pos], atol=2e-5, rtol=1e-4)
+                torch.testing.assert_close(raw.get(role, layer, "input")[i], states[layer][0, pos], atol=2e-5, rtol=1e-4)
+                summed = sum(raw.get(role, layer, p)[i] for p in ("input", "attn", "mlp"))
+                torch.testing.assert_close(summed, raw.get(role, layer)[i], atol=1e-5, rtol=1e-5)
+        assert raw.meta["prediction_id"][i] == int(logits.argmax())
+
+    counter = _count_forwards(vlm)
+    try:
+        pooled = capture(vlm, two_samples, roles=roles, pool="mean", batch_size=2, cache=tmp_path, progress=False)
+        for role in roles:
+            manual = torch.stack([x.mean(0) for x in raw.get(role, n - 1)])
+            torch.testing.assert_close(pooled.get(role, n - 1), manual, atol=1e-5, rtol=1e-5)
+        assert counter["n"] == 1
+        again = capture(vlm, two_samples, roles=roles, pool="mean", batch_size=2, cache=tmp_path, progress=False)
+        assert counter["n"] == 1, "a cached capture must not call the model"
+        assert again.meta["cached"].all()
+        for key, value in pooled.features.items():
+            assert torch.equal(again.features[key], value)
+    finally:
+        counter["handle"].remove()
+
+
+def test_max_pooling_equals_manual(tiny, two_samples):
+    vlm = tiny("qwen2_vl")
+    kwargs = dict(roles=["image", "question+last"], layers=[0], batch_size=2, progress=False)
+    raw, pooled = (capture(vlm, two_samples, pool=pool, **kwargs) for pool in (None, "max"))
+    for role in kwargs["roles"]:
+        torch.testing.assert_close(pooled.get(role, 0), torch.stack([x.amax(0) for x in raw.get(role, 0)]))
+
+
+def _count_forwards(vlm) -> dict:
+    counter = {"n": 0}
+    counter["handle"] = vlm.model.register_forward_pre_hook(lambda *a: counter.__setitem__("n", counter["n"] + 1))
+    return counter
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+def test_generated_roles_equal_generation_states(family, tiny, two_samples):
+    """Teacher-forcing the generated tokens gives generation's own hidden states at each step."""
+    vlm = tiny(family)
+    acts = capture(vlm, two_samples, roles=["generated", "last"], layers=[0], pool=None, max_new_tokens=3,
+                   batch_size=2, progress=False)
+    assert acts.dropped.empty
+    for i, sample in enumerate(two_samples):
+        prepared = vlm.prepare(sample.image, sample.question)
+        with torch.no_grad():
+            out = vlm.model.generate(**prepared.inputs, max_new_tokens=3, do_sample=False, output_hidden_states=True,
+                                     return_dict_in_generate=True, pad_token_id=vlm.tokenizer.pad_token_id)
+        got = acts.get("generated", 0)[i]
+        reference = torch.stack([out.hidden_states[k][1][0, -1] for k in range(len(got))])
+        torch.testing.assert_close(got, reference, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got[:1], acts.get("last", 0)[i])
+        generated = out.sequences[0, prepared.length:].tolist()
+        assert acts.meta["generated"][i] == vlm.tokenizer.decode(generated[: len(got)], skip_special_tokens=True).strip()
+
+
+def test_token_of_interest_and_dropped_samples(tiny, two_samples, tmp_path):
+    vlm = tiny("qwen2_vl")
+    samples = [*two_samples, Sample(Image.new("RGB", (100, 100)), QUESTIONS[0], answer="red", id="c")]
+    answers = generate_answers(vlm, samples, max_new_tokens=4, batch_size=3, progress=False)
+    words = [[w.lower() for w in text.split()] for text in answers["generated"]]
+    word = next(w for w in words[0] if w not in words[2])  # generated for sample "a", not for "c"
+    expected = [s.id for s, w in zip(samples, words) if word in w]
+    kwargs = dict(roles=["token_of_interest"], layers=[1], max_new_tokens=4, token_of_interest=word.upper(),
+                  batch_size=3, cache=tmp_path, progress=False)
+    acts = capture(vlm, samples, **kwargs)
+    assert acts.ids == expected and "c" in acts.dropped["sample"].tolist()
+    counter = _count_forwards(vlm)
+    try:
+        cached = capture(vlm, samples, **kwargs)  # drops are cached too: no generation, no forward
+    finally:
+        counter["handle"].remove()
+    assert counter["n"] == 0 and cached.dropped.equals(acts.dropped)
+    assert torch.equal(cached.get("token_of_interest", 1), acts.get("token_of_interest", 1))
+    assert len(acts.dropped) == len(samples) - len(expected)
+    assert acts.dropped["reason"].str.contains("no token of interest").all()
+    generated = capture(vlm, samples[:1], roles=["generated"], layers=[1], pool=None, max_new_tokens=4,
+                        progress=False)
+    torch.testing.assert_close(acts.get("token_of_interest", 1)[0], generated.get("generated", 1)[0][words[0].index(word)])
+    with pytest.raises(AllDroppedError, match="all 3 samples were dropped"):
+        capture(vlm, samples, roles=["token_of_interest"], layers=[1], token_of_interest="zebra", progress=False)
+
+
+def test_bad_requests_fail_clearly(tiny, two_samples):
+    vlm = tiny("qwen2_vl")
+    bad = [
+        (dict(layers=[vlm.n_layers]), "out of range"),
+        (dict(points=("residual",)), "unknown point"),
+        (dict(roles=["caption"]), "unknown role"),
+        (dict(pool="median"), "pool must be"),
+        (dict(roles=["answer", "generated"]), "exclude each other"),
+        (dict(roles=["token_of_interest"]), "needs token_of_interest"),
+        (dict(batch_size=0), "batch_size"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InputError, match=message):
+            capture(vlm, two_samples, progress=False, **kwargs)
+    with pytest.raises(InputError, match="gold answer"):
+        capture(vlm, [Sample(two_samples[0].image, QUESTIONS[0])], roles=["answer"], progress=False)

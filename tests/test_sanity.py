@@ -1,0 +1,142 @@
+"""Map sanity checks: the randomisation cascade, localisation, deletion, the table and its figures."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from analysis.errors import InputError  # noqa: E402
+from analysis.plots.sanity import FLAG, plot_comparison, plot_method_maps, plot_randomisation  # noqa: E402
+from analysis.probes.flow import knockout_probs, last_logits  # noqa: E402
+from analysis.probes.sanity import (  # noqa: E402
+    MapMethod,
+    MapSet,
+    attention_method,
+    attribution_method,
+    compute_maps,
+    deletion,
+    knockout_edges,
+    localisation,
+    randomisation,
+    randomisation_stages,
+    sanity_report,
+    top_patches,
+)
+from conftest import QUESTION  # noqa: E402
+
+BOX = (100, 0, 200, 75)  # the photo's top-right quarter
+
+
+def brightness(vlm, prepared, token):
+    """A map that ignores the model: the grey level at each image token's box centre."""
+    grey = np.asarray(prepared.image, dtype=float).mean(-1)
+    boxes = prepared.patches[["x0", "y0", "x1", "y1"]].to_numpy()
+    x = np.clip((boxes[:, 0] + boxes[:, 2]) // 2, 0, grey.shape[1] - 1).astype(int)
+    y = np.clip((boxes[:, 1] + boxes[:, 3]) // 2, 0, grey.shape[0] - 1).astype(int)
+    return grey[y, x]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def samples(photo):
+    return [{"image": photo, "question": QUESTION, "boxes": [BOX], "id": "photo"},
+            {"image": photo.transpose(0), "question": "what shape is the object ?", "boxes": [BOX], "id": "mirror"}]
+
+
+def test_cascade_stages_cover_llm_projector_and_vision_tower(family, tiny):
+    vlm = tiny(family)
+    stages = randomisation_stages(vlm)
+    names = [name for name, _ in stages]
+    assert names == [f"LLM layer {i}" for i in reversed(range(vlm.n_layers))] + ["projector", "vision tower"]
+    ids = [{id(p) for p in params} for _, params in stages]
+    assert all(ids) and sum(map(len, ids)) == len(set().union(*ids))  # non-empty and disjoint
+
+
+def test_sanity_report_on_a_tiny_model(tiny, samples):
+    vlm = tiny("qwen2_vl")
+    before = [p.detach().clone() for p in vlm.model.parameters()]
+    methods = [attention_method(0), MapMethod("brightness", "input", brightness), attribution_method("saliency")]
+    report = sanity_report(vlm, samples[:1], methods, k=3, n_random=4, only_correct=False, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, vlm.model.parameters()))  # randomised a copy
+
+    rand = report.randomisation.set_index(["stage_index", "method"])["rho"]
+    assert len(rand) == (vlm.n_layers + 2) * len(methods)
+    assert rand[0, "attention L0"] == pytest.approx(1.0)  # layers above 0 do not change layer 0's attention
+    assert rand[1, "attention L0"] < 0.99  # ... until layer 0 itself is re-initialised
+    assert all(rand[s, "brightness"] == pytest.approx(1.0) for s in range(vlm.n_layers + 2))
+
+    table = report.table.set_index("method")
+    assert list(table.index) == [m.name for m in methods]
+    assert table.loc["brightness", "survives_randomisation"] and table.loc["brightness", "rho_all"] == pytest.approx(1)
+    assert table.attrs["first_stage"] == f"LLM layer {vlm.n_layers - 1}" and table.attrs["last_stage"] == "vision tower"
+    assert (table["seconds"] > 0).all() and (table["n_samples"] == 1).all()
+
+    prepared, token = report.maps.prepared[0], report.maps.tokens[0]
+    row = report.deletion.set_index(["sample", "method"]).loc[("photo", "brightness")]
+    top = top_patches(prepared, report.maps.maps["brightness"][0], 3)
+    direct = knockout_probs(vlm, prepared, [[], [knockout_edges(vlm, prepared, top)]], token)
+    assert row["p_base"] == pytest.approx(float(torch.softmax(last_logits(vlm, prepared), -1)[token]), abs=1e-6)
+    assert row["p_top"] == pytest.approx(float(direct[1]), abs=1e-6)
+    assert row["drop_top"] == pytest.approx(100 * (row["p_base"] - row["p_top"]) / row["p_base"])
+
+    assert len(plot_randomisation(report.randomisation, title="tiny:qwen2_vl").axes) == 1
+    fig = plot_comparison(report.table, title="tiny:qwen2_vl")
+    assert len(fig.axes) == 5 and "brightness" + FLAG in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(plot_method_maps(report.maps, 0).axes) == len(methods) + 1  # panels + colorbar
+
+
+def test_localisation_of_an_oracle_map(tiny, samples):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(samples[0]["image"], QUESTION)
+    related = np.isin(prepared.patches["position"], prepared.related_positions([BOX]))
+    oracle = MapMethod("oracle", "test", lambda *args: related.astype(float))
+    outside = MapMethod("outside", "test", lambda *args: (~related).astype(float))
+    maps = compute_maps(vlm, samples[:1], [oracle, outside], only_correct=False, progress=False)
+    frame = localisation(maps).set_index("method")
+    assert frame.loc["oracle", "hit"] and not frame.loc["outside", "hit"]
+    assert frame.loc["oracle", "share"] == pytest.approx(1.0)
+    assert frame.loc["oracle", "ratio"] == pytest.approx(1 / frame.loc["oracle", "area_share"])
+
+
+def test_deleting_every_patch_is_the_same_for_any_map(tiny, samples):
+    vlm = tiny("qwen2_vl")
+    maps = compute_maps(vlm, samples[:1], [MapMethod("brightness", "input", brightness)], only_correct=False,
+                        progress=False)
+    frame = deletion(vlm, maps, k=1.0, n_random=1)
+    assert frame.loc[0, "k"] == len(maps.prepared[0].image_positions)
+    assert frame.loc[0, "drop_top"] == pytest.approx(frame.loc[0, "drop_random"], abs=1e-6)
+
+
+def test_sanity_bad_inputs(tiny, samples):
+    vlm = tiny("qwen2_vl")
+    method = MapMethod("brightness", "input", brightness)
+    with pytest.raises(InputError, match="unique"):
+        compute_maps(vlm, samples, [method, method], only_correct=False)
+    with pytest.raises(InputError, match=r"returned shape \(3,\); expected \(35,\)"):
+        compute_maps(vlm, samples, [MapMethod("short", "test", lambda *a: np.ones(3))], only_correct=False)
+    with pytest.raises(InputError, match="needs each sample's answer"):
+        compute_maps(vlm, samples, [method])
+    with pytest.raises(InputError, match="none of the 1 samples"):
+        compute_maps(vlm, [dict(samples[0], answer="zebra")], [method], progress=False)
+    maps = compute_maps(vlm, samples[:1], [method], only_correct=False, progress=False)
+    with pytest.raises(InputError, match="k must select between 1 and 35"):
+        deletion(vlm, maps, k=99)
+    with pytest.raises(InputError, match=r"unknown stages \['LLM layer 7'\]"):
+        randomisation(vlm, maps, stages=["LLM layer 7"], progress=False)
+    no_boxes = MapSet(maps.methods, [maps.samples[0].__class__(image=samples[0]["image"], question=QUESTION)],
+                      maps.prepared, maps.tokens, maps.maps)
+    with pytest.raises(InputError, match="no ground-truth boxes"):
+        localisation(no_boxes)
+    with pytest.raises(InputError, match="needs a non-empty frame"):
+        plot_comparison(maps.seconds)

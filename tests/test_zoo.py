@@ -1,0 +1,179 @@
+"""The toy model zoo: tokenizer/processor, training recipe, registry and the committed checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, LlamaForCausalLM
+
+from analysis.data.shapes import QUESTION_TYPES, make_samples, random_scene
+from analysis.zoo import checkpoint_path, evaluate, evaluate_text, list_checkpoints
+from analysis.zoo.build import Encoder, ModelSpec, build_model, build_processor
+from analysis.zoo.registry import MODELS_DIR
+from analysis.zoo.train import Recipe, conversation, fit, keywords, make_local, patch_labels, qa_batch
+
+MINI = ModelSpec(vision_hidden=32, vision_layers=1, vision_mlp=64, text_hidden=32, text_layers=2, text_mlp=64)
+HELD_OUT = 20_000  # training streams use seeds < 1000
+# name -> (min overall accuracy, min accuracy per question type)
+BARS = {"shapes-llava": (0.95, 0.90), "shapes-llava-local": (0.90, 0.80), "shapes-llava-ft": (0.90, 0.80)}
+VLMS = list_checkpoints(kind="vlm")
+
+
+def test_tokenizer_round_trips_and_knows_every_word():
+    tok = build_processor().tokenizer
+    texts = [s.question for s in make_samples(140, seed=0)] + [random_scene(np.random.default_rng(i)).describe()
+                                                                 for i in range(20)]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert tok.unk_token_id not in ids, text
+        assert tok.decode(ids) == text
+    assert tok("what color ?").input_ids[0] == tok.bos_token_id
+
+
+def test_processor_matches_fast_encoder_and_model():
+    processor, enc = build_processor(), Encoder()
+    sample = make_samples(1, seed=0)[0]
+    text = processor.apply_chat_template(sample.messages, add_generation_prompt=True)
+    assert text == f"USER: <image>\n{sample.question} ASSISTANT:"
+    inputs = processor(text=text, images=sample.image, return_tensors="pt")
+    assert inputs.input_ids[0].tolist() == enc.prompt_ids(sample.question)
+    assert (inputs.input_ids == processor.tokenizer.convert_tokens_to_ids("<image>")).sum() == 64
+    torch.testing.assert_close(inputs.pixel_values, enc.pixels([sample.image]), atol=1e-5, rtol=0)
+    model = build_model(MINI)
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, inputs.input_ids.shape[1], len(processor.tokenizer))
+
+
+def test_mini_training_lowers_loss_deterministically():
+    recipe = Recipe(spec=MINI, batch_size=16)
+    enc = Encoder(MINI)
+
+    def run():
+        model = build_model(MINI, seed=0)
+        losses = fit(lambda t: model(**qa_batch(enc, recipe, "stage2", t)).loss, list(model.parameters()),
+                     steps=25, lr=3e-3, desc="mini")
+        return losses, model
+
+    (losses, model), (again, _) = run(), run()
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert losses == again
+
+
+def test_local_tower_does_not_mix_patches():
+    model = build_model(MINI)
+    make_local(model.model.vision_tower)
+    pixels = Encoder(MINI).pixels([make_samples(1, seed=0)[0].image])
+    changed = pixels.clone()
+    changed[..., 8:16, 16:24] += 1.0  # patch (row 1, col 2) -> image token 1 * 8 + 2
+    with torch.no_grad():
+        a, b = (model.model.get_image_features(pixel_values=p).pooler_output[0] for p in (pixels, changed))
+    moved = ((a - b).abs().amax(-1) > 1e-6).nonzero().flatten().tolist()
+    assert moved == [10]
+
+
+def test_patch_labels_follow_masks():
+    sample = make_samples(1, seed=4)[0]
+    labels = patch_labels(sample, ModelSpec())
+    assert labels.shape == (64, 6)
+    assert labels[:, 5].sum() == len(sample.scene.objects)
+    assert (labels[:, 0] > 0).sum() >= len(sample.scene.objects)
+    assert ((labels[:, 0] > 0) == (labels[:, 3] > 0)).all()
+
+
+def test_training_conversations_match_the_chat_template():
+    processor, enc = build_processor(), Encoder()
+    sample = make_samples(1, seed=2)[0]
+    turns = conversation(sample, np.random.default_rng(0))
+    assert turns[0] == (sample.question, sample.answer) and turns[-1][0] == "describe the image ."
+    assert len(turns) >= 6
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0][0]}]}]
+    for k, (q, a) in enumerate(turns):
+        if k:
+            messages.append({"role": "user", "content": [{"type": "text", "text": q}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+    text = processor.apply_chat_template(messages)
+    ids, labels = enc.dialog(turns)
+    assert processor(text=text, images=sample.image).input_ids[0] == ids
+    answers = [i for i, lab in zip(ids, labels) if lab != -100]
+    assert processor.tokenizer.decode(answers) == " </s> ".join(a for _, a in turns) + " </s>"
+    assert keywords("is the circle left or right of the square ?") == "circle square left or right"
+
+
+def test_registry_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m analysis.zoo.train --all"):
+        checkpoint_path("no-such-model")
+    with pytest.raises(FileNotFoundError, match="Available: none"):
+        checkpoint_path("shapes-llava", root=tmp_path)
+    if VLMS:
+        assert checkpoint_path("zoo:shapes-llava") == MODELS_DIR / "shapes-llava"
+
+
+# ---------------------------------------------------------------- the committed checkpoints
+
+needs_zoo = pytest.mark.skipif(not VLMS, reason="no zoo checkpoints; run python -m analysis.zoo.train --all")
+
+
+def _load(name):
+    path = checkpoint_path(name)
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32), AutoProcessor.from_pretrained(path)
+
+
+@needs_zoo
+def test_zoo_is_complete_and_small():
+    names = set(list_checkpoints())
+    assert {"shapes-lm", "shapes-vision", "shapes-llava-frozen", "shapes-llava", "shapes-llava-ft",
+            "shapes-llava-local"} <= names
+    assert len([n for n in names if n.startswith("shapes-llava-step")]) >= 6
+    size = sum(f.stat().st_size for f in MODELS_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2 ** 20
+    for name in names:
+        assert "Accuracy" in (MODELS_DIR / name / "README.md").read_text() or "vision" in name
+
+
+@needs_zoo
+@pytest.mark.parametrize("name", sorted(BARS))
+def test_checkpoint_passes_its_bar_on_unseen_seeds(name):
+    overall, per_type = BARS[name]
+    table = evaluate(_load(name), n=700, seed=HELD_OUT + len(name), progress=False).set_index("question_type")
+    assert table.loc["overall", "accuracy"] >= overall, table
+    assert (table.accuracy >= per_type).all(), table
+
+
+@needs_zoo
+def test_frozen_and_intermediate_checkpoints_spread():
+    acc = {name: evaluate(_load(name), n=280, seed=HELD_OUT, progress=False).accuracy.iloc[-1]
+           for name in ["shapes-llava", "shapes-llava-frozen"] + [n for n in VLMS if "-step" in n]}
+    assert acc["shapes-llava-frozen"] <= acc["shapes-llava"] - 0.1, acc
+    steps = sorted((int(n.rsplit("step", 1)[1]), a) for n, a in acc.items() if "-step" in n)
+    assert steps[0][1] < 0.6 and max(a for _, a in steps) > 0.8, steps
+
+
+@needs_zoo
+@pytest.mark.parametrize("size", [96, 50])
+def test_other_image_sizes_are_resized(size):
+    table = evaluate(_load("shapes-llava"), n=140, seed=HELD_OUT + size, image_size=size, progress=False)
+    assert table.accuracy.iloc[-1] >= 0.8, table
+
+
+@needs_zoo
+def test_text_only_model_is_at_chance_without_the_image():
+    path = checkpoint_path("shapes-lm")
+    lm, tok = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    blind = evaluate_text(lm, tok, n=700, seed=HELD_OUT, with_caption=False)
+    assert (blind.accuracy <= blind.chance + 0.1).all(), blind
+    assert evaluate_text(lm, tok, n=280, seed=HELD_OUT).accuracy.iloc[-1] > 0.8
+
+
+@needs_zoo
+def test_local_checkpoint_has_no_vision_attention():
+    model, _ = _load("shapes-llava-local")
+    attn = [p for n, p in model.model.vision_tower.named_parameters() if "self_attn" in n]
+    assert attn and all((p == 0).all() for p in attn)
+
+
+@needs_zoo
+def test_cards_report_accuracy_per_question_type():
+    index = json.loads((MODELS_DIR / "zoo.json").read_text())
+    for name in VLMS:
+        assert [r["question_type"] for r in index["tables"][name]] == list(QUESTION_TYPES) + ["overall"]
