@@ -66,12 +66,14 @@ def logit_lens_curves(frame: pd.DataFrame, model: str, data: str, by: str | None
 
     Args:
         frame: the output of ``analysis.probes.logit_lens`` (one position per sample is drawn:
-            rows with role ``"last"``).
+            rows with role ``"last"``; the ``prediction`` curve is left out when answers are known).
         model, data: shown in the title.
         by: a column to draw one panel per value of, or None.
         width: width of one panel in inches.
     """
     frame = frame[frame["role"] == "last"].assign(percent=lambda f: 100 * f["prob"])
+    if "answer" in set(frame["tracked"]):  # the gold answer's curve; "prediction" would repeat it
+        frame = frame[frame["tracked"] != "prediction"]
     fig, axes = _line_panels(frame, "percent", "tracked", by, width, xlabel="decoder layer",
                              ylabel="probability at last position (%)", legend="token", single="samples")
     for ax in axes:

@@ -286,9 +286,9 @@ def _tracked_tokens(vlm, prepared: PreparedInputs, sample: Sample, predicted: in
     tracked = {"prediction": predicted}
     if sample.answer:
         tracked["answer"] = answer_token_id(vlm, prepared, sample.answer)
-        capital = sample.answer[:1].upper() + sample.answer[1:]
-        if capital != sample.answer:
-            tracked["answer (capitalised)"] = answer_token_id(vlm, prepared, capital)
+        capital = answer_token_id(vlm, prepared, sample.answer[:1].upper() + sample.answer[1:])
+        if capital != tracked["answer"]:  # lower-casing tokenizers give the same token
+            tracked["answer (capitalised)"] = capital
     if sample.foil:
         tracked["foil"] = answer_token_id(vlm, prepared, sample.foil)
     return tracked
