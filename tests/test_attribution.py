@@ -169,6 +169,10 @@ def test_targets(tiny, photo):
     result = attribute(vlm, prepared, target="red", method="input_x_gradient", features="question")
     assert result.target_text == "red" and result.target_value == pytest.approx(logprob(vlm, prepared, red), abs=1e-5)
     assert set(result.to_frame()["feature"]) == {"question"}
+    image = attribute(vlm, prepared, target=red, method="saliency")
+    scores = image.localisation([(100, 0, 200, 75)])
+    assert set(scores) == {"share", "ratio", "hit", "area_share"} and 0 < scores["share"] < 1
+    assert scores["ratio"] == pytest.approx(scores["share"] / scores["area_share"])
 
 
 def test_bad_inputs(tiny, photo):

@@ -55,7 +55,8 @@ def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_sampl
                     with torch.no_grad():
                         out = vlm.final_norm(out)
                 torch.testing.assert_close(out, states[layer + 1][0, pos], atol=2e-5, rtol=1e-4)
-                torch.testing.assert_close(raw.get(role, layer, "input")[i], states[layer][0, pos], atol=2e-5, rtol=1e-4)
+                torch.testing.assert_close(raw.get(role, layer, "input")[i], states[layer][0, pos],
+                                           atol=2e-5, rtol=1e-4)
                 summed = sum(raw.get(role, layer, p)[i] for p in ("input", "attn", "mlp"))
                 torch.testing.assert_close(summed, raw.get(role, layer)[i], atol=1e-5, rtol=1e-5)
         assert raw.meta["prediction_id"][i] == int(logits.argmax())
@@ -107,7 +108,8 @@ def test_generated_roles_equal_generation_states(family, tiny, two_samples):
         torch.testing.assert_close(got, reference, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(got[:1], acts.get("last", 0)[i])
         generated = out.sequences[0, prepared.length:].tolist()
-        assert acts.meta["generated"][i] == vlm.tokenizer.decode(generated[: len(got)], skip_special_tokens=True).strip()
+        text = vlm.tokenizer.decode(generated[: len(got)], skip_special_tokens=True).strip()
+        assert acts.meta["generated"][i] == text
 
 
 def test_token_of_interest_and_dropped_samples(tiny, two_samples, tmp_path):
@@ -132,7 +134,8 @@ def test_token_of_interest_and_dropped_samples(tiny, two_samples, tmp_path):
     assert acts.dropped["reason"].str.contains("no token of interest").all()
     generated = capture(vlm, samples[:1], roles=["generated"], layers=[1], pool=None, max_new_tokens=4,
                         progress=False)
-    torch.testing.assert_close(acts.get("token_of_interest", 1)[0], generated.get("generated", 1)[0][words[0].index(word)])
+    at_word = generated.get("generated", 1)[0][words[0].index(word)]
+    torch.testing.assert_close(acts.get("token_of_interest", 1)[0], at_word)
     with pytest.raises(AllDroppedError, match="all 3 samples were dropped"):
         capture(vlm, samples, roles=["token_of_interest"], layers=[1], token_of_interest="zebra", progress=False)
 

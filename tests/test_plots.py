@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis.errors import InputError  # noqa: E402
@@ -201,3 +202,28 @@ def test_draw_token_scores_draws_several_tiles_on_one_axes(tiny, photo):
     llava_next = _prepared(tiny, photo, "llava_next")
     with pytest.raises(InputError, match="no patch tokens"):
         draw_token_scores(ax, llava_next, np.ones(len(llava_next.patches)), tiles=[9], norm=Normalize(0, 1))
+
+
+def test_zoo_figures_show_the_table_they_are_given():
+    from analysis.data.shapes import make_samples
+    from analysis.plots import accuracy_table, plot_accuracy_bars, plot_accuracy_heatmap, plot_example_scenes
+
+    records = {"a": [{"question_type": "Count", "accuracy": 0.5}, {"question_type": "overall", "accuracy": 0.25}],
+               "b": [{"question_type": "Count", "accuracy": 1.0}, {"question_type": "overall", "accuracy": 0.75}]}
+    table = accuracy_table(records)
+    assert table.loc["b", "Count"] == 100 and table.loc["a", "overall"] == 25
+    with style():
+        fig = plot_accuracy_heatmap(table, title="zoo, test data")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["50", "25", "100", "75"]
+    assert ax.get_xlabel() == "question type" and fig.axes[1].get_ylabel() == "accuracy (%)"
+    frame = pd.DataFrame({"question_type": ["Count", "overall"], "accuracy": [0.5, 0.25], "chance": [1 / 3, 0.5]})
+    with style():
+        fig = plot_accuracy_bars({"64 px": frame, "96 px": frame.assign(accuracy=[1.0, 0.9])}, title="t")
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == pytest.approx([50, 25, 100, 90])
+    samples = make_samples(3, seed=0)
+    with style():
+        fig = plot_example_scenes(samples, ["yes", "no", "red"], ncols=2, title="shapes world (seed 0)")
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 3 and all(s.question_type in t and f"gold: {s.answer}" in t for s, t in zip(samples, titles))

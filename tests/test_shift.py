@@ -74,6 +74,19 @@ def test_snmf_uses_dictionary_learning_with_non_negative_codes():
     assert np.allclose(concepts.activate(a), codes, atol=1e-6)
 
 
+def test_snmf_shift_is_per_unit_of_activation():
+    a, b = _clusters(seed=4, n=30, d=8)
+    result = concept_shift(a, b, n_concepts=3, method="snmf", seed=0)
+    codes = result.base.activations
+    assigned = result.assignments["concept"].to_numpy()
+    for k in range(3):
+        members = assigned == k
+        if members.any():
+            expected = result.base.dictionary[k] + ((b - a)[members] / codes[members, k][:, None]).mean(0)
+            assert np.allclose(result.shifted[k], expected)
+    assert ((assigned >= 0) == (codes.max(1) > 0)).all()
+
+
 def test_hungarian_matching_beats_every_permutation():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
@@ -151,7 +164,8 @@ def test_samples_without_the_token_of_interest_are_dropped_and_reported(tiny, sa
 
     base = tiny("qwen2_vl")
     mixed = [*samples[:3], Sample(Image.new("RGB", (100, 100)), samples[0].question, id="black")]
-    words = [set(t.lower().split()) for t in generate_answers(base, mixed, max_new_tokens=3, progress=False)["generated"]]
+    answers = generate_answers(base, mixed, max_new_tokens=3, progress=False)
+    words = [set(t.lower().split()) for t in answers["generated"]]
     word = sorted(words[0] - words[-1])[0]
     result = representation_shift(base, base, mixed, layer=0, features="token_of_interest",
                                   token_of_interest=word.upper(), n_concepts=1, max_new_tokens=3, progress=False)

@@ -54,7 +54,8 @@ def test_steer_adds_alpha_times_vector_to_the_layer_output(tiny, samples):
             expected = base + 2.5 * vector if role == "last" else base
             torch.testing.assert_close(last_only.get(role, 1, "input")[i], expected)
             # the hook changes what layer 0 passes on, not how layer 0 computed it
-            torch.testing.assert_close(steered.get(role, 0, "output")[i], plain.get(role, 0, "output")[i] + 2.5 * vector)
+            shifted = plain.get(role, 0, "output")[i] + 2.5 * vector
+            torch.testing.assert_close(steered.get(role, 0, "output")[i], shifted)
     again = capture(vlm, samples[:2], **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(again.get("last", 1, "input"), plain.get("last", 1, "input"))), \
         "the hook must be removed on exit"

@@ -34,7 +34,7 @@ COUNT_WORDS = ("one", "two", "three")
 QUESTION_TYPES = ("QueryAttr", "ChooseAttr", "ChooseRel", "CompareAttr", "LogicalObj", "Count", "Exist")
 DEFAULT_IMAGE_SIZE = 64
 _GAP = 0.05  # minimum free space between object boxes, fraction of the image side
-_REL_MARGIN = 0.15  # minimum centre offset for left/right/above/below questions
+_REL_MARGIN = 0.25  # minimum centre offset for left/right/above/below questions
 Box = tuple[int, int, int, int]
 
 

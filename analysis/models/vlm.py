@@ -287,7 +287,8 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
         name_or_path: a local checkpoint folder, a Hugging Face hub id (e.g.
             ``"llava-hf/llava-1.5-7b-hf"``, needs the hub or the local HF cache), or
             ``"zoo:<name>"`` for the project's own toy models (e.g. ``"zoo:shapes-llava"``), or
-            ``"tiny:<family>"`` for a tiny random-weight model (``analysis.testing.tiny_vlm``).
+            ``"tiny:<family>"`` (or ``"tiny:<family>@<seed>"``) for a tiny random-weight model
+            (``analysis.testing.tiny_vlm``).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device.
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
 
@@ -301,12 +302,14 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
     if str(name_or_path).startswith("tiny:"):
         from analysis.testing import SUPPORTED_TINY_FAMILIES, tiny_vlm
 
-        family = str(name_or_path)[len("tiny:"):]
-        if family not in SUPPORTED_TINY_FAMILIES:
+        family, _, seed = str(name_or_path)[len("tiny:"):].partition("@")
+        if family not in SUPPORTED_TINY_FAMILIES or not (seed or "0").isdigit():
             raise UnsupportedModelError(
-                f"unknown tiny family {family!r}; use tiny:<family> with one of {', '.join(SUPPORTED_TINY_FAMILIES)}"
+                f"unknown tiny family in {name_or_path!r}; use tiny:<family> or tiny:<family>@<seed> with one of "
+                f"{', '.join(SUPPORTED_TINY_FAMILIES)}"
             )
-        vlm = tiny_vlm(family)
+        vlm = tiny_vlm(family, seed=int(seed or 0))
+        vlm.name = str(name_or_path)
         vlm.model.to(device=torch_device, dtype=torch_dtype)
         return vlm
     source = resolve_source(name_or_path)

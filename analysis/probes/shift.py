@@ -7,7 +7,8 @@ both. ``A ~ codes @ U_a`` gives ``K`` base concepts (rows of ``U_a``), by k-mean
 activation ``1 / (1 + distance)``) or semi-NMF (non-negative codes, free dictionary; scikit-learn's
 ``DictionaryLearning(positive_code=True)``). Each sample belongs to its most active base concept;
 its shift is ``delta_m = b_m - a_m``; concept ``k`` shifts by ``Delta_k`` = the mean of its samples'
-deltas, giving the shifted concept ``u_s = u_a + Delta_k``. Decomposing ``B`` gives the fine-tuned
+deltas (for semi-NMF, each divided by the sample's code of the concept, since atoms have unit
+norm), giving the shifted concept ``u_s = u_a + Delta_k``. Decomposing ``B`` gives the fine-tuned
 concepts ``U_b``; the Hungarian algorithm pairs base and fine-tuned concepts by cosine, and the
 recovery of concept ``k`` is ``cos(u_b, u_s) - cos(u_b, u_a)``: positive when the shift moves the
 base concept towards its fine-tuned counterpart.
@@ -139,7 +140,8 @@ class ShiftResult:
             of the fine-tuned concept's top words / images also top for the base or shifted one).
             Concepts with no samples have NaN shift statistics and no recovery.
         assignments: one row per sample: ``sample``, ``question_type``, ``concept`` (strongest base
-            concept), ``shift_norm`` (``||delta_m||``).
+            concept; -1 when semi-NMF gives the sample no active concept), ``shift_norm``
+            (``||delta_m||``).
         base, finetuned: the two ``Concepts``; shifted: ``(K, D)`` shifted concepts.
         match: ``(K,)`` fine-tuned concept paired with each base concept.
         base_features, finetuned_features: ``(N, D)`` features.
@@ -174,7 +176,7 @@ class ShiftResult:
         return dict(mean_recovery=float(c["recovery"].mean()), share_improved=float((c["recovery"] > 0).mean()),
                     mean_cos_base=float(c["cos_base"].mean()), mean_cos_shifted=float(c["cos_shifted"].mean()),
                     n_concepts=len(self.concepts), n_concepts_with_samples=len(c),
-                    n_samples=len(self.assignments),
+                    n_samples=len(self.assignments), n_unassigned=int((self.assignments["concept"] < 0).sum()),
                     n_dropped=int(self.dropped["sample"].nunique()) if len(self.dropped) else 0)
 
 
@@ -197,14 +199,14 @@ def concept_shift(base_features, finetuned_features, n_concepts: int = 20, metho
         raise InputError("match must be 'base' or 'shifted'")
     base = decompose(a, n_concepts, method, seed, sparsity)
     finetuned = decompose(b, n_concepts, method, seed, sparsity)
-    assigned = base.activations.argmax(1)
+    assigned = np.where(base.activations.max(1) > 0, base.activations.argmax(1), -1)  # -1: no active concept
     deltas = b - a
     shifted = base.dictionary.copy()
     rows = []
     for k in range(n_concepts):
         members = deltas[assigned == k]
         if len(members):
-            shifted[k] = base.dictionary[k] + members.mean(0)
+            shifted[k] = base.dictionary[k] + _concept_shift(members, base.activations[assigned == k, k], method)
         sims = _cos(members, members) if len(members) > 1 else None
         rows.append(dict(
             concept=k, n_samples=len(members),
@@ -225,6 +227,19 @@ def concept_shift(base_features, finetuned_features, n_concepts: int = 20, metho
                                     else [None] * len(a), concept=assigned,
                                     shift_norm=np.linalg.norm(deltas, axis=1)))
     return ShiftResult(table, assignments, base, finetuned, shifted, pairing, a, b)
+
+
+def _concept_shift(deltas: np.ndarray, activations: np.ndarray, method: str) -> np.ndarray:
+    """Return ``Delta_k`` from the deltas ``(n, D)`` of a concept's samples and their activations ``(n,)``.
+
+    k-means centroids live on the features' scale, so ``Delta_k`` is the mean delta. Semi-NMF
+    atoms have unit norm and a sample is ``a_m ~ v_mk u_k``, so each delta is first divided by
+    the sample's code ``v_mk``: the shift per unit of the atom (adding raw deltas of norm ~ ||a||
+    to a unit atom would replace the concept by the mean shift).
+    """
+    if method == "kmeans":
+        return deltas.mean(0)
+    return (deltas / np.maximum(activations, 1e-12)[:, None]).mean(0)
 
 
 def representation_shift(

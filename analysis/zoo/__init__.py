@@ -7,7 +7,7 @@ loads); ``evaluate(vlm, n, seed)`` scores any LLaVA-style model on fresh shapes 
 
 from analysis.zoo.build import ModelSpec, build_model, build_processor, build_tokenizer
 from analysis.zoo.evaluate import EVAL_SEED, evaluate, evaluate_text, predict
-from analysis.zoo.registry import MODELS_DIR, checkpoint_path, list_checkpoints
+from analysis.zoo.registry import MODELS_DIR, checkpoint_path, list_checkpoints, trajectory
 
 __all__ = ["EVAL_SEED", "MODELS_DIR", "ModelSpec", "build_model", "build_processor", "build_tokenizer",
-           "checkpoint_path", "evaluate", "evaluate_text", "list_checkpoints", "predict"]
+           "checkpoint_path", "evaluate", "evaluate_text", "list_checkpoints", "predict", "trajectory"]

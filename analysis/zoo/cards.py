@@ -16,8 +16,9 @@ _ABOUT = {
     "lm": "Text-only Llama decoder pre-trained on question parsing (`USER: what color is the circle ? ASSISTANT: "
           "circle color`) and scene descriptions. Accuracy below: the best of each question's options given the "
           "question alone (no image): chance, as the answers are balanced.",
-    "vision": "CLIP vision tower pre-trained with per-patch supervision: colour, shape, size and centre of the "
-              "object under each patch, and whether the patch holds that object's centre.",
+    "vision": "CLIP vision tower pre-trained with per-patch supervision: colour, shape and size of the object "
+              "under each patch, whether the patch holds that object's centre, how many objects share its colour, "
+              "and the patch's own position.",
     "vlm": "`LlavaForConditionalGeneration`: CLIP vision tower, 2-layer MLP projector, Llama decoder.",
 }
 

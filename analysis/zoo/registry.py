@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -18,6 +19,22 @@ def list_checkpoints(root: Path | None = None, kind: str | None = None) -> list[
     configs = sorted(root.glob("*/config.json")) if root.is_dir() else []
     return [c.parent.name for c in configs
             if kind is None or json.loads(c.read_text()).get("zoo", {}).get("kind", "vlm") == kind]
+
+
+def trajectory(root: Path | None = None) -> list[str]:
+    """Return the zoo's stage-1 -> stage-2 checkpoints in training order, as ``zoo:`` names.
+
+    The ``shapes-llava-step<N>`` snapshots by global step, then ``shapes-llava-frozen`` (end of stage
+    1) where it fits between them, and ``shapes-llava`` (end of stage 2) last.
+    """
+    names = list_checkpoints(root, kind="vlm")
+    steps = {n: int(n.rsplit("step", 1)[1]) for n in names if re.fullmatch(r"shapes-llava-step\d+", n)}
+    if "shapes-llava-frozen" in names:
+        stage1 = json.loads((Path(root or MODELS_DIR) / "shapes-llava-frozen" / "config.json").read_text())
+        steps["shapes-llava-frozen"] = stage1["zoo"]["steps"]["stage1"] + 0.5
+    if "shapes-llava" in names:
+        steps["shapes-llava"] = float("inf")
+    return [f"zoo:{n}" for n in sorted(steps, key=steps.get)]
 
 
 def checkpoint_path(name: str, root: Path | None = None) -> Path:

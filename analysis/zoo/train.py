@@ -8,19 +8,20 @@ Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bar
      is the circle ?" -> "circle color") and scene descriptions. (Text-form QA with the caption in
      place of the image was tried and left out: a 4-layer LM does not learn it in this budget, and
      the answer priors it learns instead slowed visual instruction tuning down.)
-  2. ``shapes-vision``: CLIP vision tower pre-trained with per-patch supervision: colour, shape,
-     size and centre (10 x 10 grid) of the object under each patch, and whether the patch holds
-     that object's centre.
-  3. ``shapes-llava-frozen``: LLaVA stage 1, only the projector trained.
+  2. ``shapes-vision``: CLIP vision tower pre-trained with per-patch supervision: colour, shape
+     and size of the object under each patch, whether the patch holds that object's centre, how
+     many objects share that object's colour, and the patch's own position.
+  3. ``shapes-llava-frozen``: LLaVA stage 1, only the projector trained, on captioning.
   4. ``shapes-llava``: stage 2, visual instruction tuning of projector and decoder (the vision
      tower stays frozen, as in LLaVA-1.5). ``shapes-llava-step<N>`` are snapshots at global step
      N of stages 1 + 2.
   5. ``shapes-llava-ft``: ``shapes-llava`` fine-tuned on a shifted answer vocabulary (:data:`SHIFTED_ANSWERS`).
-  6. ``shapes-llava-local``: stages 2-4 with a vision tower whose self-attention weights are zero
-     (and frozen): each image token depends on its own patch only.
+  6. ``shapes-llava-local``: a vision tower whose self-attention weights are zero (and frozen), so
+     each image token depends on its own patch only, pre-trained like ``shapes-vision``; then
+     stages 1 and 2 (``Recipe.local_steps``) with ``shapes-llava``'s decoder as the starting point.
 
 Instruction data are multi-turn conversations about one scene (LLaVA style): a balanced question
-first, one question of every type after it, then the caption. Stage k reads the data stream of
+first, follow-up questions of every type after it, then the caption. Stage k reads the data stream of
 seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. Given the seed,
 torch version and thread count, a run is deterministic.
 """
@@ -52,7 +53,9 @@ from analysis.zoo.registry import MODELS_DIR
 SHIFTED_ANSWERS = {"yes": "true", "no": "false", "one": "1", "two": "2", "three": "3"}
 STREAMS = {"lm": 0, "vision": 1, "stage1": 2, "stage2": 3, "ft": 4, "local-vision": 5, "local-stage1": 6,
            "local-stage2": 7}  # stage -> data stream seed offset
-N_HEADS = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "x": 11, "y": 11, "centre": 2}
+FOLLOW_UPS = QUESTION_TYPES + ("ChooseRel", "CompareAttr", "LogicalObj", "Count")  # the slow learners twice
+N_HEADS = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1, "centre": 2,
+           "same_color": 5}
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,17 @@ class Recipe:
     spec: ModelSpec = ModelSpec()
     batch_size: int = 32
     lm_steps: int = 300
-    vision_steps: int = 1000
+    vision_steps: int = 1500
     stage1_steps: int = 200
-    stage2_steps: int = 1500
+    stage2_steps: int = 2000
     ft_steps: int = 200
+    local_steps: int = 400
     lm_lr: float = 3e-3
     vision_lr: float = 3e-3
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
     ft_lr: float = 5e-4
-    snapshots: tuple[int, ...] = (0, 100, 300, 500, 700, 900, 1200)  # global steps over stages 1 + 2
+    snapshots: tuple[int, ...] = (0, 100, 300, 600, 900, 1300, 1700)  # global steps over stages 1 + 2
 
     def scaled(self, factor: float) -> "Recipe":
         """Return the recipe with every step count (and snapshot) multiplied by ``factor``."""
@@ -85,9 +89,10 @@ class Recipe:
 
 def conversation(sample: Sample, rng: np.random.Generator, answer_map: dict | None = None,
                  caption: bool = True) -> list[tuple[str, str]]:
-    """Return (question, answer) turns about one scene: the sample's balanced question, one question
-    of every type in random order (see :func:`analysis.data.shapes.ask`), then the caption."""
-    questions = [sample] + [ask(sample.scene, rng, str(t)) for t in rng.permutation(QUESTION_TYPES)]
+    """Return (question, answer) turns about one scene: the sample's balanced question, then one
+    question of each of :data:`FOLLOW_UPS` in random order (see :func:`analysis.data.shapes.ask`),
+    then the caption."""
+    questions = [sample] + [ask(sample.scene, rng, str(t)) for t in rng.permutation(FOLLOW_UPS)]
     renames = answer_map or {}
     turns = [(q.question, renames.get(q.answer, q.answer)) for q in questions if q is not None]
     return turns + [(DESCRIBE_PROMPT, sample.scene.describe())] * caption
@@ -106,6 +111,13 @@ def qa_batch(enc: Encoder, recipe: Recipe, stream: str, step: int, answer_map: d
     """Return batch ``step`` of stream ``stream``: multi-turn conversations about rendered scenes."""
     samples = _stream(recipe, stream, step)
     rows = [enc.dialog(conversation(s, _rng(recipe, stream, step, i), answer_map)) for i, s in enumerate(samples)]
+    return enc.batch(rows, [s.image for s in samples])
+
+
+def caption_batch(enc: Encoder, recipe: Recipe, stream: str, step: int) -> dict:
+    """Return batch ``step`` of stream ``stream`` as captioning: "describe the image ." -> caption."""
+    samples = _stream(recipe, stream, step)
+    rows = [enc.dialog([(DESCRIBE_PROMPT, s.scene.describe())]) for s in samples]
     return enc.batch(rows, [s.image for s in samples])
 
 
@@ -130,8 +142,10 @@ def vision_batch(enc: Encoder, recipe: Recipe, stream: str, step: int) -> dict:
 
 
 def patch_labels(sample: Sample, spec: ModelSpec) -> torch.Tensor:
-    """Return (P, 6) labels per patch, row-major: colour, shape, size, x, y (0 = background) and
-    the centre flag. x and y are the object's centre on a 10 x 10 grid, plus one.
+    """Return (P, 5) labels per patch, row-major: colour, shape, size of the object under the patch
+    (0 = background), whether the patch holds that object's centre, and how many objects of the scene
+    share that object's colour (0 = background; needs patches to see each other, so a patch-local
+    tower cannot learn it).
 
     A patch belongs to the object covering most of it, if that object covers >= 1/8 of the patch.
     """
@@ -140,12 +154,14 @@ def patch_labels(sample: Sample, spec: ModelSpec) -> torch.Tensor:
     cover = masks.reshape(len(masks), g, p, g, p).sum((2, 4)).reshape(len(masks), -1)  # (n, P)
     best, owned = cover.argmax(0), cover.max(0) * 8 >= p * p
     objs = sample.scene.objects
-    table = np.array([[list(COLORS).index(o.color) + 1, SHAPES.index(o.shape) + 1, list(SIZES).index(o.size) + 1,
-                       int(o.x * 10) + 1, int(o.y * 10) + 1] for o in objs])
+    table = np.array([[list(COLORS).index(o.color) + 1, SHAPES.index(o.shape) + 1, list(SIZES).index(o.size) + 1]
+                      for o in objs])
     labels = np.zeros((g * g, len(N_HEADS)), dtype=np.int64)
-    labels[:, :5] = np.where(owned[:, None], table[best], 0)
+    same = np.array([sum(q.color == o.color for q in objs) for o in objs])
+    labels[:, :3] = np.where(owned[:, None], table[best], 0)
+    labels[:, 4] = np.where(owned, same[best], 0)
     for o in objs:
-        labels[min(int(o.y * g), g - 1) * g + min(int(o.x * g), g - 1), 5] = 1
+        labels[min(int(o.y * g), g - 1) * g + min(int(o.x * g), g - 1), 3] = 1
     return torch.from_numpy(labels)
 
 
@@ -163,18 +179,27 @@ def _rng(recipe: Recipe, stream: str, step: int, i: int) -> np.random.Generator:
 
 
 class VisionPretrainer(torch.nn.Module):
-    """CLIP vision tower + linear heads on its patch tokens (CLS dropped, as LLaVA does)."""
+    """CLIP vision tower + linear heads on its patch tokens (CLS dropped, as LLaVA does).
+
+    Heads classify the object under each patch (:data:`N_HEADS`) and regress the patch's own
+    (x, y) centre, which keeps positions linearly readable for left/right/above/below questions.
+    """
 
     def __init__(self, tower: CLIPVisionModel):
         super().__init__()
         self.tower = tower
-        self.head = torch.nn.Linear(tower.config.hidden_size, sum(N_HEADS.values()))
+        self.head = torch.nn.Linear(tower.config.hidden_size, sum(N_HEADS.values()) + 2)
+        g = tower.config.image_size // tower.config.patch_size
+        centres = (torch.arange(g, dtype=torch.float32) + 0.5) / g
+        self.register_buffer("xy", torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).reshape(-1, 2))
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Return the summed cross-entropy of the per-patch heads (scalar)."""
-        logits = self.head(self.tower(pixel_values).last_hidden_state[:, 1:])  # (B, P, sum(heads))
-        return sum(F.cross_entropy(part.flatten(0, 1), labels[..., k].flatten())
-                   for k, part in enumerate(logits.split(list(N_HEADS.values()), -1)))
+        """Return the summed per-patch losses (scalar); ``labels`` is (B, P, len(N_HEADS))."""
+        out = self.head(self.tower(pixel_values).last_hidden_state[:, 1:])  # (B, P, heads + 2)
+        logits, xy = out[..., :-2], out[..., -2:]
+        loss = F.mse_loss(xy, self.xy.expand_as(xy)) * 10
+        return loss + sum(F.cross_entropy(part.flatten(0, 1), labels[..., k].flatten())
+                          for k, part in enumerate(logits.split(list(N_HEADS.values()), -1)))
 
 
 def make_local(tower: CLIPVisionModel) -> CLIPVisionModel:
@@ -187,11 +212,12 @@ def make_local(tower: CLIPVisionModel) -> CLIPVisionModel:
     return tower
 
 
-def assemble(recipe: Recipe, lm: LlamaForCausalLM, tower: CLIPVisionModel) -> LlavaForConditionalGeneration:
-    """Return a LLaVA model with the given decoder and vision tower and a fresh projector."""
+def assemble(recipe: Recipe, decoder: tuple[torch.nn.Module, torch.nn.Module],
+             tower: CLIPVisionModel) -> LlavaForConditionalGeneration:
+    """Return a LLaVA model with the given (language model, lm_head) and vision tower and a fresh projector."""
     model = build_model(recipe.spec, seed=recipe.seed)
-    model.model.language_model.load_state_dict(lm.model.state_dict())
-    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    model.model.language_model.load_state_dict(decoder[0].state_dict())
+    model.lm_head.load_state_dict(decoder[1].state_dict())
     model.model.vision_tower.load_state_dict(tower.state_dict())
     for p, q in zip(model.model.vision_tower.parameters(), tower.parameters()):
         p.requires_grad_(q.requires_grad)
@@ -247,6 +273,67 @@ def save(model, folder: Path, zoo: dict, processor=None, tokenizer=None) -> None
             extra.save_pretrained(folder)
 
 
+def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
+                 decoder: tuple[torch.nn.Module, torch.nn.Module], local: bool, stage2_steps: int,
+                 monitor: int = 0) -> LlavaForConditionalGeneration:
+    """Pre-train a vision tower, then run LLaVA stages 1 and 2 on ``decoder``; save and return the model.
+
+    ``decoder`` is a (language model, lm_head) pair: the text LM's or a trained VLM's. ``monitor`` > 0
+    prints held-out accuracy every ``monitor`` stage-2 steps. The main run (``local=False``) also saves ``shapes-vision``, ``shapes-llava-frozen``
+    and the ``shapes-llava-step<N>`` snapshots; the local run saves ``shapes-vision-local`` and
+    ``shapes-llava-local``.
+    """
+    prefix, suffix = ("local-", "-local") if local else ("", "")
+    torch.manual_seed(recipe.seed)
+    tower = CLIPVisionModel(build_config(recipe.spec).vision_config)
+    if local:
+        make_local(tower)
+    pre = VisionPretrainer(tower)
+    fit(lambda t: pre(**vision_batch(enc, recipe, prefix + "vision", t)), list(pre.parameters()),
+        recipe.vision_steps, recipe.vision_lr, f"2/6 {prefix}vision tower")
+    save(tower, out / f"shapes-vision{suffix}", {**base, "kind": "vision", "local": local,
+         "stage": "vision pre-training (per-patch attributes)", "steps": {"vision": recipe.vision_steps}})
+
+    model = assemble(recipe, decoder, tower)
+    meta = {**base, "kind": "vlm", "local": local}
+    steps = {"lm": recipe.lm_steps, "vision": recipe.vision_steps, "stage1": recipe.stage1_steps}
+    if local:
+        steps = {"shapes-llava": "decoder initialised from shapes-llava", **steps}
+
+    def snapshot(k: int) -> None:
+        if not local and k in recipe.snapshots:
+            save(model, out / f"shapes-llava-step{k}", {**meta, "stage": f"intermediate (global step {k})",
+                 "steps": {**steps, "stage1": min(k, recipe.stage1_steps),
+                           "stage2": max(0, k - recipe.stage1_steps)}}, processor)
+
+    for name, p in model.named_parameters():
+        p.requires_grad_("multi_modal_projector" in name)
+    fit(lambda t: model(**caption_batch(enc, recipe, prefix + "stage1", t)).loss, list(model.parameters()),
+        recipe.stage1_steps, recipe.stage1_lr, f"3/6 {prefix}stage 1 (projector, captions)", on_step=snapshot)
+    if not local:
+        save(model, out / "shapes-llava-frozen", {**meta, "steps": steps,
+             "stage": "stage 1: projector only (decoder and vision tower frozen)"}, processor)
+
+    for name, p in model.named_parameters():
+        p.requires_grad_("vision_tower" not in name)
+
+    def after_step(k: int) -> None:
+        if k:
+            snapshot(recipe.stage1_steps + k)
+        if monitor and k % monitor == 0:
+            table = evaluate((model, processor), n=350, progress=False)
+            model.train()
+            tqdm.write(f"{prefix}stage 2 step {k}: " + " ".join(
+                f"{r.question_type}={r.accuracy:.2f}" for r in table.itertuples()))
+
+    fit(lambda t: model(**qa_batch(enc, recipe, prefix + "stage2", t)).loss, list(model.parameters()),
+        stage2_steps, recipe.stage2_lr, f"4/6 {prefix}stage 2 (projector + decoder)", on_step=after_step)
+    steps["stage2"] = stage2_steps
+    save(model, out / f"shapes-llava{suffix}", {**meta, "steps": steps,
+         "stage": "stage 2: visual instruction tuning"}, processor)
+    return model
+
+
 def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1400, monitor: int = 0) -> dict:
     """Train every zoo checkpoint into ``out``, write the model cards; return the cards' index.
 
@@ -273,66 +360,26 @@ def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1
                                   "steps": {"lm": recipe.lm_steps}}, tokenizer=processor.tokenizer)
     times["shapes-lm"] = time.time() - start
 
-    for local in (False, True):  # the main model, then the one whose vision tower does not mix patches
-        prefix, suffix = ("local-", "-local") if local else ("", "")
-        # 2. vision tower
-        torch.manual_seed(recipe.seed)
-        tower = CLIPVisionModel(config.vision_config)
-        if local:
-            make_local(tower)
-        pre = VisionPretrainer(tower)
-        fit(lambda t: pre(**vision_batch(enc, recipe, prefix + "vision", t)), list(pre.parameters()),
-            recipe.vision_steps, recipe.vision_lr, f"2/6 {prefix}vision tower")
-        save(tower, out / f"shapes-vision{suffix}", {**base, "kind": "vision", "local": local,
-             "stage": "vision pre-training (per-patch attributes)", "steps": {"vision": recipe.vision_steps}})
+    # 2-4. vision tower, stage 1 (projector), stage 2 (projector + decoder)
+    model = llava_stages(recipe, enc, processor, out, base, (lm.model, lm.lm_head), local=False,
+                         stage2_steps=recipe.stage2_steps, monitor=monitor)
+    times["shapes-llava"] = time.time() - start
+    decoder = copy.deepcopy(model.model.language_model), copy.deepcopy(model.lm_head)
 
-        # 3. stage 1: projector only
-        model = assemble(recipe, lm, tower)
-        meta = {**base, "kind": "vlm", "local": local}
-        steps = {"lm": recipe.lm_steps, "vision": recipe.vision_steps, "stage1": recipe.stage1_steps}
+    # 5. fine-tune on a shifted answer vocabulary
+    model.train()
+    fit(lambda t: model(**qa_batch(enc, recipe, "ft", t, SHIFTED_ANSWERS)).loss, list(model.parameters()),
+        recipe.ft_steps, recipe.ft_lr, "5/6 fine-tune (shifted answers)")
+    steps = {"lm": recipe.lm_steps, "vision": recipe.vision_steps, "stage1": recipe.stage1_steps,
+             "stage2": recipe.stage2_steps, "ft": recipe.ft_steps}
+    save(model, out / "shapes-llava-ft", {**base, "kind": "vlm", "local": False, "answer_map": SHIFTED_ANSWERS,
+         "steps": steps, "stage": "shapes-llava fine-tuned on shifted answers"}, processor)
+    times["shapes-llava-ft"] = time.time() - start
 
-        def snapshot(k: int) -> None:
-            if not local and k in recipe.snapshots:
-                save(model, out / f"shapes-llava-step{k}", {**meta, "stage": f"intermediate (global step {k})",
-                     "steps": {**steps, "stage1": min(k, recipe.stage1_steps),
-                               "stage2": max(0, k - recipe.stage1_steps)}}, processor)
-
-        for name, p in model.named_parameters():
-            p.requires_grad_("multi_modal_projector" in name)
-        fit(lambda t: model(**qa_batch(enc, recipe, prefix + "stage1", t)).loss, list(model.parameters()),
-            recipe.stage1_steps, recipe.stage1_lr, f"3/6 {prefix}stage 1 (projector)", on_step=snapshot)
-        if not local:
-            save(model, out / "shapes-llava-frozen", {**meta, "steps": steps,
-                 "stage": "stage 1: projector only (decoder and vision tower frozen)"}, processor)
-
-        # 4. stage 2: projector and decoder
-        for name, p in model.named_parameters():
-            p.requires_grad_("vision_tower" not in name)
-
-        def after_step(k: int) -> None:
-            if k:
-                snapshot(recipe.stage1_steps + k)
-            if monitor and k % monitor == 0:
-                table = evaluate((model, processor), n=350, progress=False)
-                model.train()
-                tqdm.write(f"{prefix}stage 2 step {k}: " + " ".join(
-                    f"{r.question_type}={r.accuracy:.2f}" for r in table.itertuples()))
-
-        fit(lambda t: model(**qa_batch(enc, recipe, prefix + "stage2", t)).loss, list(model.parameters()),
-            recipe.stage2_steps, recipe.stage2_lr, f"4/6 {prefix}stage 2 (projector + decoder)", on_step=after_step)
-        steps["stage2"] = recipe.stage2_steps
-        name = f"shapes-llava{suffix}"
-        save(model, out / name, {**meta, "steps": steps, "stage": "stage 2: visual instruction tuning"}, processor)
-        times[name] = time.time() - start
-
-        if not local:  # 5. fine-tune on a shifted answer vocabulary
-            fit(lambda t: model(**qa_batch(enc, recipe, "ft", t, SHIFTED_ANSWERS)).loss, list(model.parameters()),
-                recipe.ft_steps, recipe.ft_lr, "5/6 fine-tune (shifted answers)")
-            save(model, out / "shapes-llava-ft", {**meta, "answer_map": SHIFTED_ANSWERS,
-                 "steps": {**steps, "ft": recipe.ft_steps}, "stage": "shapes-llava fine-tuned on shifted answers"},
-                 processor)
-            times["shapes-llava-ft"] = time.time() - start
-
+    # 6. the patch-local variant: shapes-llava's decoder behind a tower that does not mix patches
+    llava_stages(recipe, enc, processor, out, base, decoder, local=True, stage2_steps=recipe.local_steps,
+                 monitor=monitor)
+    times["shapes-llava-local"] = time.time() - start
     times["total"] = time.time() - start
     return write_cards(out, eval_n=eval_n, train_seconds=times)
 
