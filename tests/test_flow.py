@@ -113,3 +113,17 @@ def test_region_knockout_blocks_as_many_other_patches(tiny, photo):
     assert row["n_related"] == len(prepared.related_positions([box])) == row["n_other_blocked"]
     with pytest.raises(InputError, match="has no answer"):
         region_knockout(vlm, [{"image": photo, "question": QUESTION, "boxes": [box]}], progress=False)
+
+
+def test_region_knockout_on_the_patch_local_zoo_model_is_exact_ground_truth():
+    """shapes-llava-local sees an object only through its own patches: cutting those off must bring
+    accuracy to chance, cutting off as many other patches must leave it intact."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import load_vlm
+
+    samples = make_samples(140, seed=7)
+    result = region_knockout(load_vlm("zoo:shapes-llava-local", device="cpu"), samples, progress=False)
+    chance = sum(1 / len(s.options) for s in samples) / len(samples)
+    assert result["correct_base"].mean() >= 0.95
+    assert result["correct_related_blocked"].mean() <= chance + 0.05
+    assert result["correct_other_blocked"].mean() >= result["correct_base"].mean() - 0.02

@@ -167,7 +167,8 @@ def plot_recovery(result: ShiftResult, *, title: str | None = None) -> Figure:
     ax.set_xlabel("base concept (sorted by recovery)")
     ax.set_ylabel("cosine to matched\nfine-tuned concept")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.legend()
+    ax.set_ylim(min(0, table["cos_base"].min() - 0.05), 1.25)
+    ax.legend(loc="upper left", ncols=2, fontsize="small")
     ax.set_title(title or f"mean recovery {table['recovery'].mean():+.3f} "
                           f"({(table['recovery'] > 0).mean():.0%} of concepts improve)")
     return fig
@@ -211,8 +212,9 @@ def plot_steering_outcomes(result: SteeringResult, *, title: str | None = None) 
     ax.set_xticks(x, [f"{a:g}" for a in summary["alpha"]])
     ax.set_xlabel("alpha (steering strength)")
     ax.set_ylabel("share of answers")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=6)
+    ax.set_ylim(0, 1.4)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(fontsize=6, loc="upper left", ncols=2)
     layers = sorted(summary["layer"].unique())
     ax.set_title(title or f"layer {', '.join(map(str, layers))}, {summary['positions'].iloc[0]} positions, "
                           f"{int(summary['n_targeted'].iloc[0])} targeted answers")

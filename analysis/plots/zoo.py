@@ -46,7 +46,8 @@ def plot_accuracy_heatmap(table: pd.DataFrame, *, title: str) -> Figure:
     return fig
 
 
-def plot_trajectory(table: pd.DataFrame, steps: Sequence[float], chance: pd.Series, *, title: str) -> Figure:
+def plot_trajectory(table: pd.DataFrame, steps: Sequence[float], chance: dict[str, float], *, title: str,
+                    stage1_steps: int | None = None) -> Figure:
     """Return accuracy (%) per question type against the global training step.
 
     Args:
@@ -54,6 +55,7 @@ def plot_trajectory(table: pd.DataFrame, steps: Sequence[float], chance: pd.Seri
         steps: the global step of each row (stage 1 + stage 2).
         chance: chance accuracy (%) per question type; drawn as a dotted line for "overall".
         title: says which model and which held-out data.
+        stage1_steps: where stage 1 (projector only) ends; marked with a vertical line.
     """
     fig, ax = plt.subplots(figsize=(2 * COLUMN_WIDTH, 2.8))
     types = [c for c in table.columns if c != "overall"]
@@ -61,6 +63,8 @@ def plot_trajectory(table: pd.DataFrame, steps: Sequence[float], chance: pd.Seri
         ax.plot(steps, table[name], marker=".", color=color, linewidth=1, label=name)
     ax.plot(steps, table["overall"], marker="o", color="black", linewidth=2, label="overall")
     ax.axhline(chance["overall"], color="grey", linestyle=":", label="chance (overall)")
+    if stage1_steps is not None:
+        ax.axvline(stage1_steps, color="grey", linestyle="--", linewidth=1, label="end of stage 1")
     ax.set_xlabel("global training step (stage 1 + stage 2)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 102)
