@@ -140,3 +140,17 @@ def test_sanity_bad_inputs(tiny, samples):
         localisation(no_boxes)
     with pytest.raises(InputError, match="needs a non-empty frame"):
         plot_comparison(maps.seconds)
+
+
+def test_ig_and_occlusion_point_at_the_objects_on_the_patch_local_zoo_model():
+    """shapes-llava-local sees an object only through its own patches (exact ground truth)."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import load_vlm
+    from analysis.probes.sanity import compute_maps, default_methods, localisation
+
+    vlm = load_vlm("zoo:shapes-llava-local", device="cpu")
+    methods = [m for m in default_methods(vlm, n_steps=32) if m.name in ("IG", "occlusion")]
+    maps = compute_maps(vlm, make_samples(42, seed=5), methods, only_correct=True, progress=False)
+    assert len(maps.samples) >= 38
+    hits = localisation(maps).groupby("method")["hit"].mean()
+    assert hits["IG"] >= 0.8 and hits["occlusion"] >= 0.8, hits

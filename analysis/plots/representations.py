@@ -91,9 +91,14 @@ def plot_score_vs_accuracy(result: AlignmentAccuracy, *, title: str | None = Non
     table = result.table
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.8))
     ax.scatter(table["score"], table["accuracy"], color=PALETTE[0], zorder=3)
+    placed: list[tuple[float, float]] = []
+    span = max(float(np.ptp(table["score"])), 1e-9), max(float(np.ptp(table["accuracy"])), 1e-9)
     for row in table.itertuples():
-        ax.annotate(str(row.checkpoint), (row.score, row.accuracy), textcoords="offset points", xytext=(3, 3),
-                    fontsize=6)
+        # labels of points that (nearly) coincide are stacked downwards instead of drawn over each other
+        stack = sum(abs(row.score - x) < 0.05 * span[0] and abs(row.accuracy - y) < 0.05 * span[1] for x, y in placed)
+        placed.append((row.score, row.accuracy))
+        ax.annotate(str(row.checkpoint), (row.score, row.accuracy), textcoords="offset points",
+                    xytext=(3, 3 - 7 * stack), fontsize=6)
     if len(table) >= 2 and np.ptp(table["score"]) > 0:
         slope, intercept = np.polyfit(table["score"], table["accuracy"], 1)
         xs = np.linspace(table["score"].min(), table["score"].max(), 50)
@@ -104,7 +109,7 @@ def plot_score_vs_accuracy(result: AlignmentAccuracy, *, title: str | None = Non
              for method, name in (("spearman", "Spearman rho"), ("pearson", "Pearson r")) if method in corr.index]
     confidence = int(round(100 * corr["confidence"].iloc[0]))
     ax.set_xlabel(f"IMA score ({result.variant}, mean over layers)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (fraction correct)")
     ax.set_title((title + "\n" if title else "") + "\n".join(lines) + f"\n({confidence}% bootstrap intervals, "
                  f"{len(table)} checkpoints)", fontsize=7)
     return fig
@@ -186,7 +191,8 @@ def plot_consistency_vs_recovery(result: ShiftResult, *, title: str | None = Non
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("shift consistency (mean pairwise cosine of deltas)")
     ax.set_ylabel("recovery")
-    ax.set_title(title or f"Spearman rho = {rho:+.2f} (p = {p:.2g}, {len(table)} concepts)")
+    stat = f"Spearman rho = {rho:+.2f} (p = {p:.2g}, {len(table)} concepts)"
+    ax.set_title(f"{title}\n{stat}" if title else stat)
     return fig
 
 
