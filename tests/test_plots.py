@@ -227,3 +227,17 @@ def test_zoo_figures_show_the_table_they_are_given():
         fig = plot_example_scenes(samples, ["yes", "no", "red"], ncols=2, title="shapes world (seed 0)")
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert len(titles) == 3 and all(s.question_type in t and f"gold: {s.answer}" in t for s, t in zip(samples, titles))
+
+
+def test_region_knockout_bars_are_the_accuracies():
+    from analysis.plots import plot_region_knockout
+
+    frame = pd.DataFrame({"question_type": ["Count", "Count", "Exist"], "correct_base": [True, True, False],
+                          "correct_related_blocked": [False, True, False], "correct_other_blocked": [True, True, True]})
+    with style():
+        fig = plot_region_knockout(frame, 40.0, "tiny:llava", "3 questions")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    # per group (Count, Exist, all): no block, related blocked, other blocked
+    assert heights == pytest.approx([100, 0, 200 / 3, 50, 0, 100 / 3, 100, 100, 100])
+    assert ax.get_ylabel() == "accuracy (%)" and "tiny:llava" in ax.get_title()

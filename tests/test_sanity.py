@@ -93,6 +93,8 @@ def test_sanity_report_on_a_tiny_model(tiny, samples):
     assert len(plot_randomisation(report.randomisation, title="tiny:qwen2_vl").axes) == 1
     fig = plot_comparison(report.table, title="tiny:qwen2_vl")
     assert len(fig.axes) == 5 and "brightness" + FLAG in [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    untimed = plot_comparison(report.table, title="tiny:qwen2_vl", timing=False)
+    assert [ax.get_xlabel() for ax in untimed.axes] == [ax.get_xlabel() for ax in fig.axes[:4]]
     assert len(plot_method_maps(report.maps, 0).axes) == len(methods) + 1  # panels + colorbar
 
 

@@ -5,7 +5,7 @@ notebook does) for the vlm-probes look.
 """
 
 from analysis.plots.attention import plot_head_overlays, plot_layer_overlays, plot_localisation, plot_mass_heatmap
-from analysis.plots.flow import knockout_curves, logit_lens_curves
+from analysis.plots.flow import knockout_curves, logit_lens_curves, plot_region_knockout
 from analysis.plots.overlay import draw_token_scores, plot_token_overlay
 from analysis.plots.representations import (plot_alignment_curves, plot_concept_grid, plot_consistency_vs_recovery,
                                             plot_recovery, plot_score_vs_accuracy, plot_steering_outcomes,
@@ -21,6 +21,6 @@ __all__ = [
     "draw_token_scores", "knockout_curves", "logit_lens_curves", "plot_accuracy_bars", "plot_accuracy_heatmap", "plot_alignment_curves",
     "plot_comparison", "plot_concept_grid", "plot_consistency_vs_recovery", "plot_example_scenes",
     "plot_head_overlays", "plot_layer_overlays", "plot_localisation", "plot_mass_heatmap", "plot_method_maps",
-    "plot_randomisation", "plot_recovery", "plot_score_vs_accuracy", "plot_steering_outcomes", "plot_token_norms",
+    "plot_randomisation", "plot_recovery", "plot_region_knockout", "plot_score_vs_accuracy", "plot_steering_outcomes", "plot_token_norms",
     "plot_token_overlay", "plot_trajectory", "save_figure", "style", "use_style",
 ]

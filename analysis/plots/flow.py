@@ -80,3 +80,30 @@ def logit_lens_curves(frame: pd.DataFrame, model: str, data: str, by: str | None
         ax.set_ylim(0, 100)
     fig.suptitle(f"Logit lens: {model} on {data}")
     return fig
+
+
+def plot_region_knockout(frame: pd.DataFrame, chance: float, model: str, data: str) -> plt.Figure:
+    """Grouped bars of accuracy (%) per question type: no block, related patches blocked, as many
+    other patches blocked; chance drawn as a dotted line.
+
+    Args:
+        frame: the output of ``analysis.probes.region_knockout``.
+        chance: chance accuracy (%) of the same samples.
+        model, data: shown in the title.
+    """
+    columns = {"correct_base": "no block", "correct_related_blocked": "related patches blocked",
+               "correct_other_blocked": "as many other patches blocked"}
+    accuracy = 100 * frame.groupby("question_type")[list(columns)].mean()
+    accuracy.loc["all"] = 100 * frame[list(columns)].mean()
+    fig, ax = plt.subplots(figsize=(2 * COLUMN_WIDTH, 2.6))
+    x = np.arange(len(accuracy))
+    for k, (column, label) in enumerate(columns.items()):
+        ax.bar(x + (k - 1) * 0.27, accuracy[column], 0.27, color=PALETTE[k], label=label)
+    ax.axhline(chance, color="black", linestyle=":", label=f"chance ({chance:.0f}%)")
+    ax.set_xticks(x, accuracy.index, rotation=30, ha="right")
+    ax.set_xlabel("question type")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"Region knockout: {model} on {data}")
+    return fig

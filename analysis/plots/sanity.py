@@ -75,12 +75,14 @@ _PANELS = (
 )
 
 
-def plot_comparison(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+def plot_comparison(table: pd.DataFrame, *, title: str | None = None, timing: bool = True) -> Figure:
     """Return the comparison figure: one panel per check, methods as rows.
 
     Args:
         table: ``analysis.probes.sanity.comparison_table`` output.
         title: figure title; say the model and the data.
+        timing: draw the seconds-per-sample panel (default). Wall-clock times differ from run to
+            run, so figures that must be byte-identical across reruns leave it out.
 
     Returns:
         A figure with horizontal bars per method for pointing game, mass ratio (1 = no better than
@@ -88,7 +90,8 @@ def plot_comparison(table: pd.DataFrame, *, title: str | None = None) -> Figure:
         full randomisation (dashed: the survival threshold) and seconds per sample (log scale).
         Methods whose map survives randomisation are hatched and labelled so.
     """
-    _require(table, ("method", "survives_randomisation", *(c for c, _, _ in _PANELS), "random_drop"),
+    panels = _PANELS if timing else tuple(p for p in _PANELS if p[0] != "seconds")
+    _require(table, ("method", "survives_randomisation", *(c for c, _, _ in panels), "random_drop"),
              "plot_comparison")
     n = len(table)
     y = np.arange(n)[::-1]
@@ -96,8 +99,8 @@ def plot_comparison(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     labels = [m + (FLAG if f else "") for m, f in zip(table["method"], flagged)]
     kinds = table["kind"] if "kind" in table else [""] * n
     colors = [PALETTE[{"attention": 0, "gradient": 1, "perturbation": 2}.get(k, 3)] for k in kinds]
-    fig, axes = plt.subplots(1, len(_PANELS), figsize=(2 * COLUMN_WIDTH + 1.2, 0.3 * n + 1.2), sharey=True)
-    for ax, (column, label, reference) in zip(axes, _PANELS):
+    fig, axes = plt.subplots(1, len(panels), figsize=(2 * COLUMN_WIDTH + 1.2, 0.3 * n + 1.2), sharey=True)
+    for ax, (column, label, reference) in zip(axes, panels):
         values = table[column].to_numpy(dtype=float)
         bars = ax.barh(y, np.nan_to_num(values), color=colors, height=0.7)
         for bar, f in zip(bars, flagged):
