@@ -64,6 +64,14 @@ def test_information_flow_table(tiny, photo):
     wrong = [dict(samples[0], answer="zebra")]
     with pytest.raises(InputError, match="none of the 1 samples"):
         information_flow(vlm, wrong, window=1, progress=False)
+    width, height = photo.size
+    everything = [dict(samples[0], id="whole", boxes=[(0, 0, width, height)])]
+    frame = information_flow(vlm, samples + everything, blocks=("related->question", "other->question"), window=1,
+                             progress=False)
+    assert frame.attrs["skipped"] == [{"sample": "whole", "block": "other->question"}]
+    assert len(frame[frame["sample"] == "whole"]) == vlm.n_layers  # its related->question rows are kept
+    with pytest.raises(InputError, match="no other patches"):
+        information_flow(vlm, everything, blocks=("other->question",), window=1, progress=False)
 
 
 def test_layer_windows():
@@ -113,6 +121,12 @@ def test_region_knockout_blocks_as_many_other_patches(tiny, photo):
     assert row["n_related"] == len(prepared.related_positions([box])) == row["n_other_blocked"]
     with pytest.raises(InputError, match="has no answer"):
         region_knockout(vlm, [{"image": photo, "question": QUESTION, "boxes": [box]}], progress=False)
+    whole = {"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, *photo.size)], "id": "whole"}
+    frame = region_knockout(vlm, [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [box]}, whole],
+                            progress=False)
+    assert len(frame) == 1 and frame.attrs["skipped"] == ["whole"]
+    with pytest.raises(InputError, match="every patch"):
+        region_knockout(vlm, [whole], progress=False)
 
 
 def test_region_knockout_on_the_patch_local_zoo_model_is_exact_ground_truth():

@@ -214,11 +214,13 @@ def information_flow(
         Tidy DataFrame with one row per sample x block x window centre: ``sample``,
         ``question_type``, ``block``, ``layer`` (window centre), ``first_layer``, ``last_layer``,
         ``answer`` (the predicted token), ``p_base``, ``p_new``, ``change`` (percent).
-        ``df.attrs`` holds ``n_samples``, ``n_correct`` and ``window``.
+        ``df.attrs`` holds ``n_samples``, ``n_correct``, ``window`` and ``skipped`` (``{sample, block}``
+        pairs left out because the edge set names no position in that sample, e.g. no "other"
+        patches when the question's objects cover the whole grid).
     """
     samples = as_samples(samples)
     windows = layer_windows(vlm.n_layers, window)
-    rows, n_correct = [], 0
+    rows, n_correct, skipped = [], 0, []
     for sample in tqdm(samples, desc="knockout", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
         logits = last_logits(vlm, prepared)
@@ -233,9 +235,14 @@ def information_flow(
         configs, meta = [], []
         for block in blocks:
             sources, targets = block_positions(prepared, block, sample.boxes)
+            if sources.numel() == 0 or targets.numel() == 0:  # e.g. objects covering every patch of a coarse grid
+                skipped.append({"sample": sample.id, "block": block})
+                continue
             for centre, layers in windows:
                 configs.append([Edges.make(sources, targets, layers)])
                 meta.append((block, centre, layers))
+        if not configs:
+            continue
         p_new = knockout_probs(vlm, prepared, configs, predicted, batch_size, reuse_prefix)
         answer = vlm.tokenizer.decode([predicted]).strip()
         for (block, centre, layers), p in zip(meta, p_new.tolist()):
@@ -246,8 +253,11 @@ def information_flow(
             )
     if only_correct and n_correct == 0:
         raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to knock out")
+    if not rows:
+        raise InputError(f"no sample has positions for the edge sets {list(blocks)} (e.g. the question's objects "
+                         "cover every image patch, so there are no other patches); use other samples or edge sets")
     frame = pd.DataFrame(rows)
-    frame.attrs.update(n_samples=len(samples), n_correct=n_correct, window=window)
+    frame.attrs.update(n_samples=len(samples), n_correct=n_correct, window=window, skipped=skipped)
     return frame
 
 
@@ -261,9 +271,11 @@ def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
     Returns:
         One row per sample: ``sample``, ``question_type``, ``n_related``, ``n_other_blocked``
         and ``correct_base``, ``correct_related_blocked``, ``correct_other_blocked`` (bools).
+        ``df.attrs["skipped"]`` lists the samples left out because their objects cover no image
+        patch or every one (nothing to compare).
     """
     generator = torch.Generator().manual_seed(seed)
-    rows = []
+    rows, skipped = [], []
     for sample in tqdm(as_samples(samples), desc="region knockout", disable=not progress):
         if sample.answer is None:
             raise InputError(f"sample {sample.id} has no answer; region knockout measures accuracy")
@@ -271,6 +283,9 @@ def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
         related, targets = block_positions(prepared, "related->question", sample.boxes)
         other, _ = block_positions(prepared, "other->question", sample.boxes)
         other = other[torch.randperm(len(other), generator=generator)[: len(related)]]
+        if len(related) == 0 or len(other) == 0:  # the objects cover no patch (cropped away) or every patch
+            skipped.append(sample.id)
+            continue
         later = torch.arange(int(prepared.image_positions.max()) + 1, prepared.length)
         every_layer = range(vlm.n_layers)
         configs = [[], [Edges.make(related, later, every_layer)], [Edges.make(other, later, every_layer)]]
@@ -279,7 +294,12 @@ def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
         rows.append({"sample": sample.id, "question_type": sample.question_type, "n_related": len(related),
                      "n_other_blocked": len(other), "correct_base": correct[0],
                      "correct_related_blocked": correct[1], "correct_other_blocked": correct[2]})
-    return pd.DataFrame(rows)
+    if not rows:
+        raise InputError("no sample has both related and other image patches (the objects cover no patch or "
+                         "every patch of the grid); use other samples")
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 def _tracked_tokens(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.data.shapes import QUESTION_TYPES, Sample, make_samples
+from analysis.data.shapes import DEFAULT_IMAGE_SIZE, QUESTION_TYPES, Sample, make_samples
 
 EVAL_SEED = 10_000  # training streams use seeds below 1000 (see analysis.zoo.train)
 
@@ -106,16 +106,22 @@ def evaluate_text(model, tokenizer, n: int = 700, seed: int = EVAL_SEED, with_ca
     return _table(pd.DataFrame(rows))
 
 
+def scene_size(processor) -> int:
+    """Return the side (px) to render scenes at for ``processor``: its crop size (a zoo model's
+    training size), else the shapes world's default."""
+    crop = getattr(processor.image_processor, "crop_size", None)
+    return int(crop["height"]) if crop else DEFAULT_IMAGE_SIZE
+
+
 def evaluate(vlm: Any, n: int = 700, seed: int = EVAL_SEED, question_types: Sequence[str] | None = None,
              image_size: int | None = None, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """Return accuracy per question type on ``n`` fresh scenes, plus an "overall" row.
 
     Columns: question_type, n, accuracy, chance (mean of 1 / number of options). ``vlm`` is a
     loaded VLM (``.model``, ``.processor``), a (model, processor) pair, a checkpoint folder or a
-    zoo name. ``image_size`` renders scenes at another size (the processor resizes them).
+    zoo name. ``image_size`` renders scenes at another size (the processor resizes them); default
+    ``scene_size(processor)``.
     """
     model, processor = _unpack(vlm)
-    if image_size is None:
-        image_size = processor.image_processor.crop_size["height"]
-    samples = make_samples(n, seed, question_types, image_size=image_size)
+    samples = make_samples(n, seed, question_types, image_size=image_size or scene_size(processor))
     return _table(predict((model, processor), samples, batch_size, progress))
