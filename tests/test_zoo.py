@@ -108,13 +108,12 @@ def test_registry_errors_name_the_fix(tmp_path):
         checkpoint_path("no-such-model")
     with pytest.raises(FileNotFoundError, match="Available: none"):
         checkpoint_path("shapes-llava", root=tmp_path)
-    if VLMS:
-        assert checkpoint_path("zoo:shapes-llava") == MODELS_DIR / "shapes-llava"
+    assert checkpoint_path("zoo:shapes-llava") == MODELS_DIR / "shapes-llava"
 
 
 # ---------------------------------------------------------------- the committed checkpoints
-
-needs_zoo = pytest.mark.skipif(not VLMS, reason="no zoo checkpoints; run python -m analysis.zoo.train --all")
+# models/ is committed, so these never skip: a missing checkpoint fails with checkpoint_path's error,
+# which names the command that rebuilds the zoo.
 
 
 def _load(name):
@@ -122,7 +121,6 @@ def _load(name):
     return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32), AutoProcessor.from_pretrained(path)
 
 
-@needs_zoo
 def test_zoo_is_complete_and_small():
     names = set(list_checkpoints())
     assert {"shapes-lm", "shapes-vision", "shapes-llava-frozen", "shapes-llava", "shapes-llava-ft",
@@ -134,7 +132,6 @@ def test_zoo_is_complete_and_small():
         assert "Accuracy" in (MODELS_DIR / name / "README.md").read_text() or "vision" in name
 
 
-@needs_zoo
 @pytest.mark.parametrize("name", sorted(BARS))
 def test_checkpoint_passes_its_bar_on_unseen_seeds(name):
     overall, per_type = BARS[name]
@@ -143,7 +140,6 @@ def test_checkpoint_passes_its_bar_on_unseen_seeds(name):
     assert (table.accuracy >= per_type).all(), table
 
 
-@needs_zoo
 def test_frozen_and_intermediate_checkpoints_spread():
     acc = {name: evaluate(_load(name), n=280, seed=HELD_OUT, progress=False).accuracy.iloc[-1]
            for name in ["shapes-llava", "shapes-llava-frozen"] + [n for n in VLMS if "-step" in n]}
@@ -152,14 +148,12 @@ def test_frozen_and_intermediate_checkpoints_spread():
     assert steps[0][1] < 0.6 and max(a for _, a in steps) > 0.8, steps
 
 
-@needs_zoo
 @pytest.mark.parametrize("size", [96, 50])
 def test_other_image_sizes_are_resized(size):
     table = evaluate(_load("shapes-llava"), n=140, seed=HELD_OUT + size, image_size=size, progress=False)
     assert table.accuracy.iloc[-1] >= 0.8, table
 
 
-@needs_zoo
 def test_text_only_model_is_at_chance_without_the_image():
     path = checkpoint_path("shapes-lm")
     lm, tok = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
@@ -167,7 +161,6 @@ def test_text_only_model_is_at_chance_without_the_image():
     assert (blind.accuracy <= blind.chance + 0.1).all(), blind
 
 
-@needs_zoo
 def test_trajectory_runs_from_stage_one_to_the_default():
     path = trajectory()
     assert path[0] == "zoo:shapes-llava-step0" and path[-1] == "zoo:shapes-llava"
@@ -177,14 +170,12 @@ def test_trajectory_runs_from_stage_one_to_the_default():
     assert totals == sorted(totals)
 
 
-@needs_zoo
 def test_local_checkpoint_has_no_vision_attention():
     model, _ = _load("shapes-llava-local")
     attn = [p for n, p in model.model.vision_tower.named_parameters() if "self_attn" in n]
     assert attn and all((p == 0).all() for p in attn)
 
 
-@needs_zoo
 def test_cards_report_accuracy_per_question_type():
     index = json.loads((MODELS_DIR / "zoo.json").read_text())
     for name in VLMS:

@@ -120,6 +120,6 @@ def plot_accuracy_bars(tables: dict[str, pd.DataFrame], *, title: str) -> Figure
     ax.set_xlabel("question type")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize="x-small", loc="lower left")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title)
     return fig
