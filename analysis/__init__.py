@@ -5,6 +5,24 @@ Public API: ``analysis.load_vlm``, ``analysis.probes``, ``analysis.plots``, ``an
 """
 
 from analysis.models import SUPPORTED_FAMILIES, VLM, PreparedInputs, load_vlm
+from analysis.models.sources import register_source
+
+
+def _zoo_folder(name: str) -> str:
+    from analysis.zoo.registry import checkpoint_path
+
+    return str(checkpoint_path(name))
+
+
+def _tiny_model(name: str) -> VLM:
+    from analysis.testing import tiny_source
+
+    return tiny_source(name)
+
+
+# The package's own sources; the VLM layer resolves them without importing the zoo or testing.
+register_source("zoo", folder=_zoo_folder)
+register_source("tiny", build=_tiny_model)
 
 __version__ = "0.1.0"
 __all__ = ["SUPPORTED_FAMILIES", "VLM", "PreparedInputs", "load_vlm", "__version__"]

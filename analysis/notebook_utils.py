@@ -16,7 +16,7 @@ from PIL import Image
 from analysis.data import load_image
 from analysis.data.shapes import make_samples
 from analysis.errors import InputError
-from analysis.models import VLM, PreparedInputs
+from analysis.models import VLM, PreparedInputs, answers
 
 SKIMAGE_PREFIX = "skimage:"
 
@@ -70,11 +70,9 @@ def load_example(image: str | None = None, question: str | None = None, seed: in
     return Example(image=load_image(image), question=question, description=Path(image).name)
 
 
-@torch.no_grad()
 def greedy_answer(vlm: VLM, prepared: PreparedInputs, max_new_tokens: int = 8) -> str:
-    """Return the model's greedy (argmax) continuation of the prompt, special tokens removed."""
-    generated = vlm.model.generate(**prepared.inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return vlm.tokenizer.decode(generated[0, prepared.length:], skip_special_tokens=True).strip()
+    """Return the model's greedy (argmax) continuation of the prompt up to its first stop token."""
+    return answers.decode(vlm, answers.generate(vlm, [prepared], max_new_tokens)[0])
 
 
 def next_token_table(vlm: VLM, logits: torch.Tensor, k: int = 5) -> pd.DataFrame:

@@ -111,9 +111,7 @@ from transformers import (
 if TYPE_CHECKING:
     from analysis.models import VLM
 
-__all__ = ["SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_vlm"]
-
-SUPPORTED_TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
+__all__ = ["SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_source", "tiny_vlm"]
 
 # Text decoder and vision encoder sizes shared by all families.
 _TEXT = dict(
@@ -461,6 +459,7 @@ _BUILDERS: dict[str, Callable[[], _Recipe]] = {
     "smolvlm": lambda: _build_idefics("smolvlm"),
     "paligemma": _build_paligemma,
 }
+SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def tiny_parts(family: str, seed: int = 0, text: dict | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -496,3 +495,16 @@ def tiny_vlm(family: str, seed: int = 0, text: dict | None = None) -> "VLM":
 
     model, processor = tiny_parts(family, seed, text)
     return VLM.from_parts(model, processor, name=f"tiny:{family}")
+
+
+def tiny_source(name: str) -> "VLM":
+    """Return ``tiny_vlm`` for a ``tiny:`` source name ``"<family>"`` or ``"<family>@<seed>"``."""
+    from analysis.errors import UnsupportedModelError
+
+    family, _, seed = name.partition("@")
+    if family not in _BUILDERS or not (seed or "0").isdigit():
+        raise UnsupportedModelError(
+            f"unknown tiny family in 'tiny:{name}'; use tiny:<family> or tiny:<family>@<seed> with one of "
+            f"{', '.join(SUPPORTED_TINY_FAMILIES)}"
+        )
+    return tiny_vlm(family, seed=int(seed or 0))

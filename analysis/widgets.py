@@ -5,6 +5,8 @@ Used by the notebooks when ``interactive=True``; headless runs draw static small
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -52,13 +54,14 @@ def attention_explorer(maps: AttentionMaps) -> widgets.VBox:
     return widgets.VBox([widgets.HBox([layer, head]), widgets.HBox([query, kind]), out])
 
 
-def knockout_explorer(frame: pd.DataFrame, model: str, data: str) -> widgets.VBox:
+def knockout_explorer(result, model: str, data: str) -> widgets.VBox:
     """Pick the edge sets and the question type of a knockout sweep and redraw its curves.
 
     Args:
-        frame: the output of ``analysis.probes.information_flow``.
+        result: the ``KnockoutResult`` of ``analysis.probes.information_flow``.
         model, data: shown in the title.
     """
+    frame = result.frame
     blocks = list(dict.fromkeys(frame["block"]))
     types = ["all"] + sorted(t for t in frame["question_type"].dropna().unique())
     chosen = widgets.SelectMultiple(options=blocks, value=tuple(blocks), description="edges")
@@ -71,7 +74,7 @@ def knockout_explorer(frame: pd.DataFrame, model: str, data: str) -> widgets.VBo
         if subset.empty:
             print("nothing selected")
             return
-        knockout_curves(subset, model, data if qtype == "all" else f"{data}, {qtype}")
+        knockout_curves(dataclasses.replace(result, frame=subset), model, data if qtype == "all" else f"{data}, {qtype}")
         plt.show()
 
     out = widgets.interactive_output(draw, {"chosen": chosen, "qtype": qtype})

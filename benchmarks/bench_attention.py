@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from analysis.probes.backend import Edges, Recording, install, probing
-from analysis.probes.flow import block_positions, knockout_probs, last_logits, layer_windows
+from analysis.models.answers import next_token_logits
+from analysis.probes.flow import block_positions, knockout_probs, layer_windows
 from analysis.probes.reference import eager_copy, reference_knockout
 from analysis.testing import tiny_vlm
 
@@ -43,7 +44,7 @@ def decoder(layers: int, hidden: int = 256, heads: int = 8) -> dict:
 def bench_sweep(layers: int, window: int) -> dict:
     vlm = tiny_vlm("llava", text=decoder(layers))
     prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
-    token = int(last_logits(vlm, prepared).argmax())
+    token = int(next_token_logits(vlm, prepared).argmax())
     configs = []
     for block in ("question->last", "image->last", "image->question"):
         sources, targets = block_positions(prepared, block)

@@ -49,7 +49,7 @@ def run(n: int, batch_size: int) -> dict:
     """Capture ``n`` samples; return timings and the peak RSS growth during the capture."""
     from analysis.capture import capture
     from analysis.data.shapes import make_samples
-    from analysis.probes.samples import as_samples
+    from analysis.data.samples import as_samples
 
     vlm, model = load_model()
     samples = as_samples(make_samples(n, seed=123))  # renders the images before the clock starts

@@ -19,7 +19,7 @@ from analysis.probes.alignment import (
     correlate,
     implicit_alignment,
 )
-from analysis.probes.samples import Sample
+from analysis.data.samples import Sample
 from analysis.testing import tiny_vlm
 
 

@@ -18,7 +18,8 @@ from analysis.probes.attribution import (
     resolve_target,
     token_segments,
 )
-from analysis.probes.flow import answer_token_id, last_logits
+from analysis.models.answers import answer_tokens
+from analysis.models.answers import next_token_logits as last_logits
 from conftest import QUESTION
 
 
@@ -164,7 +165,7 @@ def test_reference_tile_and_segments(tiny, photo):
 def test_targets(tiny, photo):
     vlm = tiny("llava")
     prepared = vlm.prepare(photo, QUESTION)
-    red = answer_token_id(vlm, prepared, "red")
+    red = answer_tokens(vlm, prepared.prompt, "red").target
     assert resolve_target(vlm, prepared, "red") == red == resolve_target(vlm, prepared, red)
     result = attribute(vlm, prepared, target="red", method="input_x_gradient", features="question")
     assert result.target_text == "red" and result.target_value == pytest.approx(logprob(vlm, prepared, red), abs=1e-5)

@@ -13,7 +13,7 @@ from PIL import Image
 import analysis.cache as cache_module
 from analysis.cache import ActivationCache, weights_fingerprint
 from analysis.capture import capture
-from analysis.probes.samples import Sample
+from analysis.data.samples import Sample
 from analysis.testing import tiny_vlm
 
 FAMILY = "qwen2_vl"  # the cheapest tiny model; the per-family cache round trip is in test_capture.py

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.capture import AllDroppedError, capture, continuation_ids, generate_answers
+from analysis.capture import AllDroppedError, capture, generate_answers
+from analysis.models.answers import answer_tokens
 from analysis.errors import InputError
-from analysis.probes.samples import Sample
+from analysis.data.samples import Sample
 
 QUESTIONS = ("what color is the circle ?", "is there a red square left of the blue circle ?")
 
@@ -25,7 +26,7 @@ def _reference_states(vlm, sample: Sample):
     """Per-sample forward, gold answer appended; returns (prepared, hidden states, last-prompt logits)."""
     prepared = vlm.prepare(sample.image, sample.question)
     inputs = dict(prepared.inputs)
-    ids = torch.tensor([continuation_ids(vlm, prepared.prompt, sample.answer)])
+    ids = torch.tensor([answer_tokens(vlm, prepared.prompt, sample.answer).ids])
     for key, fill in (("input_ids", None), ("attention_mask", 1), ("token_type_ids", 1), ("mm_token_type_ids", 0)):
         if key in inputs:
             extra = ids if fill is None else torch.full_like(ids, fill, dtype=inputs[key].dtype)
@@ -39,8 +40,8 @@ def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_sampl
     """Batched (left-padded, two image sizes) capture == per-sample hidden states; pooled == manual; cached."""
     vlm = tiny(family)
     roles = ["image", "question", "last", "answer", "question+answer"]
-    points = ("input", "attn", "mlp", "output")
-    raw = capture(vlm, two_samples, roles=roles, points=points, pool=None, batch_size=2, progress=False)
+    kinds = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    raw = capture(vlm, two_samples, roles=roles, kinds=kinds, pool=None, batch_size=2, progress=False)
     n = vlm.n_layers
     for i, sample in enumerate(two_samples):
         prepared, states, logits = _reference_states(vlm, sample)
@@ -55,9 +56,9 @@ def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_sampl
                     with torch.no_grad():
                         out = vlm.final_norm(out)
                 torch.testing.assert_close(out, states[layer + 1][0, pos], atol=2e-5, rtol=1e-4)
-                torch.testing.assert_close(raw.get(role, layer, "input")[i], states[layer][0, pos],
+                torch.testing.assert_close(raw.get(role, layer, "resid_pre")[i], states[layer][0, pos],
                                            atol=2e-5, rtol=1e-4)
-                summed = sum(raw.get(role, layer, p)[i] for p in ("input", "attn", "mlp"))
+                summed = sum(raw.get(role, layer, p)[i] for p in ("resid_pre", "attn_out", "mlp_out"))
                 torch.testing.assert_close(summed, raw.get(role, layer)[i], atol=1e-5, rtol=1e-5)
         assert raw.meta["prediction_id"][i] == int(logits.argmax())
 
@@ -144,7 +145,7 @@ def test_bad_requests_fail_clearly(tiny, two_samples):
     vlm = tiny("qwen2_vl")
     bad = [
         (dict(layers=[vlm.n_layers]), "out of range"),
-        (dict(points=("residual",)), "unknown point"),
+        (dict(kinds=("residual",)), "unknown site"),
         (dict(roles=["caption"]), "unknown role"),
         (dict(pool="median"), "pool must be"),
         (dict(roles=["answer", "generated"]), "exclude each other"),

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from analysis.errors import InputError
+from analysis.models.answers import next_token_logits as last_logits
 from analysis.probes.backend import Edges
 from analysis.probes.reference import reference_knockout
 from analysis.probes.flow import (
     block_positions,
     information_flow,
     knockout_probs,
-    last_logits,
     layer_windows,
     logit_lens,
     region_knockout,
@@ -53,9 +53,11 @@ def test_information_flow_table(tiny, photo):
     prepared = vlm.prepare(photo, QUESTION)
     answer = vlm.tokenizer.decode([int(last_logits(vlm, prepared).argmax())]).strip()
     samples = [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, 100, 75)], "question_type": "QueryAttr"}]
-    frame = information_flow(vlm, samples, blocks=("image->last", "related->question", "other->question"), window=1, progress=False)
+    result = information_flow(vlm, samples, blocks=("image->last", "related->question", "other->question"), window=1,
+                              progress=False)
+    frame = result.frame
     assert len(frame) == 3 * vlm.n_layers
-    assert frame.attrs["n_correct"] == 1
+    assert result.n_correct == 1
     row = frame.iloc[0]
     assert row["change"] == pytest.approx(100 * (row["p_new"] - row["p_base"]) / row["p_base"])
     sources_related, _ = block_positions(prepared, "related->question", [(0, 0, 100, 75)])
@@ -66,9 +68,10 @@ def test_information_flow_table(tiny, photo):
         information_flow(vlm, wrong, window=1, progress=False)
     width, height = photo.size
     everything = [dict(samples[0], id="whole", boxes=[(0, 0, width, height)])]
-    frame = information_flow(vlm, samples + everything, blocks=("related->question", "other->question"), window=1,
-                             progress=False)
-    assert frame.attrs["skipped"] == [{"sample": "whole", "block": "other->question"}]
+    result = information_flow(vlm, samples + everything, blocks=("related->question", "other->question"), window=1,
+                              progress=False)
+    frame = result.frame
+    assert result.skipped == [{"sample": "whole", "block": "other->question"}]
     assert len(frame[frame["sample"] == "whole"]) == vlm.n_layers  # its related->question rows are kept
     with pytest.raises(InputError, match="no other patches"):
         information_flow(vlm, everything, blocks=("other->question",), window=1, progress=False)
@@ -115,16 +118,16 @@ def test_region_knockout_blocks_as_many_other_patches(tiny, photo):
     answer = vlm.tokenizer.decode([int(last_logits(vlm, prepared).argmax())]).strip()
     box = (25, 0, 60, 40)
     frame = region_knockout(vlm, [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [box]}],
-                            progress=False)
+                            progress=False).frame
     row = frame.iloc[0]
     assert bool(row["correct_base"])
     assert row["n_related"] == len(prepared.related_positions([box])) == row["n_other_blocked"]
     with pytest.raises(InputError, match="has no answer"):
         region_knockout(vlm, [{"image": photo, "question": QUESTION, "boxes": [box]}], progress=False)
     whole = {"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, *photo.size)], "id": "whole"}
-    frame = region_knockout(vlm, [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [box]}, whole],
-                            progress=False)
-    assert len(frame) == 1 and frame.attrs["skipped"] == ["whole"]
+    result = region_knockout(vlm, [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [box]}, whole],
+                             progress=False)
+    assert len(result.frame) == 1 and result.skipped == ["whole"]
     with pytest.raises(InputError, match="every patch"):
         region_knockout(vlm, [whole], progress=False)
 
@@ -136,7 +139,7 @@ def test_region_knockout_on_the_patch_local_zoo_model_is_exact_ground_truth():
     from analysis.models import load_vlm
 
     samples = make_samples(140, seed=7)
-    result = region_knockout(load_vlm("zoo:shapes-llava-local", device="cpu"), samples, progress=False)
+    result = region_knockout(load_vlm("zoo:shapes-llava-local", device="cpu"), samples, progress=False).frame
     chance = sum(1 / len(s.options) for s in samples) / len(samples)
     assert result["correct_base"].mean() >= 0.95
     assert result["correct_related_blocked"].mean() <= chance + 0.05

@@ -12,7 +12,7 @@ from sklearn.decomposition import DictionaryLearning
 
 from analysis.errors import InputError
 from analysis.plots.representations import plot_concept_grid, plot_consistency_vs_recovery, plot_recovery
-from analysis.probes.samples import Sample
+from analysis.data.samples import Sample
 from analysis.probes.shift import check_compatible, concept_shift, decompose, match_concepts, representation_shift
 from analysis.testing import tiny_vlm
 

@@ -11,7 +11,7 @@ from PIL import Image
 from analysis.capture import capture, generate_answers
 from analysis.errors import InputError
 from analysis.plots.representations import plot_steering_outcomes
-from analysis.probes.samples import Sample
+from analysis.data.samples import Sample
 from analysis.probes.steering import steer, steering_effect, steering_vector
 
 FAMILY = "qwen2_vl"
@@ -40,7 +40,7 @@ def test_steering_vector_is_the_mean_difference():
 def test_steer_adds_alpha_times_vector_to_the_layer_output(tiny, samples):
     vlm = tiny(FAMILY)
     vector = torch.randn(vlm.hidden_size, generator=torch.Generator().manual_seed(0))
-    kwargs = dict(sites=[("output", 0), ("input", 1)], roles=["image", "question", "last"], pool=None,
+    kwargs = dict(sites=[("resid_post", 0), ("resid_pre", 1)], roles=["image", "question", "last"], pool=None,
                   batch_size=2, progress=False)
     plain = capture(vlm, samples[:2], **kwargs)
     with steer(vlm, vector, layer=0, alpha=2.5, positions="all"):
@@ -49,15 +49,15 @@ def test_steer_adds_alpha_times_vector_to_the_layer_output(tiny, samples):
         last_only = capture(vlm, samples[:2], **kwargs)
     for i in range(2):
         for role in ("image", "question", "last"):
-            base = plain.get(role, 1, "input")[i]
-            torch.testing.assert_close(steered.get(role, 1, "input")[i], base + 2.5 * vector)
+            base = plain.get(role, 1, "resid_pre")[i]
+            torch.testing.assert_close(steered.get(role, 1, "resid_pre")[i], base + 2.5 * vector)
             expected = base + 2.5 * vector if role == "last" else base
-            torch.testing.assert_close(last_only.get(role, 1, "input")[i], expected)
+            torch.testing.assert_close(last_only.get(role, 1, "resid_pre")[i], expected)
             # the hook changes what layer 0 passes on, not how layer 0 computed it
-            shifted = plain.get(role, 0, "output")[i] + 2.5 * vector
-            torch.testing.assert_close(steered.get(role, 0, "output")[i], shifted)
+            shifted = plain.get(role, 0, "resid_post")[i] + 2.5 * vector
+            torch.testing.assert_close(steered.get(role, 0, "resid_post")[i], shifted)
     again = capture(vlm, samples[:2], **kwargs)
-    assert all(torch.equal(a, b) for a, b in zip(again.get("last", 1, "input"), plain.get("last", 1, "input"))), \
+    assert all(torch.equal(a, b) for a, b in zip(again.get("last", 1, "resid_pre"), plain.get("last", 1, "resid_pre"))), \
         "the hook must be removed on exit"
 
 

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from analysis.data.images import ImageLike, load_image
-from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError, UnsupportedModelError
+from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
+from analysis.models.sources import lookup
 
 
 @dataclass
@@ -258,13 +259,19 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
 
 
 def resolve_source(name_or_path: str | os.PathLike) -> str:
-    """Return the folder or hub id that ``load_vlm`` loads for ``name_or_path``."""
-    name = str(name_or_path)
-    if name.startswith("zoo:"):
-        from analysis.zoo import checkpoint_path
+    """Return the folder or hub id that ``load_vlm`` loads for ``name_or_path``.
 
+    Registered ``<scheme>:<name>`` sources (``analysis.models.sources``) that give a folder are
+    resolved; a name that ``build``s its model has no folder and raises ``ModelNotFoundError``.
+    """
+    name = str(name_or_path)
+    found = lookup(name)
+    if found is not None:
+        source, rest = found
+        if source.folder is None:
+            raise ModelNotFoundError(f"{name!r} is built in memory ({source.scheme}:), not loaded from a folder")
         try:
-            return str(checkpoint_path(name[len("zoo:"):]))
+            return str(source.folder(rest))
         except FileNotFoundError as err:
             raise ModelNotFoundError(str(err)) from None
     path = Path(name).expanduser()
@@ -288,7 +295,8 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
             ``"llava-hf/llava-1.5-7b-hf"``, needs the hub or the local HF cache), or
             ``"zoo:<name>"`` for the project's own toy models (e.g. ``"zoo:shapes-llava"``), or
             ``"tiny:<family>"`` (or ``"tiny:<family>@<seed>"``) for a tiny random-weight model
-            (``analysis.testing.tiny_vlm``).
+            (``analysis.testing.tiny_vlm``), or any other registered ``<scheme>:<name>``
+            (``analysis.models.sources.register_source``).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device.
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
 
@@ -299,16 +307,9 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
 
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
-    if str(name_or_path).startswith("tiny:"):
-        from analysis.testing import SUPPORTED_TINY_FAMILIES, tiny_vlm
-
-        family, _, seed = str(name_or_path)[len("tiny:"):].partition("@")
-        if family not in SUPPORTED_TINY_FAMILIES or not (seed or "0").isdigit():
-            raise UnsupportedModelError(
-                f"unknown tiny family in {name_or_path!r}; use tiny:<family> or tiny:<family>@<seed> with one of "
-                f"{', '.join(SUPPORTED_TINY_FAMILIES)}"
-            )
-        vlm = tiny_vlm(family, seed=int(seed or 0))
+    found = lookup(str(name_or_path))
+    if found is not None and found[0].build is not None:
+        vlm = found[0].build(found[1])
         vlm.name = str(name_or_path)
         vlm.model.to(device=torch_device, dtype=torch_dtype)
         return vlm

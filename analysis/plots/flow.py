@@ -37,7 +37,7 @@ def _line_panels(frame: pd.DataFrame, y: str, hue: str, by: str | None, width: f
     return fig, axes[: len(groups)]
 
 
-def knockout_curves(frame: pd.DataFrame, model: str, data: str, by: str | None = None,
+def knockout_curves(result, model: str, data: str, by: str | None = None,
                     width: float = COLUMN_WIDTH) -> plt.Figure:
     """Line plot of knockout effects: x = window centre layer, y = change in answer probability (%).
 
@@ -45,18 +45,18 @@ def knockout_curves(frame: pd.DataFrame, model: str, data: str, by: str | None =
     (seeded, so the figure is reproducible).
 
     Args:
-        frame: the output of ``analysis.probes.information_flow``.
+        result: the ``KnockoutResult`` of ``analysis.probes.information_flow`` (its ``frame`` and
+            ``window``; to draw a subset, ``dataclasses.replace(result, frame=rows)``).
         model, data: shown in the title (model id; what the samples are).
         by: a column to draw one panel per value of (e.g. ``"question_type"``), or None.
         width: width of one panel in inches.
     """
-    fig, axes = _line_panels(frame, "change", "block", by, width, xlabel="window centre (decoder layer)",
+    fig, axes = _line_panels(result.frame, "change", "block", by, width, xlabel="window centre (decoder layer)",
                              ylabel="change in answer probability (%)", legend="blocked edges",
                              single="correctly answered samples")
     for ax in axes:
         ax.axhline(0, color="0.5", lw=0.6, zorder=0)
-    window = frame.attrs.get("window")
-    fig.suptitle(f"Attention knockout{f' (window {window})' if window else ''}: {model} on {data}")
+    fig.suptitle(f"Attention knockout (window {result.window}): {model} on {data}")
     return fig
 
 
@@ -87,7 +87,7 @@ def plot_region_knockout(frame: pd.DataFrame, chance: float, model: str, data: s
     other patches blocked; chance drawn as a dotted line.
 
     Args:
-        frame: the output of ``analysis.probes.region_knockout``.
+        frame: the ``frame`` of ``analysis.probes.region_knockout``'s result.
         chance: chance accuracy (%) of the same samples.
         model, data: shown in the title.
     """

@@ -7,37 +7,25 @@
   ``steer``, ``steering_effect``
 - attributions and their sanity checks: ``attribute``, ``sanity_report``
 - the shared attention backend: ``probing``, ``Recording``, ``Edges``
-
-Names are imported on first use, so ``analysis.capture`` (which the representation probes build
-on, and which uses ``analysis.probes.samples``) can be imported on its own without a cycle.
 """
 
-from importlib import import_module
+from analysis.data.samples import Sample, as_samples
+from analysis.probes.alignment import alignment_vs_accuracy, implicit_alignment
+from analysis.probes.attention import AttentionMaps, attention_maps, localisation_sweep
+from analysis.probes.attribution import attribute
+from analysis.probes.backend import Edges, Recording, probing
+from analysis.probes.flow import (BLOCKS, KnockoutResult, RegionKnockoutResult, information_flow, knockout_logits,
+                                  knockout_probs, logit_lens, region_knockout)
+from analysis.probes.localisation import localisation_scores
+from analysis.probes.sanity import default_methods, sanity_report
+from analysis.probes.shift import concept_shift, representation_shift
+from analysis.probes.sinks import detect_sinks
+from analysis.probes.steering import steer, steering_effect, steering_vector
 
-_EXPORTS = {
-    "alignment": ("alignment_vs_accuracy", "implicit_alignment"),
-    "attention": ("AttentionMaps", "attention_maps", "localisation_sweep"),
-    "attribution": ("attribute",),
-    "backend": ("Edges", "Recording", "probing"),
-    "flow": ("BLOCKS", "information_flow", "knockout_logits", "knockout_probs", "logit_lens", "region_knockout"),
-    "localisation": ("localisation_scores",),
-    "samples": ("Sample", "as_samples"),
-    "sanity": ("default_methods", "sanity_report"),
-    "shift": ("concept_shift", "representation_shift"),
-    "sinks": ("detect_sinks",),
-    "steering": ("steer", "steering_effect", "steering_vector"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'analysis.probes' has no attribute {name!r}")
-    value = getattr(import_module(f"analysis.probes.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "BLOCKS", "AttentionMaps", "Edges", "KnockoutResult", "Recording", "RegionKnockoutResult", "Sample",
+    "alignment_vs_accuracy", "as_samples", "attention_maps", "attribute", "concept_shift", "default_methods",
+    "detect_sinks", "implicit_alignment", "information_flow", "knockout_logits", "knockout_probs",
+    "localisation_scores", "localisation_sweep", "logit_lens", "probing", "region_knockout",
+    "representation_shift", "sanity_report", "steer", "steering_effect", "steering_vector",
+]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from analysis.capture import Activations, capture
 from analysis.errors import InputError
-from analysis.probes.samples import as_samples
+from analysis.data.samples import as_samples
 
 SCORE_COLUMNS = ["sample", "question_type", "layer", "measure", "pair", "variant", "value"]
 

@@ -35,9 +35,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from analysis.data.samples import as_samples
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
+from analysis.models.sites import Site, reading
 from analysis.probes.backend import Recording, probing
 from analysis.probes.localisation import localisation_scores
 from analysis.probes.sinks import DEFAULT_THRESHOLD, detect_sinks
@@ -271,24 +274,15 @@ def _forward(vlm: VLM, inputs: PreparedInputs, rows: torch.Tensor, wanted: Itera
     image = inputs.image_positions.to(vlm.device)
     norms: dict[int, np.ndarray] = {}
 
-    def take(layer):
-        return lambda module, args, output: consume(layer, recording.layers.pop(layer)[0])
+    def on_value(s: Site, state: torch.Tensor) -> None:
+        if s.kind == "resid_post":  # the layer has run: its recording is complete
+            consume(s.layer, recording.layers.pop(s.layer)[0])
+        else:
+            norms[s.layer] = state[0, image].float().norm(dim=-1).cpu().numpy()
 
-    def measure(layer):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            norms[layer] = hidden[0, image].float().norm(dim=-1).cpu().numpy()
-        return hook
-
-    hooks = [vlm.layers[l].register_forward_hook(take(l)) for l in recording.wanted]
-    hooks += [vlm.layers[l].register_forward_pre_hook(measure(l), with_kwargs=True) for l in norm_layers]
-    model_inputs = inputs.inputs
-    try:
-        with torch.no_grad(), probing(vlm, record=recording):
-            vlm.model(**model_inputs, use_cache=False, logits_to_keep=1)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    wanted_sites = [Site("resid_post", l) for l in sorted(recording.wanted)] + [Site("resid_pre", l) for l in norm_layers]
+    with torch.no_grad(), probing(vlm, record=recording), reading(vlm, wanted_sites, on_value=on_value):
+        vlm.model(**inputs.inputs, use_cache=False, logits_to_keep=1)
     return norms
 
 
@@ -352,7 +346,7 @@ def localisation_sweep(vlm: VLM, samples, query: str = "last", progress: bool = 
     Args:
         vlm: the model.
         samples: samples with a ground-truth region (``boxes`` / ``object_boxes``), as
-            ``analysis.probes.samples.as_samples`` accepts.
+            ``analysis.data.samples.as_samples`` accepts.
         query: as in ``attention_maps``; the maps are averaged over query positions and heads.
         progress: show a progress bar.
 
@@ -361,10 +355,6 @@ def localisation_sweep(vlm: VLM, samples, query: str = "last", progress: bool = 
         ``map`` (``"attention"`` or ``"rollout"``), ``layer``, ``share``, ``area_share``,
         ``ratio``, ``hit`` (see ``analysis.probes.localisation``).
     """
-    from tqdm.auto import tqdm
-
-    from analysis.probes.samples import as_samples
-
     rows = []
     for sample in tqdm(as_samples(samples), desc="localisation", disable=not progress):
         if not sample.boxes:

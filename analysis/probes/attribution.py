@@ -61,7 +61,8 @@ from transformers.utils import logging as hf_logging
 
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
-from analysis.probes.flow import answer_token_id, last_logits
+from analysis.models.answers import answer_tokens, next_token_logits
+from analysis.models.sites import language_model_inputs
 from analysis.probes.localisation import localisation_scores
 
 GRADIENT_METHODS = {"integrated_gradients": IntegratedGradients, "saliency": Saliency,
@@ -272,17 +273,6 @@ def _resolve_features(prepared: PreparedInputs, features, perturb: str | None) -
 
 
 # --- running the model --------------------------------------------------------------------------
-def _expand(key: str, value, n: int):
-    """Repeat one captured language-model argument of a batch of one over a batch of ``n``."""
-    if isinstance(value, dict):
-        return {k: _expand(key, v, n) for k, v in value.items()}
-    if not torch.is_tensor(value) or value.dim() < 2:
-        return value
-    if key == "position_ids":  # (1, T) or M-RoPE's (3, 1, T): the batch is the second-last axis
-        return value.expand(*value.shape[:-2], n, value.shape[-1])
-    return value.expand(n, *value.shape[1:]) if value.shape[0] == 1 else value
-
-
 class _EmbeddingRunner:
     """The language model run from ``inputs_embeds``, with everything else the VLM passes it.
 
@@ -293,17 +283,9 @@ class _EmbeddingRunner:
     """
 
     def __init__(self, vlm: VLM, prepared: PreparedInputs, token: int):
-        captured: dict = {}
-
-        def capture(module, args, kwargs):
-            captured.update(kwargs, _args=args)
-
-        handle = vlm.language_model.register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
-        finally:
-            handle.remove()
+        with torch.no_grad(), language_model_inputs(vlm) as captured:
+            vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
+        captured = dict(captured)
         if captured.pop("_args") or captured.get("inputs_embeds") is None:
             raise InputError(
                 f"{type(vlm.model).__name__} does not pass inputs_embeds to its language model by keyword; "
@@ -320,7 +302,7 @@ class _EmbeddingRunner:
         n = values.shape[0]
         embeds = self.embeds.expand(n, -1, -1).clone()
         embeds[:, positions.to(embeds.device)] = values.to(embeds.dtype)
-        kwargs = {k: _expand(k, v, n) for k, v in self.kwargs.items()}
+        kwargs = self.vlm.adapter.repeat_language_model_kwargs(self.kwargs, n)
         hidden = self.vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
         return torch.log_softmax(self.vlm.unembed(hidden, final_norm=False), dim=-1)[:, self.token]
 
@@ -383,8 +365,8 @@ def resolve_target(vlm: VLM, prepared: PreparedInputs, target: str | int = "answ
     if not isinstance(target, str) or not target.strip():
         raise InputError(f"target must be 'answer', a token id or a word; got {target!r}")
     if target == "answer":
-        return int((last_logits(vlm, prepared) if logits is None else logits).argmax())
-    token = answer_token_id(vlm, prepared, target.strip())
+        return int((next_token_logits(vlm, prepared) if logits is None else logits).argmax())
+    token = answer_tokens(vlm, prepared.prompt, target.strip()).target
     unk = vlm.tokenizer.unk_token_id
     if (unk is not None and token == unk) or token >= vocab:
         raise InputError(f"target {target!r} is not in the vocabulary: the tokenizer maps it to "
@@ -456,7 +438,7 @@ def attribute(
                          + (" or an RGB tuple" if pixels else ""))
 
     started = time.perf_counter()
-    logits = last_logits(vlm, inputs)
+    logits = next_token_logits(vlm, inputs)
     token = resolve_target(vlm, inputs, target, logits)
     feats = _resolve_features(inputs, features, perturb)
     if pixels:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError
+from analysis.models.answers import answer_tokens, is_correct, next_token_logits
 from analysis.models.inputs import PreparedInputs
+from analysis.models.sites import language_model_inputs, reading, sites
 from analysis.probes.backend import Edges, probing
-from analysis.probes.hooks import decoder_position_ids, residual_stream
-from analysis.probes.samples import Sample, as_samples
 
 BLOCKS: dict[str, tuple[str, str]] = {
     "question->last": ("question", "last"),
@@ -31,7 +33,68 @@ BLOCKS: dict[str, tuple[str, str]] = {
     "other->question": ("other_image", "question"),
 }
 DEFAULT_BLOCKS = ("question->last", "image->last", "last->last", "image->question")
-_PIXEL_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+KNOCKOUT_COLUMNS = ["sample", "question_type", "block", "layer", "first_layer", "last_layer", "answer", "p_base",
+                    "p_new", "change"]
+REGION_COLUMNS = ["sample", "question_type", "n_related", "n_other_blocked", "correct_base",
+                  "correct_related_blocked", "correct_other_blocked"]
+
+
+@dataclass
+class KnockoutResult:
+    """An attention-knockout sweep (``information_flow``).
+
+    Attributes:
+        frame: tidy, one row per sample x edge set x window centre (columns ``KNOCKOUT_COLUMNS``):
+            ``layer`` is the window centre, ``first_layer`` / ``last_layer`` its ends (decoder
+            layers), ``answer`` the predicted token, ``p_base`` / ``p_new`` its probability
+            without / with the block, ``change`` = ``100 * (p_new - p_base) / p_base`` (percent).
+        n_samples: samples given.
+        n_correct: samples kept (answered correctly, or all with ``only_correct=False``).
+        window: layers blocked at once.
+        skipped: ``{"sample", "block"}`` pairs left out because the edge set names no position in
+            that sample (e.g. no "other" patches when the question's objects cover the grid).
+    """
+
+    frame: pd.DataFrame
+    n_samples: int
+    n_correct: int
+    window: int
+    skipped: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        missing = set(KNOCKOUT_COLUMNS) - set(self.frame.columns)
+        if missing:
+            raise ValueError(f"a knockout frame needs the columns {sorted(missing)}")
+        if not 0 <= self.n_correct <= self.n_samples or self.frame["sample"].nunique() > self.n_correct:
+            raise ValueError("a knockout result keeps at most n_correct <= n_samples samples")
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+
+
+@dataclass
+class RegionKnockoutResult:
+    """Accuracy with the question's region cut off (``region_knockout``).
+
+    Attributes:
+        frame: one row per sample (columns ``REGION_COLUMNS``; the ``correct_*`` columns are bools).
+        n_samples: samples given.
+        skipped: ids of samples left out because their objects cover no image patch or every one.
+    """
+
+    frame: pd.DataFrame
+    n_samples: int
+    skipped: list = field(default_factory=list)
+
+    def __post_init__(self):
+        missing = set(REGION_COLUMNS) - set(self.frame.columns)
+        if missing:
+            raise ValueError(f"a region-knockout frame needs the columns {sorted(missing)}")
+        if len(self.frame) + len(self.skipped) != self.n_samples:
+            raise ValueError("every sample is either in the frame or skipped")
+
+    def accuracy(self) -> pd.Series:
+        """Return the accuracy (0..1) without a block, with the related and with as many other patches blocked."""
+        return self.frame[REGION_COLUMNS[4:]].mean()
 
 
 def block_positions(prepared: PreparedInputs, block: str, boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,47 +133,6 @@ def layer_windows(n_layers: int, window: int) -> list[tuple[int, range]]:
     if not 1 <= window <= n_layers:
         raise InputError(f"window must be between 1 and the number of layers ({n_layers}); got {window}")
     return [(c, range(max(0, c - window // 2), min(n_layers, c + math.ceil(window / 2)))) for c in range(n_layers)]
-
-
-def last_logits(vlm, prepared: PreparedInputs) -> torch.Tensor:
-    """Return the fp32 next-token logits at the last prompt position, shape ``(vocab,)``."""
-    with torch.no_grad():
-        return vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
-
-
-def answer_token_id(vlm, prepared: PreparedInputs, word: str) -> int:
-    """Return the id of the first token of ``word`` when it follows the prompt as an answer."""
-    prompt = prepared.prompt
-    text = prompt + (word if prompt[-1:].isspace() else " " + word)
-    tok = vlm.tokenizer
-    base = tok(prompt, add_special_tokens=False)["input_ids"]
-    full = tok(text, add_special_tokens=False)["input_ids"]
-    start = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
-    if start >= len(full):
-        raise InputError(f"answer {word!r} adds no token to the prompt")
-    return int(full[start])
-
-
-def is_correct(vlm, prepared: PreparedInputs, predicted: int, answer: str) -> bool:
-    """Whether the greedy first token ``predicted`` is the first token of the gold ``answer``."""
-    if predicted == answer_token_id(vlm, prepared, answer):
-        return True
-    text = vlm.tokenizer.decode([predicted]).strip().lower()
-    return bool(text) and answer.strip().lower().startswith(text)
-
-
-def _slice(inputs: dict, start: int, stop: int, keep_pixels: bool) -> dict:
-    length = inputs["input_ids"].shape[1]
-    out = {}
-    for key, value in inputs.items():
-        if key in _PIXEL_INPUTS:
-            if keep_pixels:
-                out[key] = value
-        elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[-1] == length:
-            out[key] = value[..., start:stop]
-        else:
-            out[key] = value
-    return out
 
 
 def knockout_probs(
@@ -160,10 +182,10 @@ def knockout_logits(
     if reuse:
         # One full forward gives the cache (cropped to the prefix) and the position ids the model
         # built itself (3-D M-RoPE ids for Qwen2-VL), which the suffix passes then reuse.
-        with torch.no_grad(), decoder_position_ids(vlm) as positions:
+        with torch.no_grad(), language_model_inputs(vlm) as lm_inputs:
             cache = vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1).past_key_values
         cache.crop(split - prepared.length)
-        suffix = _slice(prepared.inputs, split, prepared.length, keep_pixels=False)
+        suffix = vlm.adapter.suffix(prepared.inputs, split)
     out = []
     for start in range(0, len(configs), batch_size):
         chunk = list(configs[start : start + batch_size])
@@ -172,17 +194,17 @@ def knockout_logits(
             if reuse:
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(n)
-                batch = vlm.adapter.expand(suffix, n)
+                batch = vlm.adapter.repeat(suffix, n)
                 batch["attention_mask"] = torch.ones(n, prepared.length, dtype=torch.long, device=vlm.device)
-                if positions.get("ids") is not None:
-                    ids = positions["ids"][..., split:]
+                if lm_inputs.get("position_ids") is not None:
+                    ids = lm_inputs["position_ids"][..., split:]
                     batch["position_ids"] = ids.expand(*ids.shape[:-2], n, ids.shape[-1])
                 logits = vlm.model(
                     **batch, past_key_values=past, use_cache=True, logits_to_keep=1,
                     cache_position=torch.arange(split, prepared.length, device=vlm.device),
                 ).logits
             else:
-                logits = vlm.model(**vlm.adapter.expand(prepared.inputs, n), logits_to_keep=1).logits
+                logits = vlm.model(**vlm.adapter.repeat(prepared.inputs, n), logits_to_keep=1).logits
         out.append(logits[:, -1].float().cpu())
     return torch.cat(out)
 
@@ -196,40 +218,36 @@ def information_flow(
     batch_size: int = 16,
     reuse_prefix: bool = True,
     progress: bool = True,
-) -> pd.DataFrame:
+) -> KnockoutResult:
     """Knockout sweep: block each edge set in a sliding window of layers, for every sample.
 
     Args:
         vlm: the model.
         samples: ``Sample`` objects, dicts or zoo samples (image, question, answer, boxes,
-            question_type); see ``analysis.probes.samples.as_samples``.
+            question_type); see ``analysis.data.samples.as_samples``.
         blocks: names from ``BLOCKS``.
         window: layers blocked at once, centred on each layer (``k`` of the paper; 9 for 32-layer
             models, smaller for shallow models).
-        only_correct: keep only samples whose greedy first token is the gold answer (default).
+        only_correct: keep only correctly answered samples (default; rule ``"first_token"`` of
+            ``analysis.models.answers``).
         batch_size, reuse_prefix: see ``knockout_probs``.
         progress: show a progress bar over samples.
 
     Returns:
-        Tidy DataFrame with one row per sample x block x window centre: ``sample``,
-        ``question_type``, ``block``, ``layer`` (window centre), ``first_layer``, ``last_layer``,
-        ``answer`` (the predicted token), ``p_base``, ``p_new``, ``change`` (percent).
-        ``df.attrs`` holds ``n_samples``, ``n_correct``, ``window`` and ``skipped`` (``{sample, block}``
-        pairs left out because the edge set names no position in that sample, e.g. no "other"
-        patches when the question's objects cover the whole grid).
+        A ``KnockoutResult``: the tidy frame and ``n_samples``, ``n_correct``, ``window``, ``skipped``.
     """
     samples = as_samples(samples)
     windows = layer_windows(vlm.n_layers, window)
     rows, n_correct, skipped = [], 0, []
     for sample in tqdm(samples, desc="knockout", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        logits = last_logits(vlm, prepared)
+        logits = next_token_logits(vlm, prepared)
         predicted = int(logits.argmax())
         p_base = float(torch.softmax(logits, dim=-1)[predicted])
         if only_correct:
             if sample.answer is None:
                 raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
-            if not is_correct(vlm, prepared, predicted, sample.answer):
+            if not is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted):
                 continue
         n_correct += 1
         configs, meta = [], []
@@ -256,12 +274,12 @@ def information_flow(
     if not rows:
         raise InputError(f"no sample has positions for the edge sets {list(blocks)} (e.g. the question's objects "
                          "cover every image patch, so there are no other patches); use other samples or edge sets")
-    frame = pd.DataFrame(rows)
-    frame.attrs.update(n_samples=len(samples), n_correct=n_correct, window=window, skipped=skipped)
-    return frame
+    return KnockoutResult(pd.DataFrame(rows, columns=KNOCKOUT_COLUMNS), n_samples=len(samples), n_correct=n_correct,
+                          window=window, skipped=skipped)
 
 
-def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
+                    progress: bool = True) -> RegionKnockoutResult:
     """Accuracy when the question's related image patches are cut off, against as many other patches.
 
     For each sample with a ground-truth region, three configurations run at once: the unmodified
@@ -269,14 +287,15 @@ def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
     same for a seeded random choice of as many other image tokens (all of them if fewer exist).
 
     Returns:
-        One row per sample: ``sample``, ``question_type``, ``n_related``, ``n_other_blocked``
-        and ``correct_base``, ``correct_related_blocked``, ``correct_other_blocked`` (bools).
-        ``df.attrs["skipped"]`` lists the samples left out because their objects cover no image
-        patch or every one (nothing to compare).
+        A ``RegionKnockoutResult``: one row per sample (``sample``, ``question_type``,
+        ``n_related``, ``n_other_blocked`` and the bools ``correct_base``,
+        ``correct_related_blocked``, ``correct_other_blocked``; rule ``"first_token"``) and the
+        samples skipped because their objects cover no image patch or every one.
     """
     generator = torch.Generator().manual_seed(seed)
     rows, skipped = [], []
-    for sample in tqdm(as_samples(samples), desc="region knockout", disable=not progress):
+    samples = as_samples(samples)
+    for sample in tqdm(samples, desc="region knockout", disable=not progress):
         if sample.answer is None:
             raise InputError(f"sample {sample.id} has no answer; region knockout measures accuracy")
         prepared = vlm.prepare(sample.image, sample.question)
@@ -290,27 +309,29 @@ def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
         every_layer = range(vlm.n_layers)
         configs = [[], [Edges.make(related, later, every_layer)], [Edges.make(other, later, every_layer)]]
         predicted = knockout_logits(vlm, prepared, configs, batch_size).argmax(-1).tolist()
-        correct = [is_correct(vlm, prepared, p, sample.answer) for p in predicted]
+        gold = answer_tokens(vlm, prepared.prompt, sample.answer)
+        correct = [is_correct(vlm, gold, predicted=p) for p in predicted]
         rows.append({"sample": sample.id, "question_type": sample.question_type, "n_related": len(related),
                      "n_other_blocked": len(other), "correct_base": correct[0],
                      "correct_related_blocked": correct[1], "correct_other_blocked": correct[2]})
     if not rows:
         raise InputError("no sample has both related and other image patches (the objects cover no patch or "
                          "every patch of the grid); use other samples")
-    frame = pd.DataFrame(rows)
-    frame.attrs["skipped"] = skipped
-    return frame
+    return RegionKnockoutResult(pd.DataFrame(rows, columns=REGION_COLUMNS), n_samples=len(samples), skipped=skipped)
 
 
 def _tracked_tokens(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> dict[str, int]:
+    def target(text: str) -> int:
+        return answer_tokens(vlm, prepared.prompt, text).target
+
     tracked = {"prediction": predicted}
     if sample.answer:
-        tracked["answer"] = answer_token_id(vlm, prepared, sample.answer)
-        capital = answer_token_id(vlm, prepared, sample.answer[:1].upper() + sample.answer[1:])
+        tracked["answer"] = target(sample.answer)
+        capital = target(sample.answer[:1].upper() + sample.answer[1:])
         if capital != tracked["answer"]:  # lower-casing tokenizers give the same token
             tracked["answer (capitalised)"] = capital
     if sample.foil:
-        tracked["foil"] = answer_token_id(vlm, prepared, sample.foil)
+        tracked["foil"] = target(sample.foil)
     return tracked
 
 
@@ -335,7 +356,7 @@ def logit_lens(
 
     Returns:
         Tidy DataFrame, one row per sample x layer x position x tracked token: ``sample``,
-        ``question_type``, ``layer`` (decoder layer whose output is read), ``position``,
+        ``question_type``, ``layer`` (decoder layer whose output, site ``resid_post``, is read), ``position``,
         ``role``, ``tracked`` (``prediction``, ``answer``, ``answer (capitalised)``, ``foil``),
         ``token``, ``prob``, ``rank`` (0 = top-1).
     """
@@ -348,16 +369,18 @@ def logit_lens(
                 [prepared.last_position] if spec == "last" else [int(spec)])
         if any(not 0 <= p < prepared.length for p in chosen):
             raise InputError(f"positions must lie in 0..{prepared.length - 1}")
-        with torch.no_grad(), residual_stream(vlm) as stream:
+        with torch.no_grad(), reading(vlm, sites(vlm, ["resid_post"])) as stream:
             logits = vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
         predicted = int(logits.argmax())
-        if only_correct and (sample.answer is None or not is_correct(vlm, prepared, predicted, sample.answer)):
+        if only_correct and (sample.answer is None or not is_correct(
+                vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted)):
             continue
         tracked = _tracked_tokens(vlm, prepared, sample, predicted)
         ids = torch.tensor(list(tracked.values()))
-        for layer in range(vlm.n_layers):
+        for s, state in stream.items():
+            layer = s.layer
             with torch.no_grad():
-                probs = torch.softmax(vlm.unembed(stream[layer][0, chosen], final_norm=final_norm), dim=-1).cpu()
+                probs = torch.softmax(vlm.unembed(state[0, chosen], final_norm=final_norm), dim=-1).cpu()
             ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
             for i, pos in enumerate(chosen):
                 for j, (name, token) in enumerate(tracked.items()):

@@ -6,11 +6,13 @@ cache reuse, no batching. Slow on purpose; not for analysis.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Sequence
 
 import torch
 
+from analysis.models.sites import hooked
 from analysis.probes.backend import Edges
 
 
@@ -36,22 +38,17 @@ def reference_knockout(vlm, prepared, configs: Sequence[Sequence[Edges]], token:
     model = eager_copy(vlm) if model is None else model
     out = []
     for edges in configs:
-        handles = []
-        for index, layer in enumerate(model.get_decoder().layers):
-            def pre_hook(module, args, kwargs, index=index):
-                mask = kwargs["attention_mask"].clone()
-                for e in edges:
-                    if index in e.layers:
-                        mask[..., e.targets[:, None], e.sources[None, :]] = torch.finfo(mask.dtype).min
-                kwargs["attention_mask"] = mask
-                return args, kwargs
+        with contextlib.ExitStack() as stack:
+            for index, layer in enumerate(model.get_decoder().layers):
+                def pre(args, kwargs, index=index):
+                    mask = kwargs["attention_mask"].clone()
+                    for e in edges:
+                        if index in e.layers:
+                            mask[..., e.targets[:, None], e.sources[None, :]] = torch.finfo(mask.dtype).min
+                    return args, {**kwargs, "attention_mask": mask}
 
-            handles.append(layer.self_attn.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        try:
+                stack.enter_context(hooked(layer.self_attn, pre=pre))
             with torch.no_grad():
                 logits = model(**prepared.inputs).logits[0, -1].float()
-        finally:
-            for handle in handles:
-                handle.remove()
         out.append(torch.softmax(logits, -1)[token])
     return torch.stack(out)

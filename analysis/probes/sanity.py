@@ -44,9 +44,10 @@ from analysis.models import VLM, PreparedInputs
 from analysis.probes.attention import attention_maps
 from analysis.probes.attribution import attribute, positive_part
 from analysis.probes.backend import Edges
-from analysis.probes.flow import is_correct, knockout_probs, last_logits
+from analysis.models.answers import answer_tokens, is_correct, next_token_logits
+from analysis.probes.flow import knockout_probs
 from analysis.probes.localisation import localisation_scores
-from analysis.probes.samples import Sample, as_samples
+from analysis.data.samples import Sample, as_samples
 
 PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger")
 VISION_NAMES = ("vision_tower", "visual", "vision_model")
@@ -187,7 +188,8 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
         vlm: the model.
         samples: ``Sample`` objects, dicts or zoo samples (see ``as_samples``).
         methods: map methods (default: ``default_methods(vlm)``).
-        only_correct: keep only samples whose greedy first token is the gold answer.
+        only_correct: keep only correctly answered samples (rule ``"first_token"`` of
+            ``analysis.models.answers``).
         progress: show a progress bar over samples.
     """
     methods = _check_methods(default_methods(vlm) if methods is None else methods)
@@ -197,11 +199,11 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
     seconds = []
     for sample in tqdm(samples, desc="maps", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        token = int(last_logits(vlm, prepared).argmax())
+        token = int(next_token_logits(vlm, prepared).argmax())
         if only_correct:
             if sample.answer is None:
                 raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
-            if not is_correct(vlm, prepared, token, sample.answer):
+            if not is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=token):
                 continue
         out.samples.append(sample)
         out.prepared.append(prepared)

@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from analysis.capture import AllDroppedError, capture
 from analysis.errors import InputError
-from analysis.probes.samples import Sample, as_samples
+from analysis.data.samples import Sample, as_samples
 
 METHODS = ("kmeans", "snmf")
 FEATURES = ("last", "generated", "token_of_interest")

@@ -19,9 +19,11 @@ from typing import Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 
-from analysis.capture import first_word, generate_answers
+from analysis.capture import generate_answers
+from analysis.data.samples import as_samples
 from analysis.errors import InputError
-from analysis.probes.samples import as_samples
+from analysis.models.answers import first_word
+from analysis.models.sites import add, editing
 
 POSITIONS = ("all", "generated")
 
@@ -46,7 +48,7 @@ def steering_vector(features_source, features_target) -> torch.Tensor:
 
 @contextlib.contextmanager
 def steer(vlm, vector, layer: int, alpha: float = 1.0, positions: str = "all") -> Iterator[None]:
-    """Add ``alpha * vector`` to decoder layer ``layer``'s output inside the ``with`` block.
+    """Add ``alpha * vector`` to decoder layer ``layer``'s output (site ``resid_post``) inside the ``with`` block.
 
     Args:
         vlm: the model.
@@ -58,7 +60,7 @@ def steer(vlm, vector, layer: int, alpha: float = 1.0, positions: str = "all") -
             the first answer token, then each new token; prompt positions are left untouched).
 
     Applies to every forward and ``generate`` call made inside the block, batched or not; the
-    hook is removed on exit, even after an exception.
+    edit (``analysis.models.sites.editing``) is removed on exit, even after an exception.
     """
     layer = vlm.check_layer(layer)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -71,20 +73,8 @@ def steer(vlm, vector, layer: int, alpha: float = 1.0, positions: str = "all") -
     if not torch.isfinite(vector).all():
         raise InputError("the steering vector contains NaN or infinite values")
     delta = (alpha * vector.float()).to(device=vlm.device, dtype=vlm.dtype)
-
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        if positions == "all":
-            hidden = hidden + delta
-        else:
-            hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + delta], dim=1)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    handle = vlm.layers[layer].register_forward_hook(hook)
-    try:
+    with editing(vlm, {("resid_post", layer): add(delta, "all" if positions == "all" else "last")}):
         yield
-    finally:
-        handle.remove()
 
 
 @dataclass

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from analysis.errors import InputError
 from analysis.models.geometry import Affine, grid_cells
 
 
@@ -70,6 +72,12 @@ class Adapter(ABC):
             processor's chat template (``None`` to use the chat template).
         bidirectional_prompt: True when prompt tokens attend to later prompt tokens (prefix-LM),
             so a prompt prefix cannot be computed once and reused.
+        token_inputs: the processor outputs with one value per position besides ``input_ids``,
+            each with ``(pad value, appended-token value)``.
+        image_inputs: the processor outputs that carry the image (not per position).
+
+    Every per-family input operation (repeat a batch, slice a suffix for a cached prefix, pad a
+    batch, append generated tokens) is a method here; probes never look at input keys.
     """
 
     family: ClassVar[str]
@@ -77,6 +85,8 @@ class Adapter(ABC):
     title: ClassVar[str]
     default_template: ClassVar[str | None] = None
     bidirectional_prompt: ClassVar[bool] = False
+    token_inputs: ClassVar[dict[str, tuple[int, int]]] = {"attention_mask": (0, 1)}
+    image_inputs: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
     def __init__(self, model, processor):
         self.model = model
@@ -110,10 +120,118 @@ class Adapter(ABC):
     def layout(self, inputs: dict, image_size: tuple[int, int]) -> Layout:
         """Return the image-token layout for processed ``inputs`` of an image of ``(width, height)``."""
 
-    def expand(self, inputs: dict, n: int) -> dict:
-        """Return ``inputs`` of a batch of one repeated into a batch of ``n`` identical rows."""
-        return {k: v.repeat(n, *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() and v.shape[0] == 1 else v
+    # --- input surgery: the only place that knows which model inputs are per token -----------
+    def _kind(self, key: str, value) -> str:
+        """Return ``"ids"``, ``"token"``, ``"image"`` or ``"other"`` (not a tensor) for one input."""
+        if key == "input_ids":
+            return "ids"
+        if key in self.token_inputs:
+            return "token"
+        if key in self.image_inputs:
+            return "image"
+        if not torch.is_tensor(value):
+            return "other"
+        raise InputError(
+            f"the {self.title} adapter does not know the model input {key!r}; list it in the adapter's "
+            "token_inputs (one value per position) or image_inputs (analysis/models/adapters/)"
+        )
+
+    def repeat(self, inputs: dict, n: int) -> dict:
+        """Return ``inputs`` of a batch of one repeated into a batch of ``n`` identical rows.
+
+        Token inputs ``(1, T)`` become ``(n, T)``; image inputs are repeated along their first
+        axis (per image, or per patch where the processor flattens patches, as Qwen2-VL's).
+        """
+        return {k: v.repeat(n, *[1] * (v.dim() - 1)) if self._kind(k, v) != "other" else v
                 for k, v in inputs.items()}
+
+    def suffix(self, inputs: dict, start: int) -> dict:
+        """Return the inputs of positions ``start..T-1`` only, without the image inputs.
+
+        For a forward that continues a key/value cache of positions ``0..start-1`` which already
+        holds the image.
+        """
+        out = {}
+        for key, value in inputs.items():
+            kind = self._kind(key, value)
+            if kind in ("ids", "token"):
+                out[key] = value[:, start:]
+            elif kind == "other":
+                out[key] = value
+        return out
+
+    def append(self, inputs: dict, tokens: Sequence[int]) -> dict:
+        """Return the inputs of a batch of one with text ``tokens`` appended after the prompt.
+
+        Per-token inputs are extended with the value an appended text token takes (e.g.
+        PaliGemma's ``token_type_ids`` 1: the causal suffix).
+        """
+        if not len(tokens):
+            return inputs
+        ids = torch.tensor([list(tokens)], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
+        out = {}
+        for key, value in inputs.items():
+            kind = self._kind(key, value)
+            if kind == "ids":
+                out[key] = torch.cat([value, ids], dim=1)
+            elif kind == "token":
+                out[key] = torch.cat([value, torch.full_like(ids, self.token_inputs[key][1], dtype=value.dtype)], 1)
+            else:
+                out[key] = value
+        return out
+
+    def pad(self, inputs: Sequence[dict]) -> tuple[dict, list[int]]:
+        """Stack per-sample inputs (batches of one) into one left-padded batch.
+
+        Token inputs are left-padded (the pad token, attention mask 0); image inputs are
+        concatenated, zero-padding the tile axis when samples have different numbers of tiles (as
+        the processors do); floating image inputs are cast to the model's dtype.
+
+        Returns:
+            ``(batch, offsets)``; ``offsets[i]`` is the number of pad positions before sample ``i``.
+        """
+        lengths = [int(x["input_ids"].shape[1]) for x in inputs]
+        width = max(lengths)
+        pad_id = self.processor.tokenizer.pad_token_id
+        batch = {}
+        for key in inputs[0]:
+            values = [x[key] for x in inputs]
+            kind = self._kind(key, values[0])
+            if kind == "other":
+                batch[key] = values[0]
+            elif kind in ("ids", "token"):
+                fill = (0 if pad_id is None else int(pad_id)) if kind == "ids" else self.token_inputs[key][0]
+                batch[key] = torch.cat([F.pad(v, (width - v.shape[1], 0), value=fill) for v in values])
+            elif all(v.shape[1:] == values[0].shape[1:] for v in values):
+                batch[key] = torch.cat(values)
+            elif all(v.dim() > 2 and v.shape[2:] == values[0].shape[2:] for v in values):
+                most = max(v.shape[1] for v in values)
+                batch[key] = torch.cat([torch.cat([v, v.new_zeros(v.shape[:1] + (most - v.shape[1],) + v.shape[2:])], 1)
+                                        for v in values])
+            else:
+                raise InputError(f"cannot batch input {key!r} with shapes {[tuple(v.shape) for v in values]}; "
+                                 "use batch_size=1")
+            if kind == "image" and batch[key].is_floating_point():
+                batch[key] = batch[key].to(self.model.dtype)
+        return batch, [width - n for n in lengths]
+
+    @staticmethod
+    def repeat_language_model_kwargs(kwargs: dict, n: int) -> dict:
+        """Return keyword arguments of a language-model forward (batch of one) for a batch of ``n``.
+
+        ``position_ids`` have the batch on their second-last axis (``(1, T)``, or M-RoPE's
+        ``(3, 1, T)``); other tensors on their first; nested dicts (per-layer-type masks) recurse.
+        """
+        def expand(key, value):
+            if isinstance(value, dict):
+                return {k: expand(key, v) for k, v in value.items()}
+            if not torch.is_tensor(value) or value.dim() < 2:
+                return value
+            if key == "position_ids":
+                return value.expand(*value.shape[:-2], n, value.shape[-1])
+            return value.expand(n, *value.shape[1:]) if value.shape[0] == 1 else value
+
+        return {k: expand(k, v) for k, v in kwargs.items()}
 
     def vision_config(self):
         """The vision tower's config."""

@@ -19,6 +19,7 @@ class Idefics3Adapter(Adapter):
     family = "idefics3"
     model_types = ("idefics3",)
     title = "Idefics3"
+    image_inputs = ("pixel_values", "pixel_attention_mask")
 
     def layout(self, inputs, image_size):
         config = self.model.config

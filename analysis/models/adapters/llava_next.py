@@ -18,6 +18,7 @@ class LlavaNextAdapter(Adapter):
     family = "llava_next"
     model_types = ("llava_next",)
     title = "LLaVA-NeXT"
+    image_inputs = ("pixel_values", "image_sizes")
 
     def layout(self, inputs, image_size):
         config = self.model.config

@@ -10,6 +10,7 @@ class PaliGemmaAdapter(Adapter):
     family = "paligemma"
     model_types = ("paligemma",)
     title = "PaliGemma"
+    token_inputs = {"attention_mask": (0, 1), "token_type_ids": (0, 1)}  # 1: the causal suffix
     default_template = "{question}"
     bidirectional_prompt = True
 

@@ -10,6 +10,8 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     title = "Qwen2-VL"
+    token_inputs = {"attention_mask": (0, 1), "mm_token_type_ids": (0, 0)}  # text tokens are type 0
+    image_inputs = ("pixel_values", "image_grid_thw")  # pixel_values: patches of every image, flattened
 
     def layout(self, inputs, image_size):
         ip = self.processor.image_processor
@@ -21,14 +23,6 @@ class Qwen2VLAdapter(Adapter):
         out = Layout()
         for frame in range(t):
             out.add_grid(frame, f"frame {frame}" if t > 1 else "image", gh // merge, gw // merge, cell, cell, affine)
-        return out
-
-    def expand(self, inputs, n):
-        """Repeat a batch of one ``n`` times; pixel patches are flattened over images."""
-        out = super().expand(inputs, n)
-        for key in ("pixel_values", "image_grid_thw"):
-            if key in inputs:
-                out[key] = inputs[key].repeat(n, 1)
         return out
 
 

@@ -1,0 +1,286 @@
+"""Named activation sites of the language model, and the package's one hook mechanism.
+
+Names follow TransformerLens. **Layer ``i`` is decoder layer ``i`` everywhere** (0-based;
+negative layers count from the end; ``VLM.check_layer`` resolves them, the one place that does):
+
+==============  ============================================================================
+site            the hidden state, ``(batch, T, hidden)``
+==============  ============================================================================
+``embed``       the language model's input: token embeddings with the image features merged in
+``resid_pre``   the residual stream entering decoder layer ``i`` (``resid_pre 0 == embed``)
+``attn_out``    decoder layer ``i``'s attention block output (its write to the residual stream)
+``mlp_out``     decoder layer ``i``'s MLP block output
+``resid_post``  the residual stream after decoder layer ``i``, never final-normed
+                (``resid_post i == resid_pre i+1``)
+``final``       the last layer's output after the final norm: what the unembedding reads
+==============  ============================================================================
+
+For pre-norm decoder layers (every supported family) ``resid_pre + attn_out + mlp_out ==
+resid_post``. Unlike ``output_hidden_states`` (whose last entry transformers 5 returns after
+the final norm), ``resid_post`` of the last layer is the raw residual stream.
+
+Two context managers use the sites, and both always remove their hooks:
+
+* ``reading(vlm, sites)`` yields ``{Site: tensor}`` filled by every forward inside the block
+  (or calls ``on_value(site, tensor)`` instead, to reduce a state as soon as it exists);
+* ``editing(vlm, {site: fn})`` replaces each site's state by ``fn(state)`` (``add``, ``ablate``
+  and ``replace`` build the usual edits: steering vectors, interventions).
+
+Everything in the package that hooks a module goes through ``hooked`` (the one primitive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from analysis.errors import InputError
+
+KINDS: tuple[str, ...] = ("embed", "resid_pre", "attn_out", "mlp_out", "resid_post", "final")
+LAYER_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+_BLOCKS = {"attn_out": ("self_attn", "attention", "attn", "self_attention"),
+           "mlp_out": ("mlp", "feed_forward", "ffn")}
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation site: a ``kind`` from ``KINDS`` and, for per-layer kinds, a layer >= 0.
+
+    Build sites with ``site(spec, vlm)``, which resolves negative layers against the model.
+    """
+
+    kind: str
+    layer: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InputError(f"unknown site {self.kind!r}; use one of {', '.join(KINDS)}")
+        if (self.kind in LAYER_KINDS) != (self.layer is not None):
+            raise InputError(f"site {self.kind!r} " + ("needs a layer, e.g. 'resid_post.3'" if self.kind in LAYER_KINDS
+                                                       else "takes no layer"))
+        if self.layer is not None and self.layer < 0:
+            raise InputError(f"Site layers are resolved (>= 0); use site({self.kind!r}, layer) for negative ones")
+
+    @property
+    def name(self) -> str:
+        """``"embed"``, ``"final"`` or ``"<kind>.<layer>"`` (e.g. ``"resid_post.3"``)."""
+        return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def site(spec, vlm, layer: int | None = None) -> Site:
+    """Return the ``Site`` named by ``spec``, with its layer resolved against ``vlm``.
+
+    Args:
+        spec: a ``Site``, a name (``"embed"``, ``"final"``, ``"resid_post.3"``, ``"resid_post.-1"``),
+            a ``(kind, layer)`` pair, or a per-layer kind with ``layer`` given separately.
+        vlm: the model (its number of layers resolves negative layers).
+        layer: the layer, when ``spec`` is a bare kind.
+    """
+    if isinstance(spec, Site):
+        kind, layer = spec.kind, spec.layer
+    elif isinstance(spec, tuple) and len(spec) == 2:
+        kind, layer = spec
+    elif isinstance(spec, str):
+        kind, dot, rest = spec.partition(".")
+        if dot:
+            try:
+                layer = int(rest)
+            except ValueError:
+                raise InputError(f"cannot read a layer from site {spec!r}; write e.g. 'resid_post.3'") from None
+    else:
+        raise InputError(f"a site is a name like 'resid_post.3', a (kind, layer) pair or a Site; got {spec!r}")
+    if kind in LAYER_KINDS and layer is not None:
+        layer = vlm.check_layer(layer)
+    return Site(kind, layer)
+
+
+def sites(vlm, kinds: Iterable[str], layers: Iterable[int] | None = None) -> list[Site]:
+    """Return every ``kind`` x ``layer`` site (all layers by default; layer-free kinds once)."""
+    layers = range(vlm.n_layers) if layers is None else list(layers)
+    out = []
+    for kind in kinds:
+        out += [site(kind, vlm)] if kind not in LAYER_KINDS else [site(kind, vlm, layer) for layer in layers]
+    return list(dict.fromkeys(out))
+
+
+def block(vlm, layer: int, kind: str) -> nn.Module:
+    """Return decoder layer ``layer``'s attention (``"attn_out"``) or MLP (``"mlp_out"``) block.
+
+    Found among the layer's children by name (``self_attn``, ``attention``, ... / ``mlp``,
+    ``feed_forward``, ...), never by a version-specific path.
+    """
+    module = vlm.layers[vlm.check_layer(layer)]
+    children = dict(module.named_children())
+    for name in _BLOCKS[kind]:
+        if name in children:
+            return children[name]
+    raise InputError(f"{type(module).__name__} has no child named {' / '.join(_BLOCKS[kind])}; site {kind!r} "
+                     f"is not available for {vlm.family}")
+
+
+def _hook_point(vlm, s: Site) -> tuple[nn.Module, str]:
+    """Return the module whose input (``"pre"``) or output (``"post"``) is site ``s``."""
+    if s.kind == "embed":
+        return vlm.layers[0], "pre"
+    if s.kind == "resid_pre":
+        return vlm.layers[s.layer], "pre"
+    if s.kind == "resid_post":
+        return vlm.layers[s.layer], "post"
+    if s.kind == "final":
+        return vlm.final_norm, "post"
+    return block(vlm, s.layer, s.kind), "post"
+
+
+@contextlib.contextmanager
+def hooked(module: nn.Module, pre: Callable | None = None, post: Callable | None = None) -> Iterator[None]:
+    """The one hook primitive: run ``pre(args, kwargs)`` / ``post(args, kwargs, output)`` on ``module``.
+
+    ``pre`` may return ``(args, kwargs)`` to replace the module's inputs, ``post`` a new output;
+    returning None leaves them as they are. The hooks are removed on exit, even after an error.
+    """
+    handles = []
+    try:
+        if pre is not None:
+            handles.append(module.register_forward_pre_hook(lambda m, a, k: pre(a, k), with_kwargs=True))
+        if post is not None:
+            handles.append(module.register_forward_hook(lambda m, a, k, o: post(a, k, o), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
+    """Call ``handlers[site](state)`` at each site in every forward; a returned tensor replaces the state."""
+    with contextlib.ExitStack() as stack:
+        for s, handler in handlers.items():
+            module, where = _hook_point(vlm, s)
+            if where == "pre":
+                def pre(args, kwargs, handler=handler):
+                    by_keyword = "hidden_states" in kwargs
+                    new = handler(kwargs["hidden_states"] if by_keyword else args[0])
+                    if new is None:
+                        return None
+                    if by_keyword:
+                        return args, {**kwargs, "hidden_states": new}
+                    return (new, *args[1:]), kwargs
+
+                stack.enter_context(hooked(module, pre=pre))
+            else:
+                def post(args, kwargs, output, handler=handler):
+                    new = handler(output[0] if isinstance(output, tuple) else output)
+                    if new is None:
+                        return None
+                    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+                stack.enter_context(hooked(module, post=post))
+        yield
+
+
+@contextlib.contextmanager
+def reading(vlm, specs: Iterable, on_value: Callable[[Site, torch.Tensor], None] | None = None
+            ) -> Iterator[dict[Site, torch.Tensor]]:
+    """Read activation sites during the forwards inside the block.
+
+    Args:
+        vlm: the model.
+        specs: sites (anything ``site`` accepts).
+        on_value: called as ``on_value(site, state)`` with each ``(batch, T, hidden)`` state as the
+            forward produces it (in the model's dtype and device); when None, states are kept.
+
+    Yields:
+        ``{Site: (batch, T, hidden)}``, detached, each the state of the latest forward (empty when
+        ``on_value`` is given).
+    """
+    chosen = [site(spec, vlm) for spec in specs]
+    out: dict[Site, torch.Tensor] = {}
+
+    def handler(s: Site):
+        def take(state: torch.Tensor) -> None:
+            if on_value is None:
+                out[s] = state.detach()
+            else:
+                on_value(s, state)
+        return take
+
+    with _at_sites(vlm, {s: handler(s) for s in chosen}):
+        yield out
+
+
+@contextlib.contextmanager
+def editing(vlm, edits: Mapping) -> Iterator[None]:
+    """Replace the state at each site by ``edit(state)`` in every forward (and ``generate``) inside the block.
+
+    Args:
+        vlm: the model.
+        edits: ``{site spec: edit}``; an edit maps ``(batch, T, hidden)`` to a tensor of the same
+            shape (see ``add``, ``ablate``, ``replace``).
+    """
+    resolved = {site(spec, vlm): edit for spec, edit in edits.items()}
+    with _at_sites(vlm, resolved):
+        yield
+
+
+def add(delta: torch.Tensor, positions: str = "all") -> Edit:
+    """Return an edit adding ``delta`` (broadcast to ``(batch, T, hidden)``) at ``"all"`` positions or the ``"last"``."""
+    if positions not in ("all", "last"):
+        raise InputError(f"positions must be 'all' or 'last'; got {positions!r}")
+
+    def edit(state: torch.Tensor) -> torch.Tensor:
+        delta_ = delta.to(device=state.device, dtype=state.dtype)
+        if positions == "all":
+            return state + delta_
+        return torch.cat([state[:, :-1], state[:, -1:] + delta_], dim=1)
+    return edit
+
+
+def ablate(positions: torch.Tensor | None = None) -> Edit:
+    """Return an edit that zeroes the state at ``positions`` (every position when None)."""
+    def edit(state: torch.Tensor) -> torch.Tensor:
+        if positions is None:
+            return torch.zeros_like(state)
+        out = state.clone()
+        out[:, positions.to(state.device)] = 0
+        return out
+    return edit
+
+
+def replace(value: torch.Tensor, positions: torch.Tensor | None = None) -> Edit:
+    """Return an edit that writes ``value`` at ``positions`` (the whole state when None)."""
+    def edit(state: torch.Tensor) -> torch.Tensor:
+        value_ = value.to(device=state.device, dtype=state.dtype)
+        if positions is None:
+            return value_.expand_as(state).clone()
+        out = state.clone()
+        out[:, positions.to(state.device)] = value_
+        return out
+    return edit
+
+
+@contextlib.contextmanager
+def language_model_inputs(vlm) -> Iterator[dict]:
+    """Record the keyword arguments the VLM passes to its language model.
+
+    Yields a dict that the next forward fills: ``inputs_embeds`` (the ``embed`` site),
+    ``position_ids`` (``(batch, T)``, or M-RoPE's ``(3, batch, T)``; None when the language
+    model derives them), the mask, PaliGemma's prefix mask, ...; ``"_args"`` holds positional
+    arguments (empty for every supported family).
+    """
+    captured: dict = {}
+
+    def pre(args, kwargs):
+        captured.clear()
+        captured.update(kwargs, _args=args)
+
+    with hooked(vlm.language_model, pre=pre):
+        yield captured
