@@ -9,7 +9,6 @@ import dataclasses
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import pandas as pd
 from matplotlib.colors import Normalize
 
 from analysis.plots.attention import default_tiles

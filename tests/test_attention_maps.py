@@ -13,7 +13,7 @@ from PIL import Image
 
 from analysis.errors import InputError
 from analysis.probes.attention import attention_maps
-from analysis.probes.localisation import localisation_scores
+from analysis.models.localisation import localisation_scores
 from analysis.probes.sinks import detect_sinks, robust_z
 from conftest import QUESTION
 

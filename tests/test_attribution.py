@@ -8,19 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import QUESTION
 
 from analysis.errors import InputError
+from analysis.models.answers import answer_tokens
+from analysis.models.answers import next_token_logits as last_logits
 from analysis.probes.attribution import (
     METHODS,
     attribute,
     grid_segments,
-    reference_tile,
     resolve_target,
     token_segments,
 )
-from analysis.models.answers import answer_tokens
-from analysis.models.answers import next_token_logits as last_logits
-from conftest import QUESTION
 
 
 @contextlib.contextmanager
@@ -150,7 +149,7 @@ def test_reference_tile_and_segments(tiny, photo):
     expected = {"llava": 0, "llava_next": 1, "idefics3": 4, "paligemma": 0}
     for family, tile in expected.items():
         prepared = tiny(family).prepare(photo, QUESTION)
-        assert reference_tile(prepared) == tile
+        assert prepared.reference_tile() == tile
         cells = token_segments(prepared, grid_segments(prepared))
         sel = ((prepared.patches["tile"] == tile) & (prepared.patches["kind"] == "patch")).to_numpy()
         rows, cols = prepared.grids[tile]

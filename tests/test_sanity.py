@@ -13,7 +13,8 @@ import torch  # noqa: E402
 
 from analysis.errors import InputError  # noqa: E402
 from analysis.plots.sanity import FLAG, plot_comparison, plot_method_maps, plot_randomisation  # noqa: E402
-from analysis.probes.flow import knockout_probs, last_logits  # noqa: E402
+from analysis.models.answers import next_token_logits as last_logits  # noqa: E402
+from analysis.probes.flow import knockout_probs  # noqa: E402
 from analysis.probes.sanity import (  # noqa: E402
     MapMethod,
     MapSet,

@@ -117,6 +117,16 @@ class PreparedInputs:
         grid[..., self.patches["row"].to_numpy()[sel], self.patches["col"].to_numpy()[sel]] = scores[..., sel]
         return grid
 
+    def reference_tile(self) -> int:
+        """Return the finest tile that covers the whole visible image.
+
+        Among the tiles whose box covers (within 1%) the largest image area, the one with the most
+        tokens: LLaVA-NeXT's high-res grid, Idefics3's global image, the only tile elsewhere.
+        """
+        area = {t: (b[2] - b[0]) * (b[3] - b[1]) for t in self.grids for b in [self.tile_box(t)]}
+        covering = [t for t in self.grids if area[t] >= 0.99 * max(area.values())]
+        return max(covering, key=lambda t: (self.grids[t][0] * self.grids[t][1], -t))
+
     def tile_box(self, tile: int) -> Box:
         """Return the original-image box covered by ``tile``."""
         p = self.patches[(self.patches["tile"] == tile) & (self.patches["kind"] == "patch")]

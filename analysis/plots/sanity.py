@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from analysis.errors import InputError
-from analysis.probes.attribution import positive_part, reference_tile
+from analysis.models.localisation import positive_part
 from analysis.plots.style import COLUMN_WIDTH, PALETTE, SEQUENTIAL_CMAP
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def plot_method_maps(maps: "MapSet", sample: int = 0, *, tile: int | None = None
     if not 0 <= sample < len(maps.samples):
         raise InputError(f"sample {sample} out of range: there are {len(maps.samples)} samples")
     prepared, item = maps.prepared[sample], maps.samples[sample]
-    tile = reference_tile(prepared) if tile is None else tile
+    tile = prepared.reference_tile() if tile is None else tile
     if tile not in prepared.grids:
         raise InputError(f"tile {tile} does not exist; this input has tiles {sorted(prepared.grids)}")
     x0, y0, x1, y1 = prepared.tile_box(tile)

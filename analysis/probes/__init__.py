@@ -10,13 +10,21 @@
 """
 
 from analysis.data.samples import Sample, as_samples
+from analysis.models.localisation import localisation_scores
 from analysis.probes.alignment import alignment_vs_accuracy, implicit_alignment
 from analysis.probes.attention import AttentionMaps, attention_maps, localisation_sweep
 from analysis.probes.attribution import attribute
 from analysis.probes.backend import Edges, Recording, probing
-from analysis.probes.flow import (BLOCKS, KnockoutResult, RegionKnockoutResult, information_flow, knockout_logits,
-                                  knockout_probs, logit_lens, region_knockout)
-from analysis.probes.localisation import localisation_scores
+from analysis.probes.flow import (
+                                  BLOCKS,
+                                  KnockoutResult,
+                                  RegionKnockoutResult,
+                                  information_flow,
+                                  knockout_logits,
+                                  knockout_probs,
+                                  logit_lens,
+                                  region_knockout,
+)
 from analysis.probes.sanity import default_methods, sanity_report
 from analysis.probes.shift import concept_shift, representation_shift
 from analysis.probes.sinks import detect_sinks

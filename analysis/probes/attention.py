@@ -18,7 +18,7 @@ layers, keeps the image columns per head, and derives:
   row-normalised, ``A_l`` averaged over all heads; ``R_l = B_l B_{l-1} ... B_0``; the result is
   ``R_l[query, image]`` for each chosen layer;
 - ``localisation(region)``: mass ratio and pointing game against ground-truth boxes
-  (``analysis.probes.localisation``).
+  (``analysis.models.localisation``).
 
 Memory (fp32, ``T`` positions, ``H`` heads, ``Q`` queries, ``I`` image tokens, ``L`` layers):
 without rollout the backend forms ``H x Q x T`` scores for one layer at a time and the result
@@ -42,7 +42,7 @@ from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.sites import Site, reading
 from analysis.probes.backend import Recording, probing
-from analysis.probes.localisation import localisation_scores
+from analysis.models.localisation import localisation_scores
 from analysis.probes.sinks import DEFAULT_THRESHOLD, detect_sinks
 
 QUERY_SPECS = ("last", "question", "question+last")
@@ -163,7 +163,7 @@ class AttentionMaps:
 
         Returns:
             Columns ``layer``, ``head`` (not for rollout), ``query_pos`` (not for corrected), then
-            ``share``, ``area_share``, ``ratio``, ``hit`` (see ``analysis.probes.localisation``).
+            ``share``, ``area_share``, ``ratio``, ``hit`` (see ``analysis.models.localisation``).
         """
         values, axes = self._values(kind)
         scores = localisation_scores(self.prepared, values, region)
@@ -353,7 +353,7 @@ def localisation_sweep(vlm: VLM, samples, query: str = "last", progress: bool = 
     Returns:
         Tidy DataFrame, one row per sample x map x layer: ``sample``, ``question_type``,
         ``map`` (``"attention"`` or ``"rollout"``), ``layer``, ``share``, ``area_share``,
-        ``ratio``, ``hit`` (see ``analysis.probes.localisation``).
+        ``ratio``, ``hit`` (see ``analysis.models.localisation``).
     """
     rows = []
     for sample in tqdm(as_samples(samples), desc="localisation", disable=not progress):

@@ -29,7 +29,7 @@ method. No method is re-implemented here; this module is the glue captum lacks f
   Perturbations run ``batch_size`` at a time (captum's ``perturbations_per_eval``).
 
 Features are ``"patches"`` (every image token; with ``perturb="pixels"`` every patch of the
-reference tile, see ``reference_tile``), ``"question"`` (the question's tokens) or an integer
+reference tile, see ``PreparedInputs.reference_tile``), ``"question"`` (the question's tokens) or an integer
 segment array: ``(n_image,)`` one group id per image token, or ``(H, W)`` one group id per
 pixel of the original image (e.g. ``grid_segments`` or superpixels); negative ids are never
 perturbed. A token belongs to the pixel segment at its box centre; with segments every token
@@ -62,8 +62,8 @@ from transformers.utils import logging as hf_logging
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.answers import answer_tokens, next_token_logits
+from analysis.models.localisation import localisation_scores, positive_part
 from analysis.models.sites import language_model_inputs
-from analysis.probes.localisation import localisation_scores
 
 GRADIENT_METHODS = {"integrated_gradients": IntegratedGradients, "saliency": Saliency,
                     "input_x_gradient": InputXGradient}
@@ -157,30 +157,14 @@ class Attribution:
         return frame
 
 
-def positive_part(scores) -> np.ndarray:
-    """Return ``max(scores, 0)`` with NaN as 0, the form localisation scores expect."""
-    return np.nan_to_num(np.clip(np.asarray(scores, dtype=float), 0, None), nan=0.0)
-
-
 # --- feature groups -----------------------------------------------------------------------------
-def reference_tile(prepared: PreparedInputs) -> int:
-    """Return the finest tile that covers the whole visible image.
-
-    Among the tiles whose box covers (within 1%) the largest image area, the one with the most
-    tokens: LLaVA-NeXT's high-res grid, Idefics3's global image, the only tile elsewhere.
-    """
-    area = {t: (b[2] - b[0]) * (b[3] - b[1]) for t in prepared.grids for b in [prepared.tile_box(t)]}
-    covering = [t for t in prepared.grids if area[t] >= 0.99 * max(area.values())]
-    return max(covering, key=lambda t: (prepared.grids[t][0] * prepared.grids[t][1], -t))
-
-
 def grid_segments(prepared: PreparedInputs, block: int = 1, tile: int | None = None) -> np.ndarray:
     """Return a pixel segment map of ``block x block`` patch cells of one tile's grid.
 
     Args:
         prepared: the input.
         block: patches per cell side (1: one segment per patch).
-        tile: the grid to use (default ``reference_tile(prepared)``).
+        tile: the grid to use (default ``prepared.reference_tile()``).
 
     Returns:
         ``(H, W)`` int array over the original image: the segment id ``(row // block) *
@@ -189,7 +173,7 @@ def grid_segments(prepared: PreparedInputs, block: int = 1, tile: int | None = N
     """
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise InputError(f"block must be a positive integer; got {block!r}")
-    tile = reference_tile(prepared) if tile is None else tile
+    tile = prepared.reference_tile() if tile is None else tile
     if tile not in prepared.grids:
         raise InputError(f"tile {tile} does not exist; this input has tiles {sorted(prepared.grids)}")
     width, height = prepared.image.size

@@ -14,7 +14,7 @@ model answers correctly; the explained token is the model's answer) this module 
   scale survives, the learned structure does not; constant tensors such as untrained norm
   weights stay as they are). A map that still correlates after everything is randomised
   explains the input, not the model: ``comparison_table`` flags it.
-- **Localisation** against ground-truth boxes (``analysis.probes.localisation``): the pointing
+- **Localisation** against ground-truth boxes (``analysis.models.localisation``): the pointing
   game (is the arg-max patch related) and the share of the map's positive mass on related
   patches over their share of the area.
 - **Deletion** (faithfulness): the ``k`` patches a map ranks highest are knocked out (attention
@@ -39,15 +39,15 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError, UnsupportedModelError
 from analysis.models import VLM, PreparedInputs
-from analysis.probes.attention import attention_maps
-from analysis.probes.attribution import attribute, positive_part
-from analysis.probes.backend import Edges
 from analysis.models.answers import answer_tokens, is_correct, next_token_logits
+from analysis.models.localisation import localisation_scores, positive_part
+from analysis.probes.attention import attention_maps
+from analysis.probes.attribution import attribute
+from analysis.probes.backend import Edges
 from analysis.probes.flow import knockout_probs
-from analysis.probes.localisation import localisation_scores
-from analysis.data.samples import Sample, as_samples
 
 PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger")
 VISION_NAMES = ("vision_tower", "visual", "vision_model")

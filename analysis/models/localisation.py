@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import InputError
-from analysis.models import PreparedInputs
+from analysis.models.inputs import PreparedInputs
+
+
+def positive_part(scores) -> np.ndarray:
+    """Return ``max(scores, 0)`` with NaN as 0, the form localisation scores expect."""
+    return np.nan_to_num(np.clip(np.asarray(scores, dtype=float), 0, None), nan=0.0)
+
 
 def region_boxes(region) -> np.ndarray:
     """Return a region as a ``(n_boxes, 4)`` float array of ``(x0, y0, x1, y1)`` boxes.
