@@ -12,8 +12,10 @@ it right calls this module, so accuracies mean the same thing everywhere.
   named forms (``RULES``):
 
   - ``"first_token"`` (a next-token distribution, e.g. knockout, capture, the zoo's accuracy):
-    the greedy next token is the answer's target token, or it decodes (stripped, lower case) to
-    a non-empty prefix of the answer (lower case): "Yes" for "yes", "▁yel" for "yellow";
+    the greedy next token is the answer's target token, or its text ``p`` (decoded, stripped,
+    lower case) starts the answer at least as far as the target does: ``p`` is a prefix of the
+    answer and the target's text is a prefix of ``p``. So "Yes" counts for "yes", "▁yellow" for
+    a target "▁yel", but neither "a" for "above" nor a bare "▁" for "2";
   - ``"first_word"`` (generated text, e.g. steering): the first word of the generation (lower
     case, punctuation stripped) is the answer (lower case, stripped).
 
@@ -99,7 +101,8 @@ def is_correct(vlm, answer: Answer, *, predicted: int | None = None, generated: 
     if int(predicted) == answer.target:
         return True
     text = vlm.tokenizer.decode([int(predicted)]).strip().lower()
-    return bool(text) and gold.startswith(text)
+    target = vlm.tokenizer.decode([answer.target]).strip().lower()
+    return bool(text) and gold.startswith(text) and text.startswith(target)
 
 
 def next_token_logits(vlm, prepared: PreparedInputs) -> torch.Tensor:

@@ -24,7 +24,8 @@ Two context managers use the sites, and both always remove their hooks:
 * ``reading(vlm, sites)`` yields ``{Site: tensor}`` filled by every forward inside the block
   (or calls ``on_value(site, tensor)`` instead, to reduce a state as soon as it exists);
 * ``editing(vlm, {site: fn})`` replaces each site's state by ``fn(state)`` (``add``, ``ablate``
-  and ``replace`` build the usual edits: steering vectors, interventions).
+  and ``replace`` build the usual edits: steering vectors, interventions). Edits run before
+  reads of the same site, whichever block was entered first: a read sees the edited state.
 
 Everything in the package that hooks a module goes through ``hooked`` (the one primitive).
 """
@@ -141,18 +142,23 @@ def _hook_point(vlm, s: Site) -> tuple[nn.Module, str]:
 
 
 @contextlib.contextmanager
-def hooked(module: nn.Module, pre: Callable | None = None, post: Callable | None = None) -> Iterator[None]:
+def hooked(module: nn.Module, pre: Callable | None = None, post: Callable | None = None,
+           first: bool = False) -> Iterator[None]:
     """The one hook primitive: run ``pre(args, kwargs)`` / ``post(args, kwargs, output)`` on ``module``.
 
     ``pre`` may return ``(args, kwargs)`` to replace the module's inputs, ``post`` a new output;
-    returning None leaves them as they are. The hooks are removed on exit, even after an error.
+    returning None leaves them as they are. ``first`` runs the hooks before those already there
+    (edits use it, so that a read of the same site sees the edited state). The hooks are removed
+    on exit, even after an error.
     """
     handles = []
     try:
         if pre is not None:
-            handles.append(module.register_forward_pre_hook(lambda m, a, k: pre(a, k), with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(lambda m, a, k: pre(a, k), with_kwargs=True,
+                                                            prepend=first))
         if post is not None:
-            handles.append(module.register_forward_hook(lambda m, a, k, o: post(a, k, o), with_kwargs=True))
+            handles.append(module.register_forward_hook(lambda m, a, k, o: post(a, k, o), with_kwargs=True,
+                                                        prepend=first))
         yield
     finally:
         for handle in handles:
@@ -160,7 +166,8 @@ def hooked(module: nn.Module, pre: Callable | None = None, post: Callable | None
 
 
 @contextlib.contextmanager
-def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor | None]]) -> Iterator[None]:
+def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor | None]],
+              first: bool = False) -> Iterator[None]:
     """Call ``handlers[site](state)`` at each site in every forward; a returned tensor replaces the state."""
     with contextlib.ExitStack() as stack:
         for s, handler in handlers.items():
@@ -175,7 +182,7 @@ def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor
                         return args, {**kwargs, "hidden_states": new}
                     return (new, *args[1:]), kwargs
 
-                stack.enter_context(hooked(module, pre=pre))
+                stack.enter_context(hooked(module, pre=pre, first=first))
             else:
                 def post(args, kwargs, output, handler=handler):
                     new = handler(output[0] if isinstance(output, tuple) else output)
@@ -183,7 +190,7 @@ def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor
                         return None
                     return (new, *output[1:]) if isinstance(output, tuple) else new
 
-                stack.enter_context(hooked(module, post=post))
+                stack.enter_context(hooked(module, post=post, first=first))
         yield
 
 
@@ -227,7 +234,7 @@ def editing(vlm, edits: Mapping) -> Iterator[None]:
             shape (see ``add``, ``ablate``, ``replace``).
     """
     resolved = {site(spec, vlm): edit for spec, edit in edits.items()}
-    with _at_sites(vlm, resolved):
+    with _at_sites(vlm, resolved, first=True):
         yield
 
 

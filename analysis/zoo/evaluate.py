@@ -10,21 +10,22 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.data.shapes import DEFAULT_IMAGE_SIZE, QUESTION_TYPES, Sample, make_samples
+from analysis.models import VLM, load_vlm
+from analysis.models.answers import answer_tokens, is_correct
+from analysis.zoo.registry import checkpoint_path
 
 EVAL_SEED = 10_000  # training streams use seeds below 1000 (see analysis.zoo.train)
 
 
-def _unpack(vlm: Any):
-    """Return (model, processor) from a VLM-like object, a (model, processor) pair or a folder."""
-    if isinstance(vlm, (str, Path)):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from analysis.zoo.registry import checkpoint_path
-        path = Path(vlm) if Path(vlm).is_dir() else checkpoint_path(str(vlm))
-        return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32), AutoProcessor.from_pretrained(path)
-    if isinstance(vlm, (tuple, list)):
+def _as_vlm(vlm: Any) -> VLM:
+    """Return a ``VLM`` for a VLM, a (model, processor) pair, a checkpoint folder or a zoo name."""
+    if isinstance(vlm, VLM):
         return vlm
-    return vlm.model, vlm.processor
+    if isinstance(vlm, (tuple, list)):
+        model, processor = vlm
+        return VLM.from_parts(model, processor, name=str(getattr(model, "name_or_path", "") or "model"))
+    path = Path(vlm) if Path(vlm).is_dir() else checkpoint_path(str(vlm))
+    return load_vlm(str(path), device="cpu", dtype="float32")
 
 
 def answer_map(model) -> dict[str, str]:
@@ -34,30 +35,30 @@ def answer_map(model) -> dict[str, str]:
 
 @torch.no_grad()
 def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Return one row per sample: question_type, question, answer, prediction, p_answer, correct.
+    """Return one row per sample: question_type, question, answer, prediction, p_answer, correct, chance.
 
-    ``prediction`` is the greedy first token after the generation prompt; ``answer`` is the gold
-    answer after the checkpoint's answer map; ``p_answer`` its softmax probability (fp32).
-    Prompts are batched by token length, so no padding enters the forward pass.
+    Inputs are built by ``VLM.prepare`` (the family's chat template), as every probe builds them.
+    ``prediction`` is the greedy next token at the last prompt position, decoded; ``answer`` the
+    gold answer after the checkpoint's answer map; ``p_answer`` the softmax probability (fp32) of
+    its target token; ``correct`` rule ``"first_token"`` of ``analysis.models.answers``. Prompts
+    are batched by token length, so no padding enters the forward pass.
     """
-    model, processor = _unpack(vlm)
-    model.eval()
-    renames, tok = answer_map(model), processor.tokenizer
-    prompts = [processor.apply_chat_template(s.messages, add_generation_prompt=True) for s in samples]
-    lengths = [len(tok(p).input_ids) for p in prompts]
+    vlm = _as_vlm(vlm)
+    renames = answer_map(vlm.model)
+    prepared = [vlm.prepare(s.image, s.question) for s in samples]
     rows = {}
-    for group in tqdm(_batches(lengths, batch_size), desc="evaluate", disable=not progress, leave=False):
-        inputs = processor(text=[prompts[i] for i in group], images=[samples[i].image for i in group],
-                           return_tensors="pt").to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        probs = model(**inputs).logits[:, -1].float().softmax(-1)
+    for group in tqdm(_batches([p.length for p in prepared], batch_size), desc="evaluate", disable=not progress,
+                      leave=False):
+        batch, _ = vlm.adapter.pad([prepared[i].inputs for i in group])
+        probs = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float().softmax(-1)
         for row, i in enumerate(group):
             s = samples[i]
-            gold = renames.get(s.answer, s.answer)
-            gold_id = tok(gold, add_special_tokens=False).input_ids[0]
-            pred = tok.decode([int(probs[row].argmax())]).strip()
-            rows[i] = dict(question_type=s.question_type, question=s.question, answer=gold, prediction=pred,
-                           p_answer=float(probs[row, gold_id]), correct=pred == gold, chance=1 / len(s.options))
+            gold = answer_tokens(vlm, prepared[i].prompt, renames.get(s.answer, s.answer))
+            predicted = int(probs[row].argmax())
+            rows[i] = dict(question_type=s.question_type, question=s.question, answer=gold.text,
+                           prediction=vlm.tokenizer.decode([predicted]).strip(),
+                           p_answer=float(probs[row, gold.target]),
+                           correct=is_correct(vlm, gold, predicted=predicted), chance=1 / len(s.options))
     return pd.DataFrame([rows[i] for i in range(len(samples))])
 
 
@@ -117,11 +118,11 @@ def evaluate(vlm: Any, n: int = 700, seed: int = EVAL_SEED, question_types: Sequ
              image_size: int | None = None, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
     """Return accuracy per question type on ``n`` fresh scenes, plus an "overall" row.
 
-    Columns: question_type, n, accuracy, chance (mean of 1 / number of options). ``vlm`` is a
-    loaded VLM (``.model``, ``.processor``), a (model, processor) pair, a checkpoint folder or a
-    zoo name. ``image_size`` renders scenes at another size (the processor resizes them); default
+    Columns: question_type, n, accuracy (rule ``"first_token"`` of ``analysis.models.answers``),
+    chance (mean of 1 / number of options). ``vlm`` is a loaded ``VLM``, a (model, processor)
+    pair, a checkpoint folder or a zoo name. ``image_size`` renders scenes at another size (the processor resizes them); default
     ``scene_size(processor)``.
     """
-    model, processor = _unpack(vlm)
-    samples = make_samples(n, seed, question_types, image_size=image_size or scene_size(processor))
-    return _table(predict((model, processor), samples, batch_size, progress))
+    vlm = _as_vlm(vlm)
+    samples = make_samples(n, seed, question_types, image_size=image_size or scene_size(vlm.processor))
+    return _table(predict(vlm, samples, batch_size, progress))
