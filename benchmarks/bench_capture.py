@@ -53,7 +53,7 @@ def run(n: int, batch_size: int) -> dict:
 
     vlm, model = load_model()
     samples = as_samples(make_samples(n, seed=123))  # renders the images before the clock starts
-    sites = [("input", 0)] + [("output", layer) for layer in range(vlm.n_layers)]
+    sites = ["embed"] + [("resid_post", layer) for layer in range(vlm.n_layers)]
     capture(vlm, samples[:batch_size], sites=sites, batch_size=batch_size, progress=False)  # warm-up
     before = _status_mb("VmRSS")
     _reset_peak()

@@ -50,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -329,6 +329,163 @@ class _PixelRunner:
         return torch.log_softmax(logits, dim=-1)[:, self.token]
 
 
+# --- strategies: one per kind of method ---------------------------------------------------------
+def _embedding_baseline(values: torch.Tensor, baseline: str | None) -> torch.Tensor:
+    """Return the ``(1, N, hidden)`` embedding baseline: the tokens' mean for ``"mean"``, else zeros."""
+    return values.mean(dim=1, keepdim=True).expand_as(values) if baseline == "mean" else torch.zeros_like(values)
+
+
+@dataclass
+class _EmbeddingGradients:
+    """A gradient method of ``GRADIENT_METHODS`` on the embeddings entering the language model.
+
+    captum differentiates the target's log-probability with respect to the ``(1, N, hidden)``
+    embeddings of the ``N`` feature tokens. The forward maps ``(B, N, hidden)`` embeddings to
+    ``(B,)`` log-probabilities (``_EmbeddingRunner`` reruns the language model with them in
+    place); Integrated Gradients runs ``B = batch_size`` interpolation steps per forward. The
+    ``(1, N, hidden)`` attribution is summed over hidden into ``(N,)`` token scores, and those are
+    summed over each of the ``G`` groups.
+
+    Attributes:
+        vlm: the model.
+        prepared: the input.
+        token: the vocabulary id whose log-probability is explained.
+        features: the resolved features: ``N`` tokens in ``G`` groups.
+        method: ``"integrated_gradients"``, ``"saliency"`` or ``"input_x_gradient"``.
+        baseline: Integrated Gradients' ``(1, N, hidden)`` baseline: zeros (``"zero"`` or None,
+            the default) or the mean of the ``N`` tokens' embeddings (``"mean"``). Unused by the others.
+        n_steps: Integrated Gradients' steps.
+        batch_size: Integrated Gradients' ``internal_batch_size``.
+    """
+
+    vlm: VLM
+    prepared: PreparedInputs
+    token: int
+    features: _Features
+    method: str
+    baseline: str | None
+    n_steps: int
+    batch_size: int
+
+    def attribute(self) -> tuple[np.ndarray, float | None]:
+        """Return the ``(G,)`` group scores and Integrated Gradients' convergence delta (else None)."""
+        runner = _EmbeddingRunner(self.vlm, self.prepared, self.token)
+        positions = self.features.positions.to(self.vlm.device)
+        values = runner.embeds[:, positions].clone().requires_grad_(True)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return runner.logprob(positions, x)
+
+        delta = None
+        algorithm = GRADIENT_METHODS[self.method](forward)
+        if self.method == "integrated_gradients":
+            base = _embedding_baseline(values, self.baseline)
+            with torch.enable_grad():
+                attr, deltas = algorithm.attribute(values, baselines=base, n_steps=self.n_steps,
+                                                   internal_batch_size=self.batch_size, return_convergence_delta=True)
+            delta = float(deltas.sum())
+        else:
+            with torch.enable_grad():
+                attr = algorithm.attribute(values)
+        per_token = attr[0].float().sum(-1).detach().cpu().numpy().astype(float)
+        groups = self.features.groups
+        valid = groups >= 0
+        return np.bincount(groups[valid], weights=per_token[valid], minlength=len(self.features.ids)), delta
+
+
+@dataclass
+class _Perturbation:
+    """What the perturbation strategies share: a method of ``PERTURBATION_METHODS`` over group presence.
+
+    captum perturbs a ``(1, G)`` presence vector of ones (1 = present, baseline 0 = absent),
+    ``batch_size`` perturbations per forward, so the forward maps a ``(B, G)`` presence matrix to
+    ``(B,)`` log-probabilities of the target; its ``(1, G)`` attribution gives the ``(G,)`` scores.
+    The global RNG (and CUDA's on a GPU) is forked and seeded with ``seed`` around the call.
+
+    Attributes:
+        vlm: the model.
+        prepared: the input.
+        token: the vocabulary id whose log-probability is explained.
+        features: the resolved features: ``N`` tokens in ``G`` groups.
+        method: ``"occlusion"`` or ``"kernel_shap"``.
+        n_samples: KernelSHAP's coalitions.
+        batch_size: captum's ``perturbations_per_eval``.
+        seed: the seed of captum's sampling.
+    """
+
+    vlm: VLM
+    prepared: PreparedInputs
+    token: int
+    features: _Features
+    method: str
+    n_samples: int
+    batch_size: int
+    seed: int
+
+    def _group_scores(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Return the ``(G,)`` scores of the method with ``forward``: ``(B, G)`` presence -> ``(B,)``."""
+        algorithm = PERTURBATION_METHODS[self.method](forward)
+        options = {"n_samples": self.n_samples} if self.method == "kernel_shap" else {}
+        device = self.vlm.device
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            attr = algorithm.attribute(torch.ones(1, len(self.features.ids), device=device), baselines=0.0,
+                                       perturbations_per_eval=self.batch_size, **options)
+        return attr[0].float().cpu().numpy().astype(float)
+
+
+@dataclass
+class _EmbeddingPerturbation(_Perturbation):
+    """Perturbation over embeddings: an absent group's tokens enter the language model as the baseline.
+
+    The ``(1, N, hidden)`` embeddings of the ``N`` feature tokens become, for each row of a
+    ``(B, G)`` presence matrix, ``baseline + present * (embeddings - baseline)`` per token (tokens in
+    no group stay present), and ``_EmbeddingRunner`` reruns only the language model on the
+    ``(B, N, hidden)`` result.
+
+    Attributes:
+        baseline: the ``(1, N, hidden)`` absent value: zeros (``"zero"`` or None, the default) or
+            the mean of the ``N`` tokens' embeddings (``"mean"``). The others as ``_Perturbation``.
+    """
+
+    baseline: str | None
+
+    def attribute(self) -> tuple[np.ndarray, None]:
+        """Return the ``(G,)`` group scores and None (no convergence delta)."""
+        runner = _EmbeddingRunner(self.vlm, self.prepared, self.token)
+        positions = self.features.positions.to(self.vlm.device)
+        values = runner.embeds[:, positions].clone()
+        base = _embedding_baseline(values, self.baseline)
+        groups = torch.as_tensor(self.features.groups, device=self.vlm.device)
+
+        def forward(present: torch.Tensor) -> torch.Tensor:
+            keep = torch.cat([present, present.new_ones(len(present), 1)], dim=1)[:, groups]  # -1: kept
+            return runner.logprob(positions, base + keep[..., None].to(values.dtype) * (values - base))
+
+        return self._group_scores(forward), None
+
+
+@dataclass
+class _PixelPerturbation(_Perturbation):
+    """Perturbation over pixels: an absent group's pixel segments are filled and the whole VLM reruns.
+
+    For each row of a ``(B, G)`` presence matrix, ``_PixelRunner`` fills the absent groups'
+    segments of the ``(H, W)`` map ``features.segments`` with ``fill`` in the original image, reruns
+    the processor and the VLM, and returns ``(B,)`` log-probabilities.
+
+    Attributes:
+        fill: the RGB fill colour. The others as ``_Perturbation``.
+    """
+
+    fill: tuple[int, int, int]
+
+    def attribute(self) -> tuple[np.ndarray, None]:
+        """Return the ``(G,)`` group scores and None (no convergence delta)."""
+        runner = _PixelRunner(self.vlm, self.prepared, self.token, self.features.segments, self.features.ids,
+                              self.fill)
+        return self._group_scores(runner.logprob), None
+
+
 # --- the public entry point ---------------------------------------------------------------------
 def resolve_target(vlm: VLM, prepared: PreparedInputs, target: str | int = "answer",
                    logits: torch.Tensor | None = None) -> int:
@@ -425,44 +582,16 @@ def attribute(
     logits = next_token_logits(vlm, inputs)
     token = resolve_target(vlm, inputs, target, logits)
     feats = _resolve_features(inputs, features, perturb)
-    if pixels:
-        fill = _fill(inputs.image, baseline or "mean")
-        forward = _PixelRunner(vlm, inputs, token, feats.segments, feats.ids, fill).logprob
-    else:
-        runner = _EmbeddingRunner(vlm, inputs, token)
-        positions = feats.positions.to(vlm.device)
-        values = runner.embeds[:, positions].clone().requires_grad_(gradient)
-        base = values.mean(dim=1, keepdim=True).expand_as(values) if baseline == "mean" else torch.zeros_like(values)
-        if gradient:
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                return runner.logprob(positions, x)
-        else:
-            groups = torch.as_tensor(feats.groups, device=vlm.device)
-
-            def forward(present: torch.Tensor) -> torch.Tensor:
-                keep = torch.cat([present, present.new_ones(len(present), 1)], dim=1)[:, groups]  # -1: kept
-                return runner.logprob(positions, base + keep[..., None].to(values.dtype) * (values - base))
-
-    delta = None
-    algorithm = (GRADIENT_METHODS if gradient else PERTURBATION_METHODS)[method](forward)
+    strategy: _EmbeddingGradients | _EmbeddingPerturbation | _PixelPerturbation
     if gradient:
-        with torch.enable_grad():
-            if method == "integrated_gradients":
-                attr, deltas = algorithm.attribute(values, baselines=base, n_steps=n_steps,
-                                                   internal_batch_size=batch_size, return_convergence_delta=True)
-                delta = float(deltas.sum())
-            else:
-                attr = algorithm.attribute(values)
-        per_token = attr[0].float().sum(-1).detach().cpu().numpy().astype(float)
-        valid = feats.groups >= 0
-        group_scores = np.bincount(feats.groups[valid], weights=per_token[valid], minlength=len(feats.ids))
+        strategy = _EmbeddingGradients(vlm, inputs, token, feats, method, baseline, n_steps, batch_size)
+    elif pixels:
+        strategy = _PixelPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
+                                      fill=_fill(inputs.image, baseline or "mean"))
     else:
-        options = {"n_samples": n_samples} if method == "kernel_shap" else {}
-        with torch.no_grad(), torch.random.fork_rng(devices=[vlm.device] if vlm.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            attr = algorithm.attribute(torch.ones(1, len(feats.ids), device=vlm.device), baselines=0.0,
-                                       perturbations_per_eval=batch_size, **options)
-        group_scores = attr[0].float().cpu().numpy().astype(float)
+        strategy = _EmbeddingPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
+                                          baseline=baseline)
+    group_scores, delta = strategy.attribute()
     scores = np.where(feats.groups >= 0, group_scores[np.maximum(feats.groups, 0)], np.nan)
     ids = inputs.input_ids[feats.positions].tolist()
     return Attribution(
