@@ -39,7 +39,7 @@ def _reference(image, text, seed):
             ref["alignment", "P-T", "matched", i, s] = _cos(p[i][s], t[i][s])
             ref["alignment", "P-T", "all pairs", i, s] = np.mean([_cos(p[i][s], t[m][s]) for m in range(n)])
             ref["alignment", "P-T", "shuffled", i, s] = _cos(p[i][s], t[perm[i]][s])
-            ref["alignment", "P-T", "image layer 0", i, s] = _cos(p[i][0], t[i][s])
+            ref["alignment", "P-T", "image at embed", i, s] = _cos(p[i][0], t[i][s])
             sims = np.array([[_cos(a, b) for b in text[i][s]] for a in image[i][s]])  # (|P|, |T|)
             ref["alignment", "P-T", "token max", i, s] = sims.max(0).mean()
             ref["alignment", "P-T", "token mean", i, s] = sims.mean()
@@ -64,7 +64,8 @@ def test_scores_match_plain_loops():
                            [torch.tensor(x, dtype=torch.float32) for x in text], meta, drift_steps=(1, 8), seed=4)
     ref = _reference(image, text, seed=4)
     ids = {s: i for i, s in enumerate(meta["sample"])}
-    values = {(r.measure, r.pair, r.variant, ids[r.sample], r.layer): r.value for r in got.itertuples()}
+    values = {(r.measure, r.pair, r.variant, ids[r.sample], 0 if r.site == "embed" else r.layer + 1): r.value
+              for r in got.itertuples()}  # state 0 is embed, state s is resid_post s - 1
     assert values.keys() == ref.keys()  # k=8 exceeds the 3 states and is skipped
     for key, expected in ref.items():
         assert values[key] == pytest.approx(expected, abs=1e-5), key
@@ -90,12 +91,14 @@ def test_implicit_alignment_on_a_tiny_model(tiny, samples):
     vlm = tiny("qwen2_vl")
     result = implicit_alignment(vlm, samples, progress=False)
     scores = result.scores
-    assert sorted(scores["layer"].unique()) == list(range(vlm.n_layers + 1))
-    layer0 = scores[scores.layer == 0].set_index(["sample", "variant"])["value"]
-    assert np.allclose(layer0.xs("image layer 0", level="variant"), layer0.xs("matched", level="variant"))
+    sites = scores[["site", "layer"]].drop_duplicates()
+    assert sites["site"].tolist() == ["embed"] + ["resid_post"] * vlm.n_layers
+    assert sites["layer"].iloc[0] is pd.NA and sites["layer"].iloc[1:].tolist() == list(range(vlm.n_layers))
+    embed = scores[scores.site == "embed"].set_index(["sample", "variant"])["value"]
+    assert np.allclose(embed.xs("image at embed", level="variant"), embed.xs("matched", level="variant"))
     summary = result.summary()
     assert {"mean", "std", "count"} <= set(summary.columns) and (summary["count"] == 3).all()
-    expected = scores[(scores.variant == "all pairs") & (scores.measure == "alignment") & (scores.layer > 0)]
+    expected = scores[(scores.variant == "all pairs") & (scores.measure == "alignment") & (scores.site == "resid_post")]
     assert result.score() == pytest.approx(expected.groupby("layer")["value"].mean().mean())
     assert result.accuracy == pytest.approx(result.meta["correct"].mean())
     for fig in (plot_alignment_curves(result, variant="token max"), plot_token_norms(result.scores)):

@@ -14,6 +14,8 @@ from analysis.errors import InputError
 
 Role = Literal["image", "question", "last", "other"]
 ROLES: tuple[Role, ...] = ("image", "question", "last", "other")
+# The token groups attention mass is split into (``"other"``: template, special tokens, the last position).
+TARGETS: tuple[str, ...] = ("image", "question", "other")
 Box = tuple[float, float, float, float]
 
 PATCH_COLUMNS = ["position", "tile", "row", "col", "kind", "x0", "y0", "x1", "y1"]

@@ -1,4 +1,8 @@
-"""Figures of ``AttentionMaps``: overlay grids per head or per layer, layer x head mass heatmaps."""
+"""Figures of ``AttentionMaps``: overlay grids per head or per layer, layer x head mass heatmaps.
+
+The maps are taken duck-typed (plots import nothing from the probes): any object with the
+attributes of ``AttentionMaps`` (``probes.attention``) will do.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from matplotlib.figure import Figure
 
 from analysis.errors import InputError
 from analysis.models import PreparedInputs
-from analysis.probes.attention import TARGETS, AttentionMaps
+from analysis.models.inputs import TARGETS
 from analysis.plots.style import COLUMN_WIDTH, SEQUENTIAL_CMAP
 
 KIND_LABELS = {
@@ -23,13 +27,13 @@ KIND_LABELS = {
 }
 
 
-def plot_head_overlays(maps: AttentionMaps, layer: int, *, query: int | None = None,
+def plot_head_overlays(maps, layer: int, *, query: int | None = None,
                        tiles: Sequence[int] | None = None, sort_by_mass: bool = True, normalise: bool = False,
                        kind: str = "attention", ncols: int = 4) -> Figure:
     """Return a grid of overlays, one panel per head of ``layer``, sorted by image mass.
 
     Args:
-        maps: the result of ``attention_maps``.
+        maps: an ``AttentionMaps`` (``probes.attention``), the result of ``attention_maps``.
         layer: a recorded layer.
         query: a recorded query position; None averages over the queries.
         tiles: tiles drawn together in each panel (they should not overlap); default: the tile
@@ -49,12 +53,12 @@ def plot_head_overlays(maps: AttentionMaps, layer: int, *, query: int | None = N
     return _overlay_grid(maps.prepared, values[order], titles, tiles, _label(kind, normalise), title, normalise, ncols)
 
 
-def plot_layer_overlays(maps: AttentionMaps, *, query: int | None = None, tiles: Sequence[int] | None = None,
+def plot_layer_overlays(maps, *, query: int | None = None, tiles: Sequence[int] | None = None,
                         normalise: bool = False, kind: str = "attention", ncols: int = 4) -> Figure:
     """Return a grid of overlays, one panel per recorded layer, heads averaged.
 
     Args:
-        maps: the result of ``attention_maps``.
+        maps: an ``AttentionMaps`` (``probes.attention``), the result of ``attention_maps``.
         query, tiles, normalise, ncols: as in ``plot_head_overlays``.
         kind: ``"attention"``, ``"corrected"`` or ``"rollout"`` (rollout up to each layer).
     """
@@ -64,12 +68,12 @@ def plot_layer_overlays(maps: AttentionMaps, *, query: int | None = None, tiles:
     return _overlay_grid(maps.prepared, values, titles, tiles, _label(kind, normalise), title, normalise, ncols)
 
 
-def plot_mass_heatmap(maps: AttentionMaps, targets: Sequence[str] = ("image", "question"), *,
+def plot_mass_heatmap(maps, targets: Sequence[str] = ("image", "question"), *,
                       query: int | None = None) -> Figure:
     """Return layer x head heatmaps of the attention mass on each target token group.
 
     Args:
-        maps: the result of ``attention_maps``.
+        maps: an ``AttentionMaps`` (``probes.attention``), the result of ``attention_maps``.
         targets: any of ``"image"``, ``"question"``, ``"other"``; one panel each.
         query: a recorded query position; None averages over the queries.
     """
@@ -155,7 +159,7 @@ def _mass_note(kind: str, mass: float) -> str:
     return "" if kind == "corrected" else f": image mass {mass:.2f}"
 
 
-def _select_query(maps: AttentionMaps, query: int | None):
+def _select_query(maps, query: int | None):
     """Rows of ``maps.mass`` for one recorded query position, or all of them."""
     if query is None:
         return maps.mass
@@ -164,7 +168,7 @@ def _select_query(maps: AttentionMaps, query: int | None):
     return maps.mass[maps.mass["query_pos"] == query]
 
 
-def _describe_queries(maps: AttentionMaps, query: int | None) -> str:
+def _describe_queries(maps, query: int | None) -> str:
     """Say which query rows a figure shows, e.g. ``"query: last position (587)"``."""
     if query is not None:
         return f"query: position {query} ({maps.prepared.roles[query]})"
@@ -187,7 +191,7 @@ def plot_localisation(frame, model: str, data: str) -> Figure:
     pointing-game hit rate (%), one line per map kind, mean with a 95% bootstrap band.
 
     Args:
-        frame: the output of ``analysis.probes.attention.localisation_sweep``.
+        frame: the output of ``localisation_sweep`` (``probes.attention``).
         model, data: shown in the title.
     """
     import seaborn as sns

@@ -45,7 +45,7 @@ def knockout_curves(result, model: str, data: str, by: str | None = None,
     (seeded, so the figure is reproducible).
 
     Args:
-        result: the ``KnockoutResult`` of ``analysis.probes.information_flow`` (its ``frame`` and
+        result: the ``KnockoutResult`` of ``probes.information_flow`` (its ``frame`` and
             ``window``; to draw a subset, ``dataclasses.replace(result, frame=rows)``).
         model, data: shown in the title (model id; what the samples are).
         by: a column to draw one panel per value of (e.g. ``"question_type"``), or None.
@@ -65,7 +65,7 @@ def logit_lens_curves(frame: pd.DataFrame, model: str, data: str, by: str | None
     """Line plot of the logit lens: x = decoder layer, y = probability (%) of each tracked token.
 
     Args:
-        frame: the output of ``analysis.probes.logit_lens`` (one position per sample is drawn:
+        frame: the output of ``probes.logit_lens`` (one position per sample is drawn:
             rows with role ``"last"``; the ``prediction`` curve is left out when answers are known).
         model, data: shown in the title.
         by: a column to draw one panel per value of, or None.
@@ -87,7 +87,7 @@ def plot_region_knockout(frame: pd.DataFrame, chance: float, model: str, data: s
     other patches blocked; chance drawn as a dotted line.
 
     Args:
-        frame: the ``frame`` of ``analysis.probes.region_knockout``'s result.
+        frame: the ``frame`` of ``probes.region_knockout``'s result.
         chance: chance accuracy (%) of the same samples.
         model, data: shown in the title.
     """

@@ -1,4 +1,9 @@
-"""Figures of the representation probes: implicit alignment, concept shift and steering."""
+"""Figures of the representation probes: implicit alignment, concept shift and steering.
+
+Results are taken duck-typed (plots import nothing from the probes): an ``AlignmentResult`` or
+``AlignmentAccuracy`` (``probes.alignment``), a ``ShiftResult`` (``probes.shift``), a
+``SteeringResult`` (``probes.steering``), or any object with the attributes a figure reads.
+"""
 
 from __future__ import annotations
 
@@ -13,34 +18,54 @@ from scipy import stats
 
 from analysis.errors import InputError
 from analysis.plots.style import COLUMN_WIDTH, PALETTE
-from analysis.probes.alignment import AlignmentAccuracy, AlignmentResult
-from analysis.probes.shift import ShiftResult
-from analysis.probes.steering import SteeringResult
 
-LAYER_LABEL = "hidden state (0 = LLM input, l = after decoder layer l - 1)"
+SITE_LABEL = "site (embed, then output of decoder layer)"
 
 
-def _scores(result: AlignmentResult | pd.DataFrame) -> pd.DataFrame:
-    scores = result.scores if isinstance(result, AlignmentResult) else result
+def _scores(result) -> pd.DataFrame:
+    """The score table of an ``AlignmentResult`` (its ``scores``), or the table itself."""
+    scores = result if isinstance(result, pd.DataFrame) else result.scores
     if scores.empty:
         raise InputError("no alignment scores to plot")
     return scores
 
 
+def _sequence(rows: pd.DataFrame) -> pd.Series:
+    """Each row's x in the hidden-state sequence: -1 for ``embed``, ``i`` for the output of decoder layer ``i``."""
+    embed = (rows["site"] == "embed").to_numpy()
+    return pd.Series(np.where(embed, -1, rows["layer"].to_numpy(dtype=float, na_value=np.nan)), index=rows.index,
+                     name="x").astype(int)
+
+
 def _band(ax, rows: pd.DataFrame, label: str, color: str, linestyle: str = "-") -> None:
-    """Draw the mean over samples per layer with a +/- 1 std band."""
-    stats_ = rows.groupby("layer")["value"].agg(["mean", "std"]).fillna({"std": 0.0})
+    """Draw the mean over samples per site with a +/- 1 std band."""
+    stats_ = rows.groupby(_sequence(rows))["value"].agg(["mean", "std"]).fillna({"std": 0.0})
     ax.plot(stats_.index, stats_["mean"], label=label, color=color, linestyle=linestyle, marker="o")
     ax.fill_between(stats_.index, stats_["mean"] - stats_["std"], stats_["mean"] + stats_["std"], color=color,
                     alpha=0.2, linewidth=0)
 
 
-def plot_alignment_curves(result: AlignmentResult | pd.DataFrame, *, variant: str = "all pairs",
+def _site_axis(ax, scores: pd.DataFrame, most: int = 9) -> None:
+    """Label the x axis with the hidden-state sequence: ``embed``, then decoder layers ``0 .. L-1``.
+
+    At most ``most`` evenly spaced ticks, starting at ``embed``.
+    """
+    xs = np.unique(_sequence(scores).to_numpy())
+    step = max(1, math.ceil(len(xs) / most))
+    ticks = xs[::step]
+    ax.set_xticks(ticks, ["embed" if x == -1 else str(x) for x in ticks])
+    ax.set_xlabel(SITE_LABEL)
+
+
+def plot_alignment_curves(result, *, variant: str = "all pairs",
                           control: bool = True, title: str | None = None) -> Figure:
-    """Return cosine similarity per layer: P-vs-T (``variant``), P-vs-P and T-vs-T, +/- 1 std over samples.
+    """Return cosine similarity per site: P-vs-T (``variant``), P-vs-P and T-vs-T, +/- 1 std over samples.
+
+    The x axis is the hidden-state sequence: ``embed`` (the LLM input), then the output
+    (``resid_post``) of decoder layers ``0 .. L-1``.
 
     Args:
-        result: ``implicit_alignment``'s result or its ``scores`` table.
+        result: an ``AlignmentResult`` (``implicit_alignment``'s result) or its ``scores`` table.
         variant: the P-T alignment variant drawn (``"matched"``, ``"all pairs"``, ``"token max"`` ...).
         control: also draw the shuffled-pair P-T control (dashed).
         title: figure title (say the model and the data).
@@ -57,17 +82,19 @@ def plot_alignment_curves(result: AlignmentResult | pd.DataFrame, *, variant: st
         if rows.empty:
             raise InputError(f"no {measure} {pair} {var!r} scores in this result")
         _band(ax, rows, label, color, style_)
-    ax.set_xlabel(LAYER_LABEL)
+    _site_axis(ax, scores)
     ax.set_ylabel("cosine similarity")
-    ax.xaxis.get_major_locator().set_params(integer=True)
     fig.legend(loc="outside lower center", ncols=2)
     if title:
         ax.set_title(title)
     return fig
 
 
-def plot_token_norms(result: AlignmentResult | pd.DataFrame, *, log: bool = True, title: str | None = None) -> Figure:
-    """Return the mean token L2 norm per layer for image and text tokens, +/- 1 std over samples."""
+def plot_token_norms(result, *, log: bool = True, title: str | None = None) -> Figure:
+    """Return the mean token L2 norm per site for image and text tokens, +/- 1 std over samples.
+
+    ``result``: as in ``plot_alignment_curves``; the x axis is the same hidden-state sequence.
+    """
     scores = _scores(result)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
     for pair, label, color in (("P", "image tokens", PALETTE[0]), ("T", "text tokens", PALETTE[2])):
@@ -77,17 +104,19 @@ def plot_token_norms(result: AlignmentResult | pd.DataFrame, *, log: bool = True
         _band(ax, rows, label, color)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel(LAYER_LABEL)
+    _site_axis(ax, scores)
     ax.set_ylabel("token L2 norm")
-    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     if title:
         ax.set_title(title)
     return fig
 
 
-def plot_score_vs_accuracy(result: AlignmentAccuracy, *, title: str | None = None) -> Figure:
-    """Return a scatter of the IMA score against accuracy per checkpoint, with both correlations."""
+def plot_score_vs_accuracy(result, *, title: str | None = None) -> Figure:
+    """Return a scatter of the IMA score against accuracy per checkpoint, with both correlations.
+
+    ``result``: an ``AlignmentAccuracy`` (``alignment_vs_accuracy``'s result).
+    """
     table = result.table
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.8))
     ax.scatter(table["score"], table["accuracy"], color=PALETTE[0], zorder=3)
@@ -115,13 +144,13 @@ def plot_score_vs_accuracy(result: AlignmentAccuracy, *, title: str | None = Non
     return fig
 
 
-def plot_concept_grid(result: ShiftResult, *, model: str = "base", concepts: Sequence[int] | None = None,
+def plot_concept_grid(result, *, model: str = "base", concepts: Sequence[int] | None = None,
                       n_images: int = 4, n_words: int = 5, final_norm: bool = True,
                       title: str | None = None) -> Figure:
     """Return one row per concept: its top words (logit lens of the concept vector) and top images.
 
     Args:
-        result: a grounded ``representation_shift`` result.
+        result: a grounded ``representation_shift`` result (a ``ShiftResult``).
         model: ``"base"``, ``"shifted"`` or ``"finetuned"`` concepts.
         concepts: which concepts (default: all, largest first by assigned samples for base /
             shifted, by index for fine-tuned).
@@ -159,8 +188,11 @@ def plot_concept_grid(result: ShiftResult, *, model: str = "base", concepts: Seq
     return fig
 
 
-def plot_recovery(result: ShiftResult, *, title: str | None = None) -> Figure:
-    """Return bars per base concept: cosine to its matched fine-tuned concept, original vs shifted."""
+def plot_recovery(result, *, title: str | None = None) -> Figure:
+    """Return bars per base concept: cosine to its matched fine-tuned concept, original vs shifted.
+
+    ``result``: a ``ShiftResult`` (``representation_shift``'s result).
+    """
     table = result.concepts.dropna(subset=["recovery"]).sort_values("recovery", ascending=False)
     if table.empty:
         raise InputError("no concept has samples; nothing to plot")
@@ -179,8 +211,11 @@ def plot_recovery(result: ShiftResult, *, title: str | None = None) -> Figure:
     return fig
 
 
-def plot_consistency_vs_recovery(result: ShiftResult, *, title: str | None = None) -> Figure:
-    """Return a scatter of each concept's shift consistency against its recovery, with Spearman's rho."""
+def plot_consistency_vs_recovery(result, *, title: str | None = None) -> Figure:
+    """Return a scatter of each concept's shift consistency against its recovery, with Spearman's rho.
+
+    ``result``: a ``ShiftResult`` (``representation_shift``'s result).
+    """
     table = result.concepts.dropna(subset=["recovery", "consistency"])
     if len(table) < 3:
         raise InputError("need at least 3 concepts with 2 or more samples each")
@@ -196,10 +231,11 @@ def plot_consistency_vs_recovery(result: ShiftResult, *, title: str | None = Non
     return fig
 
 
-def plot_steering_outcomes(result: SteeringResult, *, title: str | None = None) -> Figure:
+def plot_steering_outcomes(result, *, title: str | None = None) -> Figure:
     """Return grouped bars per alpha: targeted answers flipped, answers changed, untargeted accuracy.
 
-    The unsteered untargeted accuracy is drawn as a dashed line.
+    ``result``: a ``SteeringResult`` (``steering_effect``'s result). The unsteered untargeted
+    accuracy is drawn as a dashed line.
     """
     summary = result.summary
     if summary.empty:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,9 +14,6 @@ from matplotlib.patches import Rectangle
 from analysis.errors import InputError
 from analysis.models.localisation import positive_part
 from analysis.plots.style import COLUMN_WIDTH, PALETTE, SEQUENTIAL_CMAP
-
-if TYPE_CHECKING:
-    from analysis.probes.sanity import MapSet
 
 _LINESTYLES = ("-", "--", ":", "-.")
 FLAG = " (survives randomisation)"
@@ -33,7 +29,7 @@ def plot_randomisation(frame: pd.DataFrame, *, threshold: float | None = 0.5, ti
     """Return the cascading-randomisation curves: rank correlation with the original map per stage.
 
     Args:
-        frame: ``analysis.probes.sanity.randomisation`` output (``stage_index, stage, method, rho``).
+        frame: ``randomisation`` (``probes.sanity``) output (``stage_index, stage, method, rho``).
         threshold: draw the survival threshold as a dashed line (None: no line).
         title: figure title; say the model and the data.
 
@@ -79,7 +75,7 @@ def plot_comparison(table: pd.DataFrame, *, title: str | None = None, timing: bo
     """Return the comparison figure: one panel per check, methods as rows.
 
     Args:
-        table: ``analysis.probes.sanity.comparison_table`` output.
+        table: ``comparison_table`` (``probes.sanity``) output.
         title: figure title; say the model and the data.
         timing: draw the seconds-per-sample panel (default). Wall-clock times differ from run to
             run, so figures that must be byte-identical across reruns leave it out.
@@ -123,12 +119,12 @@ def plot_comparison(table: pd.DataFrame, *, title: str | None = None, timing: bo
     return fig
 
 
-def plot_method_maps(maps: "MapSet", sample: int = 0, *, tile: int | None = None, ncols: int = 5,
+def plot_method_maps(maps, sample: int = 0, *, tile: int | None = None, ncols: int = 5,
                      title: str | None = None) -> Figure:
     """Return every method's map of one sample side by side over the image, each min-max scaled.
 
     Args:
-        maps: ``analysis.probes.sanity.compute_maps`` output.
+        maps: a ``MapSet`` (``probes.sanity``), the ``compute_maps`` output; taken duck-typed.
         sample: index into ``maps.samples``.
         tile: the tile to draw (default: the reference tile, the finest covering the image).
         ncols: most panels per row.

@@ -1,12 +1,14 @@
 """Implicit multimodal alignment (IMA): how image tokens sit relative to text tokens in the LLM.
 
 Reference: Shukor & Cord, "Implicit Multimodal Alignment: On the Generalization of Frozen LLMs
-to Multimodal Inputs" (NeurIPS 2024). For every hidden state ``h_l`` (``l = 0`` is the LLM input,
-``l`` the output of decoder layer ``l - 1``; never final-normed), ``P`` are the image positions and
+to Multimodal Inputs" (NeurIPS 2024). The hidden states ``h`` are the sequence of activation sites
+(``analysis.models.sites``) ``embed`` (the LLM input), ``resid_post 0``, ..., ``resid_post L-1``
+(the output of each decoder layer, never final-normed). At each, ``P`` are the image positions and
 ``T`` the text positions after the image (question + teacher-forced answer by default; the
 chat template and system prompt are excluded). Mean-pooling gives ``p_n`` and ``t_n`` per example.
 
-Scores (rows of ``AlignmentResult.scores``, one per sample x layer x measure):
+Scores (rows of ``AlignmentResult.scores``, one per sample x site x measure; ``site`` is
+``"embed"`` or ``"resid_post"`` and ``layer`` the decoder layer, <NA> at ``embed``):
 
 =========  =====  ==============  ==================================================================
 measure    pair   variant         value for sample ``n``
@@ -17,12 +19,15 @@ alignment  P-T    shuffled        ``cos(p_n, t_pi(n))`` for a seeded derangement
 alignment  P-T    token max       mean over text tokens of the best cosine to any image token
 alignment  P-T    token mean      mean of the ``|P| x |T|`` token cosine matrix
 alignment  P-T    token median    median of that matrix
-alignment  P-T    image layer 0   ``cos(p_n at layer 0, t_n at layer l)``
+alignment  P-T    image at embed  ``cos(p_n at embed, t_n at the row's site)``
 cone       P-P    all pairs       ``mean_{m != n} cos(p_n, p_m)`` (narrow cone of image tokens)
 cone       T-T    all pairs       ``mean_{m != n} cos(t_n, t_m)``
-drift      P / T  k=1, k=8        mean over tokens of ``cos(h_l, h_{l+k})`` (layers ``l + k <= L``)
+drift      P / T  k=1, k=8        mean over tokens of ``cos(h_l, h_{l+k})`` (``h_l``: see below)
 norm       P / T  mean            mean L2 norm of the modality's tokens
 =========  =====  ==============  ==================================================================
+
+``h_l`` is the ``l``-th hidden state of the sequence embed, resid_post 0, ..., resid_post L-1;
+a drift row sits at the site of ``h_l``, so the last ``k`` sites have none.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from analysis.capture import Activations, capture
 from analysis.errors import InputError
 from analysis.data.samples import as_samples
 
-SCORE_COLUMNS = ["sample", "question_type", "layer", "measure", "pair", "variant", "value"]
+SCORE_COLUMNS = ["sample", "question_type", "site", "layer", "measure", "pair", "variant", "value"]
 
 
 @dataclass
@@ -71,23 +76,37 @@ class AlignmentResult:
         return float(correct.astype(float).mean()) if len(correct) else float("nan")
 
     def summary(self) -> pd.DataFrame:
-        """Return mean, std and count over samples per layer x measure x pair x variant."""
-        return (self.scores.groupby(["layer", "measure", "pair", "variant"], sort=False)["value"]
-                .agg(["mean", "std", "count"]).reset_index())
+        """Return mean, std and count over samples per site x layer x measure x pair x variant.
+
+        Columns ``site``, ``layer`` (<NA> at ``embed``), ``measure``, ``pair``, ``variant``, ``mean``,
+        ``std``, ``count``; rows in the order of ``scores`` (``embed`` first, then layer by layer).
+        """
+        return (self.scores.groupby(["site", "layer", "measure", "pair", "variant"], sort=False, dropna=False)
+                ["value"].agg(["mean", "std", "count"]).reset_index())
 
     def score(self, variant: str = "all pairs", layers: Sequence[int] | None = None) -> float:
         """Return the IMA score: the P-T ``variant`` alignment averaged over samples and ``layers``.
 
-        ``layers`` are hidden-state indices (default ``1 .. L``: every decoder layer's output).
+        ``layers`` are decoder layers, read at their output (``resid_post``; negative counts from
+        the end); default: every decoder layer (``embed``, the LLM input, is not included).
         """
         rows = self.scores[(self.scores["measure"] == "alignment") & (self.scores["variant"] == variant)]
         if rows.empty:
             raise InputError(f"no alignment variant {variant!r}; use one of "
                              f"{sorted(self.scores.loc[self.scores.measure == 'alignment', 'variant'].unique())}")
-        chosen = list(layers) if layers is not None else [l for l in rows["layer"].unique() if l > 0]
+        rows = rows[rows["site"] == "resid_post"]
+        n = int(rows["layer"].max()) + 1 if len(rows) else 0
+        if layers is None:
+            chosen = list(range(n))
+        else:
+            layers = list(layers)
+            if not layers or any(not -n <= l < n for l in layers):
+                raise InputError(f"layers {list(layers)} are not among the captured decoder layers 0..{n - 1} "
+                                 f"(negative counts from the end)")
+            chosen = [l % n for l in layers]
         rows = rows[rows["layer"].isin(chosen)]
         if rows.empty:
-            raise InputError(f"layers {chosen} are not among the captured hidden states 0..{self.scores.layer.max()}")
+            raise InputError("no decoder layer's output was captured; nothing to average")
         return float(rows.groupby("layer")["value"].mean().mean())
 
 
@@ -103,19 +122,21 @@ def implicit_alignment(
 ) -> AlignmentResult:
     """Return the implicit-alignment scores of ``vlm`` on ``samples`` at every hidden state.
 
+    The hidden states are the sites ``embed`` and ``resid_post`` of every decoder layer.
+
     Args:
         vlm: the model.
         samples: at least two samples; with the default ``text_role`` each needs its gold answer
             (it is teacher-forced after the prompt).
         text_role: the capture role(s) that make ``T`` (``"question"`` for samples without answers).
-        drift_steps: the ``k`` of the consecutive-layer drift ``cos(h_l, h_{l+k})``.
+        drift_steps: the ``k`` of the drift ``cos(h_l, h_{l+k})`` over the sequence embed, resid_post 0, ...
         seed: seed of the shuffled-pair control.
         batch_size, cache, progress: see ``analysis.capture.capture``.
     """
     samples = as_samples(samples)
     if len(samples) < 2:
         raise InputError("implicit alignment compares examples with each other: give at least 2 samples")
-    sites = [("input", 0)] + [("output", l) for l in range(vlm.n_layers)]
+    sites = ["embed"] + [("resid_post", l) for l in range(vlm.n_layers)]
     acts = capture(vlm, samples, sites=sites, roles=["image", text_role], pool=None, batch_size=batch_size,
                    cache=cache, progress=progress)
     image, text = _states(acts, "image"), _states(acts, text_role)
@@ -124,8 +145,8 @@ def implicit_alignment(
 
 
 def _states(acts: Activations, role: str) -> list[torch.Tensor]:
-    """Return per sample a ``(n_states, n_tokens, hidden)`` tensor: layer-0 input, then each output."""
-    per_site = [acts.get(role, layer, point) for point, layer in acts.sites]
+    """Return per sample a ``(n_sites, n_tokens, hidden)`` tensor, one state per captured site, in order."""
+    per_site = [acts.get(role, s) for s in acts.sites]
     return [torch.stack([site[n] for site in per_site]) for n in range(len(acts))]
 
 
@@ -139,7 +160,8 @@ def alignment_scores(
     """Compute the IMA score table from token states.
 
     Args:
-        image, text: per sample, ``(n_states, n_tokens, hidden)`` states of the image / text tokens.
+        image, text: per sample, ``(n_states, n_tokens, hidden)`` states of the image / text tokens;
+            state 0 is ``embed``, state ``s`` the output (``resid_post``) of decoder layer ``s - 1``.
         meta: per-sample table with ``sample`` and ``question_type`` columns, in the same order.
         drift_steps, seed: see ``implicit_alignment``.
 
@@ -157,14 +179,17 @@ def alignment_scores(
     off = ~torch.eye(n, dtype=torch.bool)
     blocks = []
 
-    def add(measure, pair, variant, values):  # values: (N, S') for layers 0..S'-1
+    def add(measure, pair, variant, values):  # values: (N, S') for states 0..S'-1
         values = np.asarray(values, dtype=float)
-        layers = np.arange(values.shape[1])
+        states = np.tile(np.arange(values.shape[1]), n)
+        layers = pd.array(states - 1, dtype="Int64")
+        layers[states == 0] = pd.NA  # embed: no decoder layer
         blocks.append(pd.DataFrame({
-            "sample": np.repeat(meta["sample"].to_numpy(), len(layers)),
-            "question_type": np.repeat(meta["question_type"].to_numpy(), len(layers)),
-            "layer": np.tile(layers, n), "measure": measure, "pair": pair, "variant": variant,
-            "value": values.reshape(-1)}))
+            "sample": np.repeat(meta["sample"].to_numpy(), values.shape[1]),
+            "question_type": np.repeat(meta["question_type"].to_numpy(), values.shape[1]),
+            "site": np.where(states == 0, "embed", "resid_post"),
+            "layer": layers,
+            "measure": measure, "pair": pair, "variant": variant, "value": values.reshape(-1)}))
 
     cross = torch.einsum("nsd,msd->snm", pn, tn)  # (S, N, N): cos(p_n, t_m) per state
     add("alignment", "P-T", "matched", torch.diagonal(cross, dim1=1, dim2=2).T)
@@ -173,7 +198,7 @@ def alignment_scores(
     token = torch.stack([_token_alignment(a.float(), b.float()) for a, b in zip(image, text)])  # (N, 3, S)
     for k, variant in enumerate(("token max", "token mean", "token median")):
         add("alignment", "P-T", variant, token[:, k])
-    add("alignment", "P-T", "image layer 0", (pn[:, :1] * tn).sum(-1))
+    add("alignment", "P-T", "image at embed", (pn[:, :1] * tn).sum(-1))
     for pair, x in (("P-P", pn), ("T-T", tn)):
         sims = torch.einsum("nsd,msd->snm", x, x)
         add("cone", pair, "all pairs", (sims * off).sum(2).T / (n - 1))
@@ -213,7 +238,7 @@ class AlignmentAccuracy:
             ``ci_low``, ``ci_high`` (percentile bootstrap over checkpoints), ``n_checkpoints``,
             ``n_boot`` (resamples with a defined coefficient), ``confidence``.
         results: the per-checkpoint ``AlignmentResult`` objects.
-        variant, layers: which score was correlated.
+        variant, layers: which score was correlated (``layers``: decoder layers; None: all).
     """
 
     table: pd.DataFrame
@@ -243,7 +268,8 @@ def alignment_vs_accuracy(
         checkpoints: ``{label: VLM or name}`` or a list of names (``"zoo:shapes-llava-step200"``,
             folders, hub ids); names are loaded one at a time with ``load_vlm``.
         samples: the same samples for every checkpoint, with gold answers.
-        variant, layers: the score (see ``AlignmentResult.score``).
+        variant, layers: the score (see ``AlignmentResult.score``; ``layers`` are decoder layers,
+            default all).
         accuracy: ``{label: accuracy}`` to use instead of the greedy first-token accuracy on
             ``samples`` (e.g. the zoo's held-out evaluation).
         n_boot, confidence, seed: percentile bootstrap over checkpoints for the interval.

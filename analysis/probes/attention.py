@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 from analysis.data.samples import as_samples
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
+from analysis.models.inputs import TARGETS
 from analysis.models.sites import Site, reading
 from analysis.probes.backend import Recording, probing
 from analysis.models.localisation import localisation_scores
 from analysis.probes.sinks import DEFAULT_THRESHOLD, detect_sinks
 
 QUERY_SPECS = ("last", "question", "question+last")
-TARGETS = ("image", "question", "other")
 KINDS = ("attention", "corrected", "rollout")
 
 
