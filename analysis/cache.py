@@ -30,6 +30,8 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from analysis.errors import InputError
+
 FORMAT = 1
 """Version of the entry layout; part of every key, so a format change invalidates old entries."""
 
@@ -38,12 +40,17 @@ class ActivationCache:
     """A folder of cached per-sample activations (see the module docstring).
 
     Attributes:
-        root: the cache folder (created on first write).
+        root: the cache folder (created on first write); an existing file there raises ``InputError``.
         hits, misses, corrupt: counters since creation (``corrupt`` counts entries found damaged).
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(
+                f"the activation cache needs a folder, but {str(self.root)!r} is a file; "
+                "pass a folder path (it is created if missing)"
+            )
         self.hits = 0
         self.misses = 0
         self.corrupt = 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from analysis import load_vlm
@@ -86,3 +90,59 @@ def test_bad_question_and_layer(tiny, photo):
         vlm.check_layer(vlm.n_layers)
     with pytest.raises(InputError, match="unknown dtype"):
         load_vlm("llava-hf/llava-1.5-7b-hf", dtype="float8")
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_question_with_image_placeholder(tiny, photo, family):
+    vlm = tiny(family)
+    placeholder = vlm.processor.image_token
+    with pytest.raises(InputError, match=rf"contains '{re.escape(placeholder)}'.*remove it from the question"):
+        vlm.prepare(photo, f"what is {placeholder} showing ?")
+
+
+def test_invalid_device_string():
+    with pytest.raises(InputError, match=r"device 'gpu0' is not available here; use one of 'auto', 'cpu'"):
+        load_vlm("tiny:llava", device="gpu0")
+
+
+def test_missing_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"device 'cuda' is not available here; use one of 'auto', 'cpu'"):
+        load_vlm("tiny:llava", device="cuda")
+
+
+def test_cuda_index_beyond_the_gpus_here(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match=r"device 'cuda:1' is not available.*'cuda', 'cuda:0'"):
+        load_vlm("tiny:llava", device="cuda:1")
+
+
+@pytest.mark.parametrize("size", [(5000, 10), (10, 5000)])
+def test_image_too_elongated_for_qwen2_vl(tiny, size):
+    with pytest.raises(ImageError, match=rf"Qwen2-VL processor cannot take this {size[0]}x{size[1]} image .*"
+                                         r"aspect ratio must be smaller than 200.*less elongated shape"):
+        tiny("qwen2_vl").prepare(Image.new("RGB", size), QUESTION)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_tiny_image_warns_that_it_is_upsampled(tiny, family):
+    vlm = tiny(family)
+    with pytest.warns(UserWarning, match=r"2x2 image is far below the model's input resolution.*upsampled image"):
+        prepared = vlm.prepare(Image.new("RGB", (2, 2)), QUESTION)
+    assert prepared.image.size == (2, 2)
+
+
+def test_normal_images_do_not_warn(tiny, photo, family):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tiny(family).prepare(photo, QUESTION)
+
+
+def test_cache_path_that_is_a_file(tmp_path):
+    from analysis.cache import ActivationCache
+
+    path = tmp_path / "cache.txt"
+    path.write_text("not a folder")
+    with pytest.raises(InputError, match="needs a folder.*is a file"):
+        ActivationCache(path)

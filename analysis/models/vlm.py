@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from analysis.data.images import ImageLike, load_image
-from analysis.errors import InputError, ModelNotFoundError, PromptTooLongError
+from analysis.errors import ImageError, InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 from analysis.models.sources import lookup
@@ -158,14 +159,39 @@ class VLM:
 
         Returns:
             A ``PreparedInputs`` on the model's device (batch of one).
+
+        Raises:
+            InputError: an empty question, or one that contains the processor's image placeholder.
+            ImageError: an image the processor refuses (e.g. too elongated for Qwen2-VL).
+
+        Warns:
+            UserWarning: both image sides are below 1/8 of the family's native input side
+            (``_native_side``), so the model sees a heavily upsampled image.
         """
         if not isinstance(question, str) or not question.strip():
             raise InputError("question must be a non-empty string")
         if template is not None and "{question}" not in template:
             raise InputError("template must contain '{question}'")
+        placeholder = getattr(self.processor, "image_token", None) or self.tokenizer.convert_ids_to_tokens(
+            self.adapter.image_token_id
+        )
+        if placeholder and placeholder in question:
+            raise InputError(
+                f"the question contains {placeholder!r}, the {self.adapter.title} processor's image placeholder; "
+                "remove it from the question: the image is passed separately and its tokens are inserted for you"
+            )
         image = load_image(image)
+        side = _native_side(getattr(self.processor, "image_processor", None))
+        if side is not None and max(image.size) < side / 8:
+            warnings.warn(
+                f"the {image.width}x{image.height} image is far below the model's input resolution (both sides "
+                f"under 1/8 of {self.adapter.title}'s native side, {side} px); the processor upsamples it, so results "
+                "describe an upsampled image. Pass a larger image if you can.",
+                UserWarning,
+                stacklevel=2,
+            )
         prompt = self.adapter.build_prompt(question, template)
-        inputs = dict(self.adapter.process(prompt, image))
+        inputs = dict(self._process(prompt, image))
         ids = inputs["input_ids"][0]
         if self.max_length is not None and len(ids) > self.max_length:
             raise PromptTooLongError(
@@ -203,6 +229,26 @@ class VLM:
             patches=patches, grids=layout.grids, tile_names=layout.tile_names,
         ).to(self.device)
 
+    def _process(self, prompt: str, image) -> dict:
+        """Return the adapter's processed inputs; raise ``ImageError`` if the processor refuses the image.
+
+        A processor failure is blamed on the image when the image processor alone fails on it too.
+        """
+        try:
+            return self.adapter.process(prompt, image)
+        except Exception as err:
+            try:
+                self.processor.image_processor(images=[image], return_tensors="pt")
+            except Exception:
+                width, height = image.size
+                ratio = max(width, height) / max(min(width, height), 1)
+                raise ImageError(
+                    f"the {self.adapter.title} processor cannot take this {width}x{height} image (aspect ratio "
+                    f"{ratio:.0f}:1): {err}. Crop or pad it to a less elongated shape (closer to square) "
+                    "that the processor accepts"
+                ) from None
+            raise
+
     def _question_positions(self, prompt: str, question: str, ids: torch.Tensor) -> np.ndarray:
         """Positions in the expanded ``ids`` of the question's tokens.
 
@@ -234,14 +280,54 @@ class VLM:
         )
 
 
+def _native_side(image_processor) -> int | None:
+    """Return the side in px of the family's native input image, from image processor settings.
+
+    The first that is set of: ``crop_size`` (CLIP-style centre crop), ``size`` height/width (fixed
+    resize), ``patch_size * merge_size`` (dynamic resolution: one merged token's cell; ``size`` then
+    holds pixel counts), ``max_image_size`` longest edge (tiled: one tile), ``size`` shortest or
+    longest edge. None if the processor has none of them.
+    """
+
+    def sizes(value) -> dict:
+        return {"height": value, "width": value} if isinstance(value, int) else dict(value or {})
+
+    crop, size = sizes(getattr(image_processor, "crop_size", None)), sizes(getattr(image_processor, "size", None))
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    for candidate in (
+        min(crop.get("height") or 0, crop.get("width") or 0),
+        min(size.get("height") or 0, size.get("width") or 0),
+        patch * merge if isinstance(patch, int) and isinstance(merge, int) else 0,
+        sizes(getattr(image_processor, "max_image_size", None)).get("longest_edge"),
+        size.get("shortest_edge") or size.get("longest_edge"),
+    ):
+        if candidate:
+            return int(candidate)
+    return None
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
+    """Return the torch device for ``device``; raise ``InputError`` unless it exists on this machine."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps" if mps else "cpu")
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = ["auto", "cpu", *(["cuda"] if n_cuda else []), *(f"cuda:{i}" for i in range(n_cuda))]
+    valid += ["mps"] if mps else []
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    ok = resolved is not None and (
+        resolved.type == "cpu"
+        or (resolved.type == "cuda" and (resolved.index or 0) < n_cuda)
+        or (resolved.type == "mps" and mps)
+    )
+    if not ok:
+        raise InputError(f"device {str(device)!r} is not available here; use one of {', '.join(map(repr, valid))}")
+    return resolved
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -297,7 +383,8 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
             ``"tiny:<family>"`` (or ``"tiny:<family>@<seed>"``) for a tiny random-weight model
             (``analysis.testing.tiny_vlm``), or any other registered ``<scheme>:<name>``
             (``analysis.models.sources.register_source``).
-        device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a device that exists here (``"cpu"``,
+            ``"cuda"``, ``"cuda:1"``, ``"mps"``); anything else raises ``InputError``.
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
 
     Returns:
