@@ -23,6 +23,8 @@ overrides (``-p KEY VALUE``, ``--model``, ``--device``) beat both levels.
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import re
 import sys
 import time
@@ -99,12 +101,25 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return {**shared, **overrides, **({PER_NOTEBOOK_KEY: sections} if sections else {})}
 
 
+def declared_parameters(notebook: Path) -> set[str]:
+    """Return the names that ``notebook``'s ``parameters`` cell assigns.
+
+    Read with Python's own parser: papermill's line parser silently drops a parameter whose
+    comment it cannot read (e.g. one with parentheses), and a dropped parameter cannot be set.
+    """
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    source = "".join(next((c["source"] for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), []))
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
 def notebook_params(notebook: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Return the parameters for ``notebook``: shared values, then its own section, restricted
     to the names its ``parameters`` cell declares."""
-    import papermill
-
-    declared = papermill.inspect_notebook(str(notebook))
+    declared = declared_parameters(notebook)
     merged = {**{k: v for k, v in params.items() if k != PER_NOTEBOOK_KEY},
               **params.get(PER_NOTEBOOK_KEY, {}).get(notebook.stem, {})}
     return {k: v for k, v in merged.items() if k in declared}
@@ -231,9 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import papermill
-
-    declared = set().union(*(papermill.inspect_notebook(str(n)) for n in notebooks))
+    declared = set().union(*(declared_parameters(n) for n in notebooks))
     for key in sorted(set(overrides) - declared):
         print(f"warning: no selected notebook has a parameter {key!r}; it is ignored", file=sys.stderr)
 

@@ -6,7 +6,11 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from pathlib import Path
+
 from analysis.runner import Result, find_notebooks, load_params, main, notebook_params, summary_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(path, parameters: str, *body: str):
@@ -76,3 +80,14 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path, capsys):
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["--notebooks", str(tmp_path), "--params", str(tmp_path / "none.yaml")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_every_parameter_a_params_file_sets_is_declared_by_its_notebook():
+    """A parameter the runner cannot see is silently not set (papermill's own parser dropped
+    02's ``n_per_type``, whose comment has parentheses): every section key must be declared."""
+    from analysis.runner import declared_parameters
+
+    for path in sorted((ROOT / "notebooks" / "params").glob("*.yaml")):
+        for name, section in load_params(path).get("notebooks", {}).items():
+            declared = declared_parameters(ROOT / "notebooks" / f"{name}.ipynb")
+            assert set(section) <= declared, (path.name, name, set(section) - declared)

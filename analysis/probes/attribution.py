@@ -278,6 +278,7 @@ class _EmbeddingRunner:
         self.vlm, self.token = vlm, token
         self.embeds = captured.pop("inputs_embeds").detach()
         captured.pop("past_key_values", None)
+        captured.pop("cache", None)
         captured["use_cache"] = False
         self.kwargs = captured
 

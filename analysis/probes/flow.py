@@ -183,7 +183,7 @@ def knockout_logits(
         # One full forward gives the cache (cropped to the prefix) and the position ids the model
         # built itself (3-D M-RoPE ids for Qwen2-VL), which the suffix passes then reuse.
         with torch.no_grad(), language_model_inputs(vlm) as lm_inputs:
-            cache = vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1).past_key_values
+            cache = vlm.adapter.cache_of(vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1))
         cache.crop(split - prepared.length)
         suffix = vlm.adapter.suffix(prepared.inputs, split)
     out = []
@@ -200,7 +200,7 @@ def knockout_logits(
                     ids = lm_inputs["position_ids"][..., split:]
                     batch["position_ids"] = ids.expand(*ids.shape[:-2], n, ids.shape[-1])
                 logits = vlm.model(
-                    **batch, past_key_values=past, use_cache=True, logits_to_keep=1,
+                    **batch, **{vlm.adapter.cache_argument: past}, use_cache=True, logits_to_keep=1,
                     cache_position=torch.arange(split, prepared.length, device=vlm.device),
                 ).logits
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
@@ -214,6 +215,18 @@ class Adapter(ABC):
             if kind == "image" and batch[key].is_floating_point():
                 batch[key] = batch[key].to(self.model.dtype)
         return batch, [width - n for n in lengths]
+
+    @property
+    def cache_argument(self) -> str:
+        """The forward argument that takes a key/value cache: ``cache`` (transformers >= 5.24), else
+        ``past_key_values`` (older releases; removed in 5.40)."""
+        parameters = inspect.signature(type(self.model).forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    @staticmethod
+    def cache_of(output):
+        """Return the key/value cache of a forward's output, under either name."""
+        return output["cache"] if "cache" in output else output["past_key_values"]
 
     @staticmethod
     def repeat_language_model_kwargs(kwargs: dict, n: int) -> dict:
