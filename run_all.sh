@@ -33,6 +33,23 @@ setup() {
             "$PYTHON" -m venv "$VENV"
         fi
     fi
+    # The browser test (tests/test_browser.py) drives Debian's chromium through Playwright; no
+    # browser is ever downloaded. Installed through apt when missing (as root), needed for --test.
+    if [ "$mode" != "run" ] && [ ! -x /usr/bin/chromium ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "[setup] installing Debian's chromium (apt-get) for the browser test"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        fi
+        if [ ! -x /usr/bin/chromium ]; then
+            local hint="the browser test needs /usr/bin/chromium: run 'sudo apt-get install chromium' (Debian's package)"
+            if [ "$mode" = "test" ]; then
+                echo "error: $hint" >&2
+                exit 2
+            fi
+            echo "[setup] warning: $hint" >&2
+        fi
+    fi
     local stamp="$VENV/.vlm-probes-installed"
     local want
     want="$(cat pyproject.toml run_all.sh | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
