@@ -91,8 +91,7 @@ class Activations:
 
         Args:
             role: a captured role.
-            at: a decoder layer (the site is ``kind`` at that layer, negative counts from the end)
-                or a site (``"embed"``, ``"attn_out.1"``, ``Site``, ...).
+            at: a captured decoder layer, non-negative (the site is ``kind`` at that layer), or a site (``"embed"``, ``"attn_out.1"``, ``Site``, ...).
             kind: the site kind when ``at`` is a layer.
         """
         key = (self._site(at, kind), role)
@@ -104,9 +103,11 @@ class Activations:
         return self.features[key]
 
     def _site(self, at, kind: str) -> Site:
-        if isinstance(at, (int,)) and not isinstance(at, bool):
-            n = 1 + max((s.layer for s in self.sites if s.layer is not None), default=0)
-            at = (kind, at % n if at < 0 else at)
+        if isinstance(at, int) and not isinstance(at, bool):
+            at = (kind, at)
+        if isinstance(at, tuple) and isinstance(at[1], int) and at[1] < 0:
+            raise InputError(f"Activations.get takes the captured (non-negative) layer, e.g. vlm.n_layers - 1; "
+                             f"captured sites: {', '.join(s.name for s in self.sites)}")
         return at if isinstance(at, Site) else Site(*at) if isinstance(at, tuple) else _parse(at)
 
     def subset(self, ids: Sequence) -> "Activations":

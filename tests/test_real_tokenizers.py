@@ -98,7 +98,7 @@ def test_every_probe_runs_with_the_real_tokenizer(family, photo):
     assert len(answer_rows) == vlm.n_layers and set(answer_rows["token"]) == {vlm.tokenizer.decode([red.target]).strip()}
 
     acts = capture(vlm, [sample], layers=[-1], roles=["last", "answer"], pool=None, progress=False)
-    assert acts.get("answer", -1)[0].shape == (len(red.ids), vlm.hidden_size)
+    assert acts.get("answer", vlm.n_layers - 1)[0].shape == (len(red.ids), vlm.hidden_size)
     assert acts.meta["prediction"][0] == vlm.tokenizer.decode([acts.meta["prediction_id"][0]]).strip()
 
     vector = torch.randn(vlm.hidden_size, generator=torch.Generator().manual_seed(0))
