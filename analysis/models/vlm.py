@@ -96,7 +96,10 @@ class VLM:
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's parameters."""
+        """Device inputs go to: the parameters' device, or with a ``device_map`` the main execution device."""
+        placed = getattr(self.model, "hf_device_map", None)
+        if placed:
+            return _main_device(placed)
         return next(self.model.parameters()).device
 
     @property
@@ -373,7 +376,69 @@ def resolve_source(name_or_path: str | os.PathLike) -> str:
     return name
 
 
-def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> VLM:
+def _main_device(device_map: dict) -> torch.device:
+    """Return the device accelerate executes on for ``device_map``: its first accelerator, else the CPU.
+
+    Modules mapped to ``"cpu"`` or ``"disk"`` next to an accelerator are offloaded: their weights are
+    streamed to that first accelerator for each forward (``accelerate.dispatch_model``).
+    """
+    for value in device_map.values():
+        if value not in ("cpu", "disk"):
+            return torch.device(value if not isinstance(value, int) else f"cuda:{value}")
+    return torch.device("cpu")
+
+
+_DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_placement(device, device_map, max_memory, offload_folder) -> None:
+    """Raise ``InputError`` for placement arguments that do not go together."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise InputError("max_memory and offload_folder place a model with device_map; pass device_map='auto' "
+                             "(or a dict) too, or drop them")
+        return
+    if str(device) != "auto":
+        raise InputError(f"pass either device={str(device)!r} (the whole model on one device) or device_map "
+                         "(accelerate places the modules), not both")
+    if isinstance(device_map, str) and device_map not in _DEVICE_MAP_NAMES:
+        raise InputError(f"device_map {device_map!r} is not one of {', '.join(map(repr, _DEVICE_MAP_NAMES))}; "
+                         "or pass a dict {module name: device}, e.g. {'model.language_model.layers.3': 'disk', ...}")
+    if not isinstance(device_map, (str, dict)):
+        raise InputError(f"device_map must be a string or a dict, not {type(device_map).__name__}")
+    if isinstance(device_map, dict) and "disk" in device_map.values() and offload_folder is None:
+        raise InputError("the device_map puts modules on 'disk': pass offload_folder=DIR for their weights")
+
+
+def _dispatch(model: nn.Module, device_map, max_memory, offload_folder, dtype: torch.dtype) -> nn.Module:
+    """Place an in-memory model (``build`` sources) with accelerate, as ``from_pretrained`` does for checkpoints."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                             dtype=dtype, low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                           dtype=dtype)
+        if "disk" in device_map.values() and offload_folder is None:
+            raise InputError("max_memory leaves no room for some modules, which go to 'disk': pass "
+                             "offload_folder=DIR for their weights (or allow more memory)")
+    model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    model.hf_device_map = dict(device_map)
+    return model
+
+
+def load_vlm(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
+) -> VLM:
     """Load a vision-language model and its processor for probing.
 
     Args:
@@ -386,19 +451,37 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a device that exists here (``"cpu"``,
             ``"cuda"``, ``"cuda:1"``, ``"mps"``); anything else raises ``InputError``.
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 otherwise), a name or a ``torch.dtype``.
+        device_map: shard the model with accelerate instead of moving it to ``device``:
+            ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a dict
+            ``{module name: device}`` with devices ``0``, ``"cuda:1"``, ``"cpu"`` or ``"disk"``
+            (e.g. ``{"model.language_model.layers.31": "disk", ...}``; see ``model.hf_device_map``).
+            Modules on ``"cpu"`` or ``"disk"`` next to a GPU are offloaded: their weights are
+            streamed to the first GPU for each forward. Every probe works on a sharded model.
+        max_memory: with ``device_map``: the most memory per device, e.g. ``{0: "20GiB", "cpu": "60GiB"}``.
+        offload_folder: with ``device_map``: the folder for weights offloaded to ``"disk"``.
 
     Returns:
         A ``VLM`` in eval mode.
+
+    Raises:
+        InputError: an unknown device, or placement arguments that do not go together
+            (``device`` and ``device_map``, ``"disk"`` without ``offload_folder``, ...).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    _check_placement(device, device_map, max_memory, offload_folder)
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
+    offload_folder = None if offload_folder is None else str(Path(offload_folder).expanduser())
     found = lookup(str(name_or_path))
     if found is not None and found[0].build is not None:
         vlm = found[0].build(found[1])
         vlm.name = str(name_or_path)
-        vlm.model.to(device=torch_device, dtype=torch_dtype)
+        if device_map is None:
+            vlm.model.to(device=torch_device, dtype=torch_dtype)
+        else:
+            vlm.model.to(dtype=torch_dtype)
+            _dispatch(vlm.model, device_map, max_memory, offload_folder, torch_dtype)
         return vlm
     source = resolve_source(name_or_path)
     try:
@@ -412,6 +495,13 @@ def load_vlm(name_or_path: str | os.PathLike, device: str | torch.device = "auto
             f"{source} --local-dir DIR`, copy DIR here and call load_vlm('DIR')."
         ) from None
     adapter_cls = adapter_for(config.model_type)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).to(torch_device)
+    if device_map is None:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).to(torch_device)
+    else:
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=torch_dtype, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        except ValueError as err:  # transformers / accelerate: a map that misses modules, no offload folder, ...
+            raise InputError(f"cannot place {source!r} with device_map={device_map!r}: {err}") from None
     processor = AutoProcessor.from_pretrained(source)
     return VLM(model=model.eval(), processor=processor, adapter=adapter_cls(model, processor), name=str(name_or_path))
