@@ -37,3 +37,9 @@ __all__ = [
     "localisation_scores", "localisation_sweep", "logit_lens", "probing", "region_knockout",
     "representation_shift", "sanity_report", "steer", "steering_effect", "steering_vector",
 ]
+
+from analysis.probes.redundancy import (RANKINGS, RedundancyResult, RegionDropResult, drop_region,  # noqa: E402
+                                        permute_image_tokens, pyramid_drop, token_redundancy)
+
+__all__ += ["RANKINGS", "RedundancyResult", "RegionDropResult", "drop_region", "permute_image_tokens", "pyramid_drop",
+            "token_redundancy"]

@@ -1,0 +1,253 @@
+"""Visual-token redundancy: masking == physical removal on every family, keep=1.0 == the unmodified
+run, rankings, bad inputs, and the ground truth on the patch-local zoo model."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from analysis.errors import InputError, UnsupportedModelError
+from analysis.models.answers import next_token_logits
+from analysis.probes.backend import probing
+from analysis.probes.redundancy import (
+    RANKINGS,
+    REDUNDANCY_COLUMNS,
+    drop_edges,
+    drop_region,
+    flops_saved,
+    layer_flops,
+    n_to_keep,
+    oracle_order,
+    permute_image_tokens,
+    pyramid_drop,
+    token_redundancy,
+    wilson_interval,
+)
+from conftest import QUESTION
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other jobs share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- the reference: dropped tokens' keys and values physically removed -------------------------
+_REMOVED: dict = {}
+REFERENCE = "redundancy_removal_reference"
+
+
+def _removal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention with the dropped positions' keys, values and mask columns cut out of the
+    tensors in the chosen layers (no mask trick: they are not there)."""
+    if module.layer_idx in _REMOVED["layers"]:
+        kept = _REMOVED["kept"].to(key.device)
+        key, value = key[:, :, kept], value[:, :, kept]
+        attention_mask = attention_mask[..., kept]
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+AttentionInterface.register(REFERENCE, _removal_attention)
+AttentionMaskInterface.register(REFERENCE, eager_mask)
+
+
+def _removed_logits(vlm, prepared, dropped, layers) -> torch.Tensor:
+    model = copy.deepcopy(vlm.model)
+    model.config.get_text_config()._attn_implementation_internal = REFERENCE
+    everything = torch.arange(prepared.length)
+    _REMOVED.update(kept=everything[~torch.isin(everything, dropped)], layers=set(layers))
+    with torch.no_grad():
+        return model(**prepared.inputs).logits[0].float()
+
+
+@pytest.mark.parametrize("drop_layer", [0, 1])
+def test_masking_equals_physical_removal(family, tiny, photo, drop_layer):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    image = prepared.image_positions
+    dropped = image[torch.randperm(len(image), generator=torch.Generator().manual_seed(0))[: len(image) // 2]]
+    layers = range(drop_layer, vlm.n_layers)
+    kept = ~torch.isin(torch.arange(prepared.length), dropped)
+
+    with torch.no_grad():
+        base = vlm.model(**prepared.inputs).logits[0].float()
+        with probing(vlm, block=[[drop_edges(prepared, dropped, layers)]]):
+            masked = vlm.model(**prepared.inputs).logits[0].float()
+    removed = _removed_logits(vlm, prepared, dropped, layers)
+
+    masked, removed, base = (torch.log_softmax(x[kept], -1) for x in (masked, removed, base))
+    error = (masked - removed).abs().max().item()
+    effect = (masked - base).abs().max().item()
+    assert error <= TOLERANCE, f"{family}: masking differs from removal by {error:.2e}"
+    assert effect >= 100 * TOLERANCE, f"{family}: dropping half the image changes log-probs by only {effect:.2e}"
+
+
+def test_keep_one_is_the_unmodified_run_and_the_frame(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    logits = next_token_logits(vlm, prepared)
+    predicted = int(logits.argmax())
+    answer = vlm.tokenizer.decode([predicted]).strip()
+    box = (25, 0, 60, 40)
+    sample = {"image": photo, "question": QUESTION, "answer": answer, "boxes": [box], "options": ("a", "b")}
+    result = token_redundancy(vlm, [sample], drop_layers=(0, 1), keep=(1.0, 0.5, 0.1),
+                              rank_by=("last_attention", "random", "oracle"), progress=False)
+    frame = result.frame
+    assert list(frame.columns) == REDUNDANCY_COLUMNS
+    assert result.skipped == [{"sample": 0, "ranking": "last_attention", "drop_layer": 0,
+                               "reason": "no layer before layer 0 to rank by"}]
+    assert len(frame) == (1 + 2 + 2) * 3  # last_attention only at layer 1
+    full = frame[frame["keep"] == 1.0]
+    p_base = float(torch.softmax(logits, -1)[predicted])
+    assert np.allclose(full["p_new"], p_base, atol=1e-6, rtol=0) and full["same_prediction"].all()
+    assert (full["flops_saved"] == 0).all() and (full["correct"] == 1).all() and (full["change"].abs() < 1e-3).all()
+    n_image = len(prepared.image_positions)
+    assert (frame["n_kept"] == [n_to_keep(k, n_image) for k in frame["keep"]]).all()
+    assert (frame["chance"] == 0.5).all()
+    # dropping 90% of 576 image tokens changes the answer's probability on a random model too
+    assert frame.loc[frame["keep"] == 0.1, "change"].abs().max() > 0.1
+    # fewer tokens and an earlier drop save more
+    rnd = frame[frame["ranking"] == "random"].set_index(["drop_layer", "keep"])["flops_saved"]
+    assert rnd[0, 0.1] > rnd[0, 0.5] > 0 and rnd[0, 0.1] > rnd[1, 0.1] > 0
+    # the oracle keeps the related patches first
+    related = len(prepared.related_positions([box]))
+    oracle = frame[frame["ranking"] == "oracle"]
+    assert (oracle["related_kept"] == np.minimum(oracle["n_kept"], related)).all()
+    # seeded: the same call gives the same frame
+    again = token_redundancy(vlm, [sample], drop_layers=(0, 1), keep=(1.0, 0.5, 0.1),
+                             rank_by=("last_attention", "random", "oracle"), progress=False)
+    assert again.frame.equals(frame)
+
+
+def test_cls_attention_and_attribution_rankings(tiny, photo):
+    vlm = tiny("llava")
+    result = token_redundancy(vlm, [{"image": photo, "question": QUESTION}], drop_layers=(0,), keep=(0.25,),
+                              rank_by=("cls_attention", "attribution"),
+                              attribution={"method": "saliency"}, progress=False)
+    assert set(result.frame["ranking"]) == {"cls_attention", "attribution"}
+    assert result.frame["correct"].isna().all()  # no gold answer
+    for family in ("qwen2_vl", "paligemma"):
+        with pytest.raises(UnsupportedModelError, match="no \\[CLS\\] token"):
+            token_redundancy(tiny(family), [{"image": photo, "question": QUESTION}], rank_by="cls_attention",
+                             drop_layers=(0,), progress=False)
+    with pytest.raises(UnsupportedModelError, match="single-tile"):
+        token_redundancy(tiny("llava_next"), [{"image": photo, "question": QUESTION}], rank_by="cls_attention",
+                         drop_layers=(0,), progress=False)
+
+
+def test_oracle_order_round_robin_by_coverage():
+    """Two objects: the most covered patch of each comes first, then the unrelated tokens."""
+    import pandas as pd
+
+    from analysis.models.inputs import PreparedInputs
+
+    cells = [(r, c) for r in range(4) for c in range(4)]
+    patches = pd.DataFrame({"position": np.arange(16) + 2, "tile": 0, "row": [r for r, _ in cells],
+                            "col": [c for _, c in cells], "kind": "patch",
+                            "x0": [8.0 * c for _, c in cells], "y0": [8.0 * r for r, _ in cells],
+                            "x1": [8.0 * c + 8 for _, c in cells], "y1": [8.0 * r + 8 for r, _ in cells]})
+    roles = np.array(["other", "other"] + ["image"] * 16 + ["question", "last"])
+    prepared = PreparedInputs(inputs={"input_ids": torch.zeros(1, 20, dtype=torch.long)}, image=None, question="q",
+                              prompt="q", roles=roles, patches=patches, grids={0: (4, 4)})
+    boxes = [(0, 0, 12, 8), (24, 24, 32, 32)]  # covers cell (0,0) fully and (0,1) half; cell (3,3)
+    order = oracle_order(prepared, boxes, rng=np.random.default_rng(0)).tolist()
+    assert order[:3] == [2, 17, 3] and sorted(order) == list(range(2, 18))
+
+
+def test_region_pyramid_and_permutation(tiny, photo):
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    answer = vlm.tokenizer.decode([int(next_token_logits(vlm, prepared).argmax())]).strip()
+    sample = {"image": photo, "question": QUESTION, "answer": answer, "boxes": [(25, 0, 60, 40)]}
+    region = drop_region(vlm, [sample], drop_layers=(0, 1), progress=False)
+    assert len(region.frame) == 4 and set(region.frame["dropped"]) == {"related", "other"}
+    assert (region.frame.groupby("drop_layer")["n_dropped"].nunique() == 1).all()
+
+    pyramid = pyramid_drop(vlm, [sample], ratios=(1.0, 0.5), stages=(1,), progress=False).set_index("ratio")
+    n_image = len(prepared.image_positions)
+    assert pyramid.loc[1.0, "n_kept_final"] == n_image and pyramid.loc[1.0, "p_new"] == pytest.approx(
+        pyramid.loc[1.0, "p_base"], abs=1e-6)
+    assert pyramid.loc[0.5, "n_kept_final"] == n_to_keep(0.5, n_image)
+    assert pyramid.loc[0.5, "flops_saved"] == pytest.approx(
+        flops_saved(vlm, prepared.length, [0, n_image - n_to_keep(0.5, n_image)]))
+
+    permuted = permute_image_tokens(vlm, [sample], n_permutations=2, seed=3, progress=False)
+    assert len(permuted) == 2 and (permuted["n_permuted"] == n_image).all()
+    assert permuted["p_new"].nunique() == 2 and (permuted["p_new"] != permuted["p_base"]).all()
+    assert permute_image_tokens(vlm, [sample], n_permutations=2, seed=3, progress=False).equals(permuted)
+
+
+def test_flops_saved_is_analytic(tiny):
+    vlm = tiny("llava")
+    d, h, kv, dh, m = 64, 4, 2, 16, 128  # analysis.testing's tiny text sizes
+    assert layer_flops(vlm, 10) == 2 * 10 * d * (h * dh + 2 * kv * dh) + 2 * 10 * h * dh * d + 4 * 100 * h * dh + 2 * 10 * d * m * 3
+    assert flops_saved(vlm, 100, [0, 0]) == 0
+    assert flops_saved(vlm, 100, [50, 50]) == pytest.approx(100 * (1 - layer_flops(vlm, 50) / layer_flops(vlm, 100)))
+    low, high = wilson_interval(0, 10)
+    assert low == 0 and 0.25 < high < 0.35 and math.isnan(wilson_interval(0, 0)[0])
+
+
+def test_bad_inputs_give_clear_errors(tiny, photo):
+    vlm = tiny("llava")
+    ok = [{"image": photo, "question": QUESTION}]
+    cases = [
+        (dict(rank_by="fastv"), "unknown ranking"),
+        (dict(keep=(1.5,)), "keep fractions must lie in"),
+        (dict(drop_layers=(7,)), "out of range"),
+        (dict(drop_layers=()), "at least one drop layer"),
+        (dict(rank_by="oracle"), "ground-truth boxes"),
+        (dict(only_correct=True), "needs each sample's answer"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(rank_by="last_attention", drop_layers=(0,)), "does not exist for K = 0"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            token_redundancy(vlm, ok, progress=False, **kwargs)
+    with pytest.raises(InputError, match="no boxes"):
+        drop_region(vlm, ok, progress=False)
+    with pytest.raises(InputError, match="ratios must lie"):
+        pyramid_drop(vlm, ok, ratios=(0.0,), progress=False)
+    with pytest.raises(InputError, match="stages"):
+        pyramid_drop(vlm, ok, stages=(0,), progress=False)
+    with pytest.raises(InputError, match="n_permutations"):
+        permute_image_tokens(vlm, ok, n_permutations=0, progress=False)
+
+
+def test_ground_truth_on_the_patch_local_zoo_model():
+    """shapes-llava-local sees an object only through its own patches. Dropping those tokens from
+    layer 0 must bring accuracy to chance; dropping as many other tokens must not matter; keeping
+    10% of the tokens, the ground-truth order must beat every model-derived and random one."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import load_vlm
+
+    vlm = load_vlm("zoo:shapes-llava-local", device="cpu")
+    samples = make_samples(140, seed=7)
+    chance = float(np.mean([1 / len(s.options) for s in samples]))
+
+    region = drop_region(vlm, samples, drop_layers=(0,), progress=False).frame
+    base = region.groupby("sample")["correct_base"].first().mean()
+    related = region.loc[region["dropped"] == "related", "correct"]
+    low, high = wilson_interval(related.sum(), len(related))
+    assert base >= 0.95
+    assert low <= chance <= high, f"related dropped: {related.mean():.3f} [{low:.3f}, {high:.3f}], chance {chance:.3f}"
+    other = region.loc[region["dropped"] == "other", "correct"].mean()
+    assert other >= base - 0.03
+
+    result = token_redundancy(vlm, samples, drop_layers=(1,), keep=(0.1,), rank_by=RANKINGS,
+                              attribution={"n_steps": 8}, progress=False)
+    accuracy = result.frame.groupby("ranking")["correct"].mean()
+    others = accuracy.drop("oracle")
+    assert (accuracy["oracle"] > others).all(), accuracy.to_dict()
