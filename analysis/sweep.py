@@ -730,17 +730,24 @@ def load_results(folder: str | os.PathLike, probe: str | None = None):
 
 
 def results_for(results: str | os.PathLike | None, name: str, probe: str, model: str | None = None):
-    """Return the sweep ``<results>/<name>`` for a notebook, or None when ``results`` is None.
+    """Return the sweep ``<results>/<name>`` for a notebook, or None to compute in the notebook instead.
 
     Args:
-        results: the notebooks' ``results`` parameter: a folder of sweep folders, or None.
-        name: the sub-folder (e.g. ``"knockout"``).
+        results: the notebooks' ``results`` parameter: a folder of sweep folders (absolute, or
+            relative to the notebook's folder), or None.
+        name: the sub-folder (e.g. ``"knockout"``); when it does not exist, None (with a message).
         probe: the probe it must hold.
         model: when given and different from the sweep's model, a warning says which one is plotted.
+
+    Raises:
+        SweepFolderError: the sub-folder holds an unfinished sweep or another probe.
     """
     if results is None:
         return None
     folder = Path(results).expanduser() / name
+    if not folder.exists():
+        print(f"{name}: no sweep folder {str(folder)!r}; computing it here")
+        return None
     result = load_results(folder, probe)
     swept = sweep_info(folder)["sweep"]["arguments"]
     if model is not None and swept["model"] != str(model):
@@ -748,7 +755,7 @@ def results_for(results: str | os.PathLike | None, name: str, probe: str, model:
 
         warnings.warn(f"plotting {name} from the sweep in {str(folder)!r}, computed on {swept['model']!r}, "
                       f"not on {model!r}", UserWarning, stacklevel=2)
-    print(f"{name}: {swept['probe']} of {swept['model']} on {swept['samples']} from {folder}")
+    print(f"{name}: {swept['probe']} of {swept['model']} on {swept['samples']}, from {str(folder)!r}")
     return result
 
 

@@ -176,3 +176,22 @@ def test_sample_file_and_other_probes_equal_direct_calls(tmp_path):
     assert acts.meta["correct"].tolist() == reference.meta["correct"].tolist()
     with pytest.raises(SweepFolderError, match="holds a capture sweep, not logit_lens"):
         load_results(tmp_path / "capture", "logit_lens")
+
+
+def test_notebooks_read_sweep_folders(tmp_path, capsys):
+    from analysis.sweep import results_for
+
+    run_sweep("logit_lens", _zoo(), "shapes:2", tmp_path / "logit_lens", progress=False)
+    assert results_for(None, "logit_lens", "logit_lens") is None  # no results: the notebook computes
+    assert results_for(tmp_path, "knockout", "information_flow") is None  # no such sweep: computed too
+    assert "no sweep folder" in capsys.readouterr().out
+    frame = results_for(tmp_path, "logit_lens", "logit_lens", MODEL)
+    pd.testing.assert_frame_equal(frame, load_results(tmp_path / "logit_lens"))
+    with pytest.warns(UserWarning, match="computed on 'zoo:shapes-llava', not on 'zoo:other'"):
+        results_for(tmp_path, "logit_lens", "logit_lens", "zoo:other")
+    with pytest.raises(SweepFolderError, match="holds a logit_lens sweep, not region_knockout"):
+        results_for(tmp_path, "logit_lens", "region_knockout")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep("logit_lens", _zoo(), "shapes:3", tmp_path / "unfinished", stop_after=1, progress=False)
+    with pytest.raises(SweepFolderError, match="unfinished .1 of 3 samples.*run the same command again"):
+        results_for(tmp_path, "unfinished", "logit_lens")
