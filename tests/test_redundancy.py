@@ -20,6 +20,7 @@ from analysis.probes.redundancy import (
     RANKINGS,
     REDUNDANCY_COLUMNS,
     drop_edges,
+    drop_logits,
     drop_region,
     flops_saved,
     layer_flops,
@@ -87,6 +88,12 @@ def test_masking_equals_physical_removal(family, tiny, photo, drop_layer):
         with probing(vlm, block=[[drop_edges(prepared, dropped, layers)]]):
             masked = vlm.model(**prepared.inputs).logits[0].float()
     removed = _removed_logits(vlm, prepared, dropped, layers)
+
+    # the sweep's runner (language model only, vision tower run once) gives the same last-position logits
+    config = [drop_edges(prepared, dropped, layers)]
+    runner = drop_logits(vlm, prepared, [[], config, config], batch_size=2)
+    assert (runner[1] - masked[-1]).abs().max() <= TOLERANCE and (runner[0] - base[-1]).abs().max() <= TOLERANCE
+    assert (runner[1] - runner[2]).abs().max() <= TOLERANCE  # across batches
 
     masked, removed, base = (torch.log_softmax(x[kept], -1) for x in (masked, removed, base))
     error = (masked - removed).abs().max().item()
@@ -246,8 +253,15 @@ def test_ground_truth_on_the_patch_local_zoo_model():
     other = region.loc[region["dropped"] == "other", "correct"].mean()
     assert other >= base - 0.03
 
-    result = token_redundancy(vlm, samples, drop_layers=(1,), keep=(0.1,), rank_by=RANKINGS,
+    result = token_redundancy(vlm, samples, drop_layers=(0, 1), keep=(0.1,), rank_by=RANKINGS,
                               attribution={"n_steps": 8}, progress=False)
-    accuracy = result.frame.groupby("ranking")["correct"].mean()
-    others = accuracy.drop("oracle")
-    assert (accuracy["oracle"] > others).all(), accuracy.to_dict()
+    accuracy = result.frame.groupby(["drop_layer", "ranking"])["correct"].agg(["sum", "count", "mean"])
+    # From layer 1 (where every ranking is defined, last_attention reading layer 0) the oracle beats all.
+    at_1 = accuracy.loc[1, "mean"]
+    assert (at_1["oracle"] > at_1.drop("oracle")).all(), at_1.to_dict()
+    # At the input (layer 0) it beats [CLS] attention and random by 10+ points; the model's own attribution
+    # ties it (within the oracle's 95% interval): the model reads the objects where the ground truth says.
+    at_0 = accuracy.loc[0]
+    assert (at_0.loc["oracle", "mean"] - at_0.loc[["cls_attention", "random"], "mean"] >= 0.10).all(), at_0.to_dict()
+    low, high = wilson_interval(at_0.loc["oracle", "sum"], int(at_0.loc["oracle", "count"]))
+    assert low <= at_0.loc["attribution", "mean"] <= high, at_0.to_dict()

@@ -24,3 +24,8 @@ __all__ = [
     "plot_randomisation", "plot_recovery", "plot_region_knockout", "plot_score_vs_accuracy", "plot_steering_outcomes", "plot_token_norms",
     "plot_token_overlay", "plot_trajectory", "save_figure", "style", "use_style",
 ]
+
+from analysis.plots.redundancy import (plot_accuracy_vs_flops, plot_accuracy_vs_kept, plot_permutation,  # noqa: E402
+                                       plot_region_drop)
+
+__all__ += ["plot_accuracy_vs_flops", "plot_accuracy_vs_kept", "plot_permutation", "plot_region_drop"]

@@ -60,7 +60,7 @@ from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError, UnsupportedModelError
 from analysis.models.answers import answer_tokens, is_correct, next_token_logits
 from analysis.models.inputs import PreparedInputs
-from analysis.models.sites import editing
+from analysis.models.sites import editing, language_model_inputs
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.flow import knockout_logits
 
@@ -177,9 +177,10 @@ def wilson_interval(successes: float, n: int) -> tuple[float, float]:
 def summarise(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Return one row per group of ``by``: accuracy and mean probability change with 95% CIs.
 
-    Columns: ``*by``, ``n`` (rows), ``accuracy`` (% correct, NaN without gold answers),
-    ``accuracy_low`` / ``accuracy_high`` (Wilson 95% interval, %), ``accuracy_base`` (% correct
-    without the intervention), ``change`` (mean %, ``change_low`` / ``change_high``: Student-t 95%
+    Columns: ``*by``, ``n`` (rows), ``n_samples`` (distinct samples), ``accuracy`` (% correct, NaN
+    without gold answers), ``accuracy_low`` / ``accuracy_high`` (Wilson 95% interval, %),
+    ``accuracy_base`` (% of the group's samples correct without the intervention, with
+    ``accuracy_base_low`` / ``accuracy_base_high``), ``change`` (mean %, ``change_low`` / ``change_high``: Student-t 95%
     interval), ``same_prediction`` (%), ``chance`` (mean, %) and ``flops_saved`` (mean %) where the
     frame has them.
     """
@@ -189,9 +190,12 @@ def summarise(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         row = dict(zip(by, key), n=len(group))
         correct = pd.to_numeric(group["correct"], errors="coerce").dropna()
         low, high = wilson_interval(float(correct.sum()), len(correct))
-        row.update(accuracy=100 * correct.mean() if len(correct) else math.nan, accuracy_low=100 * low,
-                   accuracy_high=100 * high,
-                   accuracy_base=100 * pd.to_numeric(group["correct_base"], errors="coerce").mean())
+        base = pd.to_numeric(group.drop_duplicates("sample")["correct_base"], errors="coerce").dropna()
+        base_low, base_high = wilson_interval(float(base.sum()), len(base))
+        row.update(n_samples=group["sample"].nunique(),
+                   accuracy=100 * correct.mean() if len(correct) else math.nan, accuracy_low=100 * low,
+                   accuracy_high=100 * high, accuracy_base=100 * base.mean() if len(base) else math.nan,
+                   accuracy_base_low=100 * base_low, accuracy_base_high=100 * base_high)
         change = group["change"].astype(float)
         half = (stats.t.ppf(0.975, len(change) - 1) * change.std(ddof=1) / math.sqrt(len(change))
                 if len(change) > 1 else math.nan)
@@ -241,6 +245,36 @@ def drop_edges(prepared: PreparedInputs, dropped, layers: Iterable[int]) -> Edge
     dropped = torch.as_tensor(dropped, dtype=torch.long).flatten()
     everything = torch.arange(prepared.length)
     return Edges.make(dropped, everything[~torch.isin(everything, dropped)], layers)
+
+
+def drop_logits(vlm, prepared: PreparedInputs, configs: Sequence[Sequence[Edges]], batch_size: int = 16) -> torch.Tensor:
+    """Return the next-token logits at the last position under each edge configuration.
+
+    As ``analysis.probes.flow.knockout_logits`` without a prefix cache (drops reach the image
+    tokens themselves), but the vision tower and projector run once: one full forward records what
+    the VLM passes its language model (``language_model_inputs``), and each batch of
+    configurations reruns only the language model from those inputs.
+
+    Returns:
+        fp32 CPU tensor of shape ``(len(configs), vocab)``.
+    """
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    with torch.no_grad(), language_model_inputs(vlm) as captured:
+        vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
+    kwargs = dict(captured)
+    if kwargs.pop("_args") or kwargs.get("inputs_embeds") is None:  # not the usual VLM layout: run it whole
+        return knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False)
+    for name in ("past_key_values", "cache"):
+        kwargs.pop(name, None)
+    kwargs["use_cache"] = False
+    out = []
+    for start in range(0, len(configs), batch_size):
+        chunk = list(configs[start: start + batch_size])
+        with torch.no_grad(), probing(vlm, block=chunk):
+            hidden = vlm.language_model(**vlm.adapter.repeat_language_model_kwargs(kwargs, len(chunk)))
+            out.append(vlm.unembed(hidden.last_hidden_state[:, -1], final_norm=False).float().cpu())
+    return torch.cat(out)
 
 
 def layer_flops(vlm, n_tokens: int) -> float:
@@ -567,7 +601,7 @@ def token_redundancy(
                 meta.append((name, k, fraction, n_kept, index_of[key],
                              int(torch.isin(kept, related).sum()) if related is not None else math.nan,
                              _drop_from(vlm, prepared.length, len(dropped), k)))
-        logits = knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False)
+        logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
         probs = torch.softmax(logits, -1)[:, predicted]
         new_predictions = logits.argmax(-1).tolist()
         correct = [_correct(vlm, prepared, sample, p) for p in new_predictions]
@@ -638,7 +672,7 @@ def drop_region(
             for name, dropped in (("related", related), ("other", other)):
                 configs.append([drop_edges(prepared, dropped, range(k, vlm.n_layers))])
                 meta.append((k, name, len(dropped)))
-        logits = knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False)
+        logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
         probs = torch.softmax(logits, -1)[:, predicted]
         answer = vlm.tokenizer.decode([predicted]).strip()
         for (k, name, n), p, new in zip(meta, probs.tolist(), logits.argmax(-1).tolist()):
@@ -721,7 +755,7 @@ def pyramid_drop(
                         dropped_per_layer[layer] += len(remaining) - n_kept
                 remaining = order[:n_kept].sort().values
             schedules.append((ratio, edges, len(remaining), dropped_per_layer))
-        logits = knockout_logits(vlm, prepared, [s[1] for s in schedules], batch_size=batch_size, reuse_prefix=False)
+        logits = drop_logits(vlm, prepared, [s[1] for s in schedules], batch_size=batch_size)
         probs = torch.softmax(logits, -1)[:, predicted]
         answer = vlm.tokenizer.decode([predicted]).strip()
         for (ratio, _, n_final, dropped), p, new in zip(schedules, probs.tolist(), logits.argmax(-1).tolist()):
