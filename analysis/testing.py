@@ -11,7 +11,9 @@ Sizes shared by all families:
 
 * text: 2 decoder layers, hidden 64, 4 attention heads (head_dim 16),
   2 key/value heads (GQA), MLP 128, vocabulary = the tokenizer (~1k entries);
-* vision: 2 encoder layers, hidden 32, 4 heads, MLP 64.
+* vision: 2 encoder layers, hidden 32, 4 heads, MLP 64;
+* weights drawn with std 0.2 (not transformers' 0.02), so that outputs are peaked like
+  a trained model's and probe effects are far above test tolerances.
 
 Image geometry per family (numbers for a 200 x 150 (W x H) RGB image):
 
@@ -108,18 +110,27 @@ from transformers import (
     SmolVLMVisionConfig,
 )
 
+from analysis.published import PUBLISHED, Published
 from analysis.real_tokenizers import tokenizer_file
 
 if TYPE_CHECKING:
     from analysis.models import VLM
 
-__all__ = ["REAL_TOKENIZER", "SUPPORTED_TINY_FAMILIES", "tiny_parts", "tiny_source", "tiny_vlm"]
+__all__ = ["REAL_TOKENIZER", "SUPPORTED_TINY_FAMILIES", "full_width_parts", "full_width_vlm", "tiny_parts",
+           "tiny_source", "tiny_vlm"]
 
 # Text decoder and vision encoder sizes shared by all families.
 _TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
 _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+# Standard deviation of the random weights. transformers' default (0.02) gives a tiny model whose
+# next-token distribution is almost uniform (top p ~ 1/vocabulary), so knockouts, occlusions and
+# lens readings move probabilities by 1e-6 and an exactness test at 1e-5 could not tell a probe
+# that does nothing from one that works. At 0.2 outputs are peaked like a trained model's (top p
+# 0.03-0.1) and the effects the tests check are 1e-3 to 1 in log-probability.
+_INIT_STD = 0.2
 
 # What a family builder returns: the model config and the processor the model is built for.
 _Recipe = tuple[PretrainedConfig, ProcessorMixin]
@@ -514,6 +525,8 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
     if tokenizer not in ("toy", "real"):
         raise ValueError(f"tokenizer must be 'toy' or 'real'; got {tokenizer!r}")
     config, processor = _BUILDERS[family](REAL_TOKENIZER[family] if tokenizer == "real" else None)
+    for part in (config, config.get_text_config(), config.vision_config):
+        part.initializer_range = _INIT_STD
     for key, value in (text or {}).items():
         setattr(config.get_text_config(), key, value)
     torch.manual_seed(seed)
@@ -540,3 +553,80 @@ def tiny_source(name: str) -> "VLM":
             f"{', '.join(SUPPORTED_TINY_FAMILIES)}"
         )
     return tiny_vlm(family, seed=int(seed or 0))
+
+
+# Fields a sub-config derives from others or that name the writing version; rebuilt from the new values.
+_DERIVED = ("transformers_version", "dtype", "architectures")
+
+
+def _published_config(family: str, config: PretrainedConfig, vocabulary: int) -> PretrainedConfig:
+    """Return ``config`` (a tiny one, for its token ids) with the published architecture, 2 + 2 layers."""
+    published = PUBLISHED[family]
+    text = {**config.get_text_config().to_dict(), **published.text, "num_hidden_layers": 2}
+    text["vocab_size"] = max(published.text["vocab_size"], vocabulary)
+    vision_depth = "depth" if family.startswith("qwen") else "num_hidden_layers"
+    vision = {**config.vision_config.to_dict(), **published.vision, vision_depth: 2}
+    if "vocab_size" in config.to_dict() and family == "paligemma":
+        published = Published(published.checkpoint, published.text, published.vision,
+                              {**published.top, "vocab_size": text["vocab_size"]}, published.processor)
+    top = {**config.to_dict(), **published.top, "text_config": text, "vision_config": vision}
+    for part in (text, vision, top):
+        for key in _DERIVED:
+            part.pop(key, None)
+    return type(config)(**top)
+
+
+def _published_processor(family: str, processor: ProcessorMixin) -> ProcessorMixin:
+    """Apply the published processor settings (image sizes, tokens per tile) to ``processor``."""
+    settings = dict(PUBLISHED[family].processor)
+    if "image_seq_len" in settings:
+        processor.image_seq_len = settings.pop("image_seq_len")
+    for key, value in settings.items():
+        setattr(processor.image_processor, key, value)
+    if "size" in settings and family.startswith("qwen"):
+        processor.image_processor.min_pixels = settings["size"]["shortest_edge"]
+        processor.image_processor.max_pixels = settings["size"]["longest_edge"]
+    return processor
+
+
+@torch.no_grad()
+def full_width_parts(family: str, seed: int = 0, dtype: torch.dtype = torch.float32,
+                     device: str = "cpu") -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Return (model, processor) with a real checkpoint's shapes: the published architecture of
+    ``analysis.published.PUBLISHED[family]`` cut to 2 decoder and 2 vision layers, random weights,
+    and the real tokenizer (``REAL_TOKENIZER``) and processor settings.
+
+    LLaVA-1.5-7B's layout has 715M parameters at this depth (2.9 GB in fp32); transformers' own
+    initialisers take ~12 s of that on 2 cores, so they are skipped and every weight is drawn from
+    one seeded generator: matrices and embeddings uniform with std 0.02, 1-D weights (norms) 1,
+    biases 0. Buffers (rotary frequencies) are computed by the modules as usual.
+    ``device="meta"`` builds the module tree without memory or weights (for shape checks).
+
+    Raises:
+        ValueError: if ``family`` has no published architecture here.
+    """
+    from transformers.initialization import no_init_weights
+
+    if family not in PUBLISHED:
+        raise ValueError(f"Unknown family {family!r}; published architectures: {', '.join(PUBLISHED)}.")
+    config, processor = _BUILDERS[family](REAL_TOKENIZER[family])
+    config = _published_config(family, config, len(processor.tokenizer))
+    with no_init_weights(), torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    if device != "meta":
+        generator = torch.Generator().manual_seed(seed)
+        bound = 0.02 * 3**0.5  # uniform(-b, b) has std b / sqrt(3); uniform_ is 2x faster than normal_
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.uniform_(-bound, bound, generator=generator)
+            else:
+                param.fill_(0.0 if name.endswith("bias") else 1.0)
+    return model.eval(), _published_processor(family, processor)
+
+
+def full_width_vlm(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> "VLM":
+    """Return a ``VLM`` around ``full_width_parts(family, seed, dtype)``, named ``"full:<family>"``."""
+    from analysis.models import VLM
+
+    model, processor = full_width_parts(family, seed, dtype)
+    return VLM.from_parts(model, processor, name=f"full:{family}")

@@ -42,3 +42,18 @@ def photo() -> Image.Image:
 
 
 QUESTION = "what color is the circle ?"
+
+
+def assert_detectable(effects, tol: float, factor: float = 100.0, what: str = "effect") -> None:
+    """Assert that every one of ``effects`` is at least ``factor`` x ``tol``.
+
+    An exactness test compares a probe with a reference to ``tol``; it can only catch a probe
+    that does nothing (or the wrong thing) if the effect it measures is far larger than ``tol``.
+    """
+    import torch
+
+    smallest = float(torch.as_tensor(effects, dtype=torch.float64).abs().min())
+    assert smallest >= factor * tol, (
+        f"the smallest {what} checked ({smallest:.3g}) is not {factor:g}x the tolerance ({tol:g}): "
+        "the test could not tell a broken probe from a working one"
+    )

@@ -15,7 +15,7 @@ from analysis.errors import InputError
 from analysis.probes.attention import attention_maps
 from analysis.models.localisation import localisation_scores
 from analysis.probes.sinks import detect_sinks, robust_z
-from conftest import QUESTION
+from conftest import QUESTION, assert_detectable
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TOL = 1e-5
@@ -67,6 +67,10 @@ def test_recorded_attention_equals_eager(case):
         reference = case.attentions[layer][:, q][:, :, image].numpy()
         np.testing.assert_allclose(case.maps.image_attention[i], reference, rtol=0, atol=TOL)
     assert case.vlm.text_config._attn_implementation.startswith("vlm_probes")
+    # Recording another layer, another head or another query would fail: they differ far beyond TOL.
+    first, last = (case.attentions[layer][:, q][:, :, image] for layer in (0, case.vlm.n_layers - 1))
+    assert_detectable([(first - last).abs().max(), (first[0] - first[1]).abs().max(),
+                       (first[:, 0] - first[:, -1]).abs().max()], TOL, what="difference between layers/heads/queries")
 
 
 def test_mass_splits_each_row_into_image_question_other(case):
@@ -90,6 +94,9 @@ def test_position_bias_correction_matches_hand_computation(case):
         case.attentions[layer][:, q][:, :, image].sum(dim=1).numpy() / visible.sum(axis=0) for layer in case.maps.layers
     ])
     np.testing.assert_allclose(case.maps.position_corrected(), expected, rtol=1e-5, atol=TOL)
+    uncorrected = expected * visible.sum(axis=0) / len(q)  # the plain mean over queries
+    if not visible.all():  # PaliGemma's bidirectional prefix: every query sees every image token
+        assert_detectable([np.abs(expected - uncorrected).max()], TOL, what="position-bias correction")
 
 
 def test_rollout_equals_plain_reference(case):
@@ -100,6 +107,12 @@ def test_rollout_equals_plain_reference(case):
         step = attention.double().mean(dim=0) + torch.eye(T, dtype=torch.float64)
         rollout = (step / step.sum(dim=-1, keepdim=True)) @ rollout
         np.testing.assert_allclose(case.maps.rollout[layer], rollout[q][:, image].numpy(), rtol=0, atol=TOL)
+    # The product taken in the reverse order (a plausible bug) differs far beyond TOL.
+    reverse = torch.eye(T, dtype=torch.float64)
+    for attention in case.attentions:
+        step = attention.double().mean(dim=0) + torch.eye(T, dtype=torch.float64)
+        reverse = reverse @ (step / step.sum(dim=-1, keepdim=True))
+    assert_detectable([(reverse - rollout)[q][:, image].abs().max()], TOL, what="reverse-order rollout difference")
 
 
 def test_image_norms_equal_output_hidden_states(case):
@@ -107,6 +120,9 @@ def test_image_norms_equal_output_hidden_states(case):
     for i, layer in enumerate(case.maps.layers):
         reference = case.hidden[layer][image].norm(dim=-1).numpy()
         np.testing.assert_allclose(case.maps.image_norms[i], reference, rtol=1e-5)
+    neighbours = [case.hidden[layer][image].norm(dim=-1) for layer in (0, 1)]
+    assert_detectable([((neighbours[0] - neighbours[1]) / neighbours[1]).abs().max()], 1e-5,
+                      what="relative difference between adjacent layers' norms")
 
 
 def test_frame_and_grids_follow_the_arrays(case):

@@ -11,6 +11,7 @@ from analysis.capture import AllDroppedError, capture, generate_answers
 from analysis.models.answers import answer_tokens
 from analysis.errors import InputError
 from analysis.data.samples import Sample
+from conftest import assert_detectable
 
 QUESTIONS = ("what color is the circle ?", "is there a red square left of the blue circle ?")
 
@@ -36,6 +37,13 @@ def _reference_states(vlm, sample: Sample):
     return prepared, out.hidden_states, out.logits[0, prepared.length - 1]
 
 
+def _atol(states: torch.Tensor) -> float:
+    """Tolerance of a batched (left-padded) capture against a single forward: fp32 rounding, which
+    scales with the states' magnitude (up to ~25 in the tiny models' residual stream); the largest
+    gap measured is 1.2e-5 of it (LLaVA-NeXT, 1368 image tokens, after the final norm)."""
+    return 2e-5 * float(states.abs().max())
+
+
 def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_samples, tmp_path):
     """Batched (left-padded, two image sizes) capture == per-sample hidden states; pooled == manual; cached."""
     vlm = tiny(family)
@@ -45,6 +53,9 @@ def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_sampl
     n = vlm.n_layers
     for i, sample in enumerate(two_samples):
         prepared, states, logits = _reference_states(vlm, sample)
+        # Reading a neighbouring layer would fail: adjacent layers' states differ far beyond the tolerance.
+        assert_detectable([(a - b).abs().max() for a, b in zip(states[1:], states[:-1])],
+                          max(_atol(h) for h in states), what="difference between adjacent layers' states")
         positions = {role: prepared.positions(role) for role in ("image", "question", "last")}
         positions["answer"] = torch.arange(prepared.length, states[0].shape[1])
         positions["question+answer"] = torch.cat([positions["question"], positions["answer"]])
@@ -55,9 +66,9 @@ def test_capture_equals_output_hidden_states_and_pooling(family, tiny, two_sampl
                 if layer == n - 1:  # transformers 5 returns the last hidden state after the final norm
                     with torch.no_grad():
                         out = vlm.final_norm(out)
-                torch.testing.assert_close(out, states[layer + 1][0, pos], atol=2e-5, rtol=1e-4)
+                torch.testing.assert_close(out, states[layer + 1][0, pos], atol=_atol(states[layer + 1]), rtol=1e-4)
                 torch.testing.assert_close(raw.get(role, layer, "resid_pre")[i], states[layer][0, pos],
-                                           atol=2e-5, rtol=1e-4)
+                                           atol=_atol(states[layer]), rtol=1e-4)
                 summed = sum(raw.get(role, layer, p)[i] for p in ("resid_pre", "attn_out", "mlp_out"))
                 torch.testing.assert_close(summed, raw.get(role, layer)[i], atol=1e-5, rtol=1e-5)
         assert raw.meta["prediction_id"][i] == int(logits.argmax())
@@ -106,7 +117,7 @@ def test_generated_roles_equal_generation_states(family, tiny, two_samples):
                                      return_dict_in_generate=True, pad_token_id=vlm.tokenizer.pad_token_id)
         got = acts.get("generated", 0)[i]
         reference = torch.stack([out.hidden_states[k][1][0, -1] for k in range(len(got))])
-        torch.testing.assert_close(got, reference, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got, reference, atol=_atol(reference), rtol=1e-4)
         torch.testing.assert_close(got[:1], acts.get("last", 0)[i])
         generated = out.sequences[0, prepared.length:].tolist()
         text = vlm.tokenizer.decode(generated[: len(got)], skip_special_tokens=True).strip()

@@ -18,16 +18,24 @@ from analysis.probes.flow import (
     logit_lens,
     region_knockout,
 )
-from conftest import QUESTION
+from conftest import QUESTION, assert_detectable
+
+
+# Knockouts are compared as log-probabilities of the answer token: the engines agree with the plain
+# reference to ~4e-6 there (fp32), and every knockout that is not a structural no-op moves the
+# log-probability by 3e-4 to 7 (tiny models with peaked outputs, see analysis.testing).
+LOGP_TOL = 1e-5
 
 
 def _configs(vlm, prepared):
-    configs = [[]]
+    """Return (names, configs): the empty edge set, then four blocks x every one-layer window."""
+    names, configs = ["none"], [[]]
     for block in ("question->last", "image->last", "last->last", "image->question"):
         sources, targets = block_positions(prepared, block)
         for _, layers in layer_windows(vlm.n_layers, 1):
+            names.append((block, tuple(layers)))
             configs.append([Edges.make(sources, targets, layers)])
-    return configs
+    return names, configs
 
 
 def test_knockout_matches_reference_batched_and_prefix_reused(family, tiny, photo):
@@ -35,17 +43,24 @@ def test_knockout_matches_reference_batched_and_prefix_reused(family, tiny, phot
     prepared = vlm.prepare(photo, QUESTION)
     logits = last_logits(vlm, prepared)
     token = int(logits.argmax())
-    p_base = torch.softmax(logits, -1)[token]
-    configs = _configs(vlm, prepared)
-    reference = reference_knockout(vlm, prepared, configs, token)
-    unbatched = knockout_probs(vlm, prepared, configs, token, batch_size=1, reuse_prefix=False)
-    batched = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=False)
-    reused = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=True)
-    assert torch.allclose(unbatched, reference, atol=1e-5, rtol=0)
-    assert torch.allclose(batched, unbatched, atol=1e-5, rtol=0)
-    assert torch.allclose(reused, unbatched, atol=1e-5, rtol=0)
-    assert torch.allclose(unbatched[0], p_base, atol=1e-6, rtol=0)  # the empty edge set
-    assert ((unbatched[1:] - p_base).abs() / p_base).max() > 1e-3  # the knockouts do something
+    logp_base = torch.log_softmax(logits.double(), -1)[token]
+    names, configs = _configs(vlm, prepared)
+    reference = reference_knockout(vlm, prepared, configs, token).double().log()
+    unbatched = knockout_probs(vlm, prepared, configs, token, batch_size=1, reuse_prefix=False).double().log()
+    batched = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=False).double().log()
+    reused = knockout_probs(vlm, prepared, configs, token, batch_size=4, reuse_prefix=True).double().log()
+    for engine in (unbatched, batched, reused):
+        assert torch.allclose(engine, reference, atol=LOGP_TOL, rtol=0)
+    effects = unbatched - logp_base
+    # The empty edge set, and blocking image -> question in the last layer (question positions'
+    # last-layer outputs feed nothing the last position reads), leave the answer as it was.
+    no_op = torch.tensor([name == "none" or name == ("image->question", (vlm.n_layers - 1,)) for name in names])
+    assert effects[no_op].abs().max() <= 1e-6
+    # Every other knockout moves log p far beyond the tolerance, so a knockout that blocked
+    # nothing (or the wrong edges) would fail the comparison with the reference above.
+    assert_detectable(effects[~no_op], LOGP_TOL, factor=20, what="knockout effect on log p")
+    blocks_nothing = logp_base.expand_as(reference)
+    assert not torch.isclose(blocks_nothing, reference, atol=LOGP_TOL, rtol=0)[~no_op].any()
 
 
 def test_information_flow_table(tiny, photo):
@@ -110,6 +125,30 @@ def test_logit_lens_last_layer_is_the_model_output(family, tiny, photo):
     assert last.loc["answer", "prob"] == pytest.approx(float(probs[red]), abs=1e-5)
     raw = logit_lens(vlm, [{"image": photo, "question": QUESTION}], final_norm=False, progress=False)
     assert isinstance(raw, pd.DataFrame) and len(raw) == vlm.n_layers
+
+
+def test_logit_lens_equals_unembedded_hidden_states(family, tiny, photo):
+    """Plain reference: the model's own hidden states (output_hidden_states), final norm, unembedding."""
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    with torch.no_grad():
+        out = vlm.model(**prepared.inputs, output_hidden_states=True)
+        decoder, unembed = vlm.model.get_decoder(), vlm.model.get_output_embeddings()
+        states = [h[0, -1] for h in out.hidden_states[1:-1]]  # resid_post of layers 0 .. n-2
+        normed = [torch.log_softmax(unembed(decoder.norm(h)).double(), -1) for h in states]
+        normed.append(torch.log_softmax(out.logits[0, -1].double(), -1))  # the last layer is the output
+        raw = [torch.log_softmax(unembed(h).double(), -1) for h in states]
+    token = int(out.logits[0, -1].argmax())
+    sample = [{"image": photo, "question": QUESTION}]
+    for final_norm, reference in ((True, normed), (False, raw)):
+        frame = logit_lens(vlm, sample, final_norm=final_norm, progress=False)
+        lens = frame[frame["tracked"] == "prediction"].sort_values("layer")
+        expected = torch.stack([r[token] for r in reference])
+        got = torch.tensor(lens["prob"].to_numpy()[: len(expected)], dtype=torch.float64).log()
+        assert torch.allclose(got, expected, atol=LOGP_TOL, rtol=0)
+    # Reading a neighbouring layer instead would fail: adjacent layers differ far beyond the tolerance.
+    log_probs = torch.stack([r[token] for r in normed])
+    assert_detectable(log_probs.diff(), LOGP_TOL, what="difference between adjacent layers' log p")
 
 
 def test_region_knockout_blocks_as_many_other_patches(tiny, photo):

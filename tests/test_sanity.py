@@ -29,7 +29,7 @@ from analysis.probes.sanity import (  # noqa: E402
     sanity_report,
     top_patches,
 )
-from conftest import QUESTION  # noqa: E402
+from conftest import QUESTION, assert_detectable  # noqa: E402
 
 BOX = (100, 0, 200, 75)  # the photo's top-right quarter
 
@@ -89,6 +89,7 @@ def test_sanity_report_on_a_tiny_model(tiny, samples):
     direct = knockout_probs(vlm, prepared, [[], [knockout_edges(vlm, prepared, top)]], token)
     assert row["p_base"] == pytest.approx(float(torch.softmax(last_logits(vlm, prepared), -1)[token]), abs=1e-6)
     assert row["p_top"] == pytest.approx(float(direct[1]), abs=1e-6)
+    assert_detectable([row["p_base"] - row["p_top"]], 1e-6, what="effect of deleting the top patches on p")
     assert row["drop_top"] == pytest.approx(100 * (row["p_base"] - row["p_top"]) / row["p_base"])
 
     assert len(plot_randomisation(report.randomisation, title="tiny:qwen2_vl").axes) == 1

@@ -7,7 +7,7 @@ import torch
 
 from analysis.errors import InputError
 from analysis.models.sites import Site, ablate, add, editing, reading, replace, site, sites
-from conftest import QUESTION
+from conftest import QUESTION, assert_detectable
 
 
 def _forward(vlm, prepared):
@@ -34,6 +34,8 @@ def test_reading_matches_output_hidden_states(family, tiny, photo):
     with reading(vlm, ["embed", "final"] + sites(vlm, ["resid_pre", "attn_out", "mlp_out", "resid_post"])) as got:
         out = _forward(vlm, prepared)
     states = out.hidden_states
+    assert_detectable([(a - b).abs().max() for a, b in zip(states[1:], states[:-1])], 1e-5,
+                      what="difference between adjacent layers' states")
     torch.testing.assert_close(got[Site("embed")], states[0])
     for i in range(vlm.n_layers):
         torch.testing.assert_close(got[Site("resid_pre", i)], states[i])

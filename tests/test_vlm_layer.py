@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from analysis import load_vlm
-from conftest import QUESTION
+from conftest import QUESTION, assert_detectable
 
 
 def _coverage_counts(boxes: np.ndarray, region, step: float) -> np.ndarray:
@@ -90,6 +90,8 @@ def test_unembed_of_last_layer_reproduces_logits(family, tiny, photo):
     finally:
         handle.remove()
     assert torch.allclose(vlm.unembed(captured["h"]), logits, atol=1e-5)
+    assert_detectable([(vlm.unembed(captured["h"], final_norm=False) - logits).abs().max()], 1e-5,
+                      what="effect of the final norm on the logits")
 
 
 def test_model_facts_resolved_from_the_model(family, tiny):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from torch import nn
 from analysis.data.images import ImageLike, load_image
 from analysis.errors import ImageError, InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
+from analysis.models.config_digest import config_digest
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 from analysis.models.sources import lookup
 
@@ -120,9 +119,9 @@ class VLM:
 
     @property
     def config_hash(self) -> str:
-        """A short hash of the model config (with ``name``), for provenance and caching."""
-        blob = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """A short hash of the model config, for provenance and caching; stable across transformers
+        versions (``analysis.models.config_digest``)."""
+        return config_digest(self.model.config)
 
     def unembed(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         """Return vocabulary logits for residual-stream states (logit lens).

@@ -41,7 +41,8 @@ placeholder (the image features are merged in after it), and the perturbation on
 perturbation per forward. The attribution classes themselves are used unchanged.
 
 Scores are in log-probability units: Integrated Gradients sums to
-``log p(x) - log p(baseline)`` up to captum's convergence delta; the occlusion score of a group
+``log p(x) - log p(baseline)`` up to captum's convergence delta (a warning says when the delta
+exceeds 5% of that gap); the occlusion score of a group
 is ``log p(x) - log p(x without the group)``.
 """
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -385,6 +387,14 @@ class _EmbeddingGradients:
                 attr, deltas = algorithm.attribute(values, baselines=base, n_steps=self.n_steps,
                                                    internal_batch_size=self.batch_size, return_convergence_delta=True)
             delta = float(deltas.sum())
+            gap = float(attr.detach().sum()) - delta  # f(input) - f(baseline)
+            if abs(delta) > 0.05 * abs(gap):
+                warnings.warn(
+                    f"Integrated Gradients has not converged: its scores miss f(input) - f(baseline) = {gap:.3g} "
+                    f"by {delta:.3g} with n_steps={self.n_steps}. Raise n_steps, or use baseline='mean': the zero "
+                    "baseline converges slowly on models with RMSNorm (a near-zero embedding's norm jumps).",
+                    stacklevel=3,
+                )
         else:
             with torch.enable_grad():
                 attr = algorithm.attribute(values)

@@ -1,0 +1,36 @@
+"""A model config's digest that stays the same across transformers versions.
+
+A hash of ``config.to_dict()`` changes whenever transformers adds a field (5.23 -> 5.24 did),
+although the model computes the same thing. The digest here covers only what the checkpoint
+chose: the fields whose values differ from the config class's defaults, for the config and each
+of its sub-configs (text, vision, ...), without the writing version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from transformers import PretrainedConfig
+
+# Fields that say who wrote the config, not what the model computes.
+_VOLATILE = frozenset({"transformers_version", "_name_or_path", "_commit_hash"})
+
+
+def essential_fields(config: PretrainedConfig) -> dict:
+    """Return the fields of ``config`` that differ from its class's defaults (sub-configs likewise)."""
+    defaults = type(config)().to_dict()
+    fields = {}
+    for key, value in config.to_dict().items():
+        sub = getattr(config, key, None)
+        if isinstance(sub, PretrainedConfig):
+            fields[key] = essential_fields(sub)
+        elif key not in _VOLATILE and (key not in defaults or defaults[key] != value):
+            fields[key] = value
+    return fields
+
+
+def config_digest(config: PretrainedConfig, length: int = 16) -> str:
+    """Return the first ``length`` hex digits of the SHA-256 of ``essential_fields(config)``."""
+    blob = json.dumps(essential_fields(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
