@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from analysis.errors import InputError, UnsupportedModelError
@@ -51,14 +51,14 @@ REFERENCE = "redundancy_removal_reference"
 
 
 def _removal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager attention with the dropped positions' keys, values and mask columns cut out of the
-    tensors in the chosen layers (no mask trick: they are not there)."""
+    """The models' own sdpa attention with the dropped positions' keys, values and mask columns cut
+    out of the tensors in the chosen layers (no mask trick: they are not there)."""
     if module.layer_idx in _REMOVED["layers"]:
         kept = _REMOVED["kept"].to(key.device)
         key, value = key[:, :, kept], value[:, :, kept]
         attention_mask = attention_mask[..., kept]
-    eager = sys.modules[type(module).__module__].eager_attention_forward
-    return eager(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                  **kwargs)
 
 
 AttentionInterface.register(REFERENCE, _removal_attention)
