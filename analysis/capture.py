@@ -41,6 +41,7 @@ from analysis.errors import InputError
 from analysis.models import answers
 from analysis.models.inputs import ROLES, PreparedInputs
 from analysis.models.sites import Site, block, reading, site, sites as site_product
+from analysis.models.numerics import finite
 
 CAPTURE_ROLES: tuple[str, ...] = ROLES + ("answer", "generated", "token_of_interest")
 POOLS: tuple[str | None, ...] = ("mean", "max", None)
@@ -464,6 +465,8 @@ def _collect(vlm, request: _Request, rows: list[_Row], offsets: list[int], last:
             out["predictions"] = vlm.unembed(picked, final_norm=False).argmax(-1).tolist()
         if s not in request.sites:
             return
+        selected = torch.stack([mask.to(hidden.device) for mask in masks.values()]).any(0)
+        finite(vlm, hidden[selected], f"captured {s} states")
         for role, mask in masks.items():
             mask = mask.to(hidden.device)
             if request.pool is None:

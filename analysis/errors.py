@@ -23,3 +23,7 @@ class PromptTooLongError(VLMProbesError, ValueError):
 
 class InputError(VLMProbesError, ValueError):
     """Any other bad argument (out-of-range layer, empty question, ...)."""
+
+
+class NumericsError(VLMProbesError, FloatingPointError):
+    """A model output that is not finite (NaN or inf), typically float16 overflow."""

@@ -26,6 +26,7 @@ EXPECTED_FIGURES = {
     "04_representation_shift": ["recovery", "consistency", "concepts", "steering"],
     "05_attributions": ["method_maps", "sanity_table", "randomisation"],
     "06_model_zoo": ["example_scenes", "zoo_accuracy", "training_trajectory", "held_out_accuracy"],
+    "07_token_redundancy": ["accuracy_vs_kept", "accuracy_vs_flops", "region_drop", "permutation"],
 }
 # Figures drawn from the committed zoo's model cards, whatever model the notebook runs on.
 ABOUT_THE_ZOO = {("06_model_zoo", "zoo_accuracy"), ("06_model_zoo", "training_trajectory")}

@@ -35,6 +35,7 @@ import torch
 
 from analysis.errors import InputError
 from analysis.models.inputs import PreparedInputs
+from analysis.models.numerics import finite
 
 RULES: tuple[str, ...] = ("first_token", "first_word")
 
@@ -108,7 +109,7 @@ def is_correct(vlm, answer: Answer, *, predicted: int | None = None, generated: 
 def next_token_logits(vlm, prepared: PreparedInputs) -> torch.Tensor:
     """Return the fp32 next-token logits at the last prompt position, shape ``(vocab,)``."""
     with torch.no_grad():
-        return vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
+        return finite(vlm, vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float(), "next-token logits")
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def score(vlm, prepared: PreparedInputs, text: str) -> AnswerScore:
     inputs = vlm.adapter.append(prepared.inputs, answer.ids)
     n = len(answer.ids)
     with torch.no_grad():
-        logits = vlm.model(**inputs, logits_to_keep=n + 1).logits[0, :n].float()
+        logits = finite(vlm, vlm.model(**inputs, logits_to_keep=n + 1).logits[0, :n].float(), "answer logits")
     logprobs = torch.log_softmax(logits, dim=-1)
     ids = torch.tensor(answer.ids, device=logprobs.device)
     steps = logprobs[torch.arange(n, device=logprobs.device), ids]

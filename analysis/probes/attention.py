@@ -45,6 +45,7 @@ from analysis.models.sites import Site, reading
 from analysis.probes.backend import Recording, probing
 from analysis.models.localisation import localisation_scores
 from analysis.probes.sinks import DEFAULT_THRESHOLD, detect_sinks
+from analysis.models.numerics import finite
 
 QUERY_SPECS = ("last", "question", "question+last")
 KINDS = ("attention", "corrected", "rollout")
@@ -276,7 +277,7 @@ def _forward(vlm: VLM, inputs: PreparedInputs, rows: torch.Tensor, wanted: Itera
 
     def on_value(s: Site, state: torch.Tensor) -> None:
         if s.kind == "resid_post":  # the layer has run: its recording is complete
-            consume(s.layer, recording.layers.pop(s.layer)[0])
+            consume(s.layer, finite(vlm, recording.layers.pop(s.layer)[0], f"attention weights of layer {s.layer}"))
         else:
             norms[s.layer] = state[0, image].float().norm(dim=-1).cpu().numpy()
 

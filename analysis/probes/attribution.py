@@ -65,6 +65,7 @@ from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.answers import answer_tokens, next_token_logits
 from analysis.models.localisation import localisation_scores, positive_part
+from analysis.models.numerics import finite
 from analysis.models.sites import language_model_inputs
 
 GRADIENT_METHODS = {"integrated_gradients": IntegratedGradients, "saliency": Saliency,
@@ -291,7 +292,8 @@ class _EmbeddingRunner:
         embeds[:, positions.to(embeds.device)] = values.to(embeds.dtype)
         kwargs = self.vlm.adapter.repeat_language_model_kwargs(self.kwargs, n)
         hidden = self.vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
-        return torch.log_softmax(self.vlm.unembed(hidden, final_norm=False), dim=-1)[:, self.token]
+        logits = finite(self.vlm, self.vlm.unembed(hidden, final_norm=False).float(), "attribution logits")
+        return torch.log_softmax(logits, dim=-1)[:, self.token]
 
 
 @contextlib.contextmanager
@@ -329,7 +331,7 @@ class _PixelRunner:
         if batch["input_ids"].shape != (len(parts), self.prepared.length):
             raise RuntimeError("a masked image changed the number of image tokens; please report this")
         logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-        return torch.log_softmax(logits, dim=-1)[:, self.token]
+        return torch.log_softmax(finite(self.vlm, logits, "attribution logits"), dim=-1)[:, self.token]
 
 
 # --- strategies: one per kind of method ---------------------------------------------------------

@@ -21,6 +21,7 @@ from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError
 from analysis.models.answers import answer_tokens, is_correct, next_token_logits
 from analysis.models.inputs import PreparedInputs
+from analysis.models.numerics import finite
 from analysis.models.sites import language_model_inputs, reading, sites
 from analysis.probes.backend import Edges, probing
 
@@ -206,7 +207,7 @@ def knockout_logits(
             else:
                 logits = vlm.model(**vlm.adapter.repeat(prepared.inputs, n), logits_to_keep=1).logits
         out.append(logits[:, -1].float().cpu())
-    return torch.cat(out)
+    return finite(vlm, torch.cat(out), "knockout logits")
 
 
 def information_flow(
@@ -380,7 +381,8 @@ def logit_lens(
         for s, state in stream.items():
             layer = s.layer
             with torch.no_grad():
-                probs = torch.softmax(vlm.unembed(state[0, chosen], final_norm=final_norm), dim=-1).cpu()
+                logits = finite(vlm, vlm.unembed(state[0, chosen], final_norm=final_norm).float(), "logit-lens logits")
+                probs = torch.softmax(logits, dim=-1).cpu()
             ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
             for i, pos in enumerate(chosen):
                 for j, (name, token) in enumerate(tracked.items()):
