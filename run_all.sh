@@ -52,7 +52,7 @@ setup() {
     fi
     local stamp="$VENV/.vlm-probes-installed"
     local want
-    want="$(cat pyproject.toml run_all.sh | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
+    want="$(cat pyproject.toml run_all.sh requirements-lock.txt | "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return
     fi
@@ -61,8 +61,8 @@ setup() {
         echo "[setup] installing $TORCH_PIN"
         "$VENV/bin/python" -m pip install --quiet $TORCH_PIN
     fi
-    echo "[setup] installing vlm-probes with extras [notebooks,test]"
-    "$VENV/bin/python" -m pip install --quiet -e ".[notebooks,test]"
+    echo "[setup] installing vlm-probes with extras [notebooks,test] at the tested versions (requirements-lock.txt)"
+    "$VENV/bin/python" -m pip install --quiet -c requirements-lock.txt -e ".[notebooks,test]"
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
         --display-name "Python (vlm-probes)" >/dev/null
     echo "$want" > "$stamp"

@@ -4,6 +4,7 @@ transformers versions, full-width architectures, low-precision numerics."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -144,3 +145,30 @@ def test_non_finite_outputs_name_the_dtype_and_attention(tiny, photo):
         knockout_probs(vlm, prepared, [[Edges.make(sources, targets, [0])]], 0)
     with pytest.raises(NumericsError, match="captured resid_post"):
         capture(vlm, [{"image": photo, "question": QUESTION}], roles=["last"], layers=[1], pool=None, progress=False)
+
+
+def test_our_calls_use_nothing_deprecated(family, tiny, photo, caplog):
+    """Tomorrow's transformers: no FutureWarning / DeprecationWarning raised at our calls (also set as
+    errors for the whole suite in pyproject), and none of transformers' logged deprecations (how it
+    announces the removal of ``past_key_values`` in 5.40) on the paths that pass caches, generate,
+    rerun the language model or capture."""
+    from transformers.utils import logging as hf_logging
+
+    from analysis.capture import generate_answers
+
+    vlm = tiny(family)
+    hf_logging.warning_once.cache_clear()  # each deprecation is logged once per process
+    sample = {"image": photo, "question": QUESTION, "answer": "red"}
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="transformers"):
+        warnings.filterwarnings("error", category=FutureWarning)
+        warnings.filterwarnings("error", category=DeprecationWarning, module="(analysis|transformers|torch).*")
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        prepared = vlm.prepare(photo, QUESTION)
+        sources, targets = block_positions(prepared, "image->last")
+        knockout_probs(vlm, prepared, [[], [Edges.make(sources, targets, [0])]], 0, reuse_prefix=True)
+        generate_answers(vlm, [sample], max_new_tokens=2, progress=False)
+        capture(vlm, [sample], roles=["last", "answer"], pool="mean", progress=False)
+        attribute(vlm, prepared, method="saliency")
+        logit_lens(vlm, [sample], progress=False)
+    deprecated = [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
+    assert not deprecated, deprecated
