@@ -172,3 +172,28 @@ def test_our_calls_use_nothing_deprecated(family, tiny, photo, caplog):
         logit_lens(vlm, [sample], progress=False)
     deprecated = [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
     assert not deprecated, deprecated
+
+
+# Full width in the suite: SmolVLM-256M's published layout (hidden 576, 9 heads over 3 key/value
+# heads, head_dim 64, SigLIP-B/16 at 512 px), the one family whose full-width forward costs well
+# under a second on 2 cores (LLaVA-1.5-7B's takes 4 s in fp32 and 25 s in bf16 on this CPU, which
+# has no bf16 instructions); every family's full-width conformance is in benchmarks/bench_full_width.py.
+# Tolerances: fp32 as for the tiny models; bf16 eager attention rounds its probabilities to bf16
+# (measured 1.1e-4) and batched bf16 knockouts differ from one-by-one ones by rounding (7.8e-3 in log p).
+FULL_WIDTH_TOLERANCE = {torch.float32: dict(idle=1e-5, recorded=1e-5, knockout=1e-5),
+                        torch.bfloat16: dict(idle=1e-5, recorded=2e-3, knockout=0.05)}
+
+
+@pytest.mark.parametrize("dtype", list(FULL_WIDTH_TOLERANCE), ids=["fp32", "bf16"])
+def test_full_width_model_passes_the_conformance_checks(dtype):
+    from analysis.conformance import conformance
+    from analysis.testing import full_width_vlm
+
+    vlm = full_width_vlm("smolvlm", dtype=dtype)
+    vlm.processor.image_processor.do_image_splitting = False  # the global 512 px tile: 64 image tokens
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
+    result = conformance(vlm, image, "What colour is the circle?")
+    tol = FULL_WIDTH_TOLERANCE[dtype]
+    assert (result.n_image, result.dtype) == (64, str(dtype).removeprefix("torch."))
+    assert result.idle <= tol["idle"] and result.recorded <= tol["recorded"] and result.knockout <= tol["knockout"]
+    assert result.effect >= 10 * tol["knockout"], "a knockout that blocked nothing would pass"

@@ -49,6 +49,6 @@ def reference_knockout(vlm, prepared, configs: Sequence[Sequence[Edges]], token:
 
                 stack.enter_context(hooked(layer.self_attn, pre=pre))
             with torch.no_grad():
-                logits = model(**prepared.inputs).logits[0, -1].float()
+                logits = model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
         out.append(torch.softmax(logits, -1)[token])
     return torch.stack(out)
