@@ -174,7 +174,9 @@ class Probe:
 
 
 def _window(vlm, options) -> int:
-    return options["window"] if options["window"] is not None else min(9, vlm.n_layers)
+    from analysis.probes.flow import default_window
+
+    return options["window"] if options["window"] is not None else default_window(vlm.n_layers)
 
 
 def _run_flow(vlm, sample: Sample, index: int, options: dict) -> tuple[pd.DataFrame, dict]:
@@ -786,7 +788,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--offload-folder", help="folder for weights offloaded to disk (with --device-map)")
     group = parser.add_argument_group("probe options (each probe reads its own)")
     group.add_argument("--blocks", type=_csv, help="information_flow: edge sets, comma-separated")
-    group.add_argument("--window", type=int, help="information_flow: layers blocked at once (default min(9, layers))")
+    group.add_argument("--window", type=int, help="information_flow: layers blocked at once (default: the paper's 9 of 32 layers scaled to the model, at least 1)")
     group.add_argument("--all", action="store_true", help="information_flow / logit_lens: keep every sample, not "
                                                           "only correctly answered ones")
     group.add_argument("--only-correct", action="store_true", help="logit_lens: keep correctly answered samples")

@@ -12,6 +12,7 @@ from analysis.probes.backend import Edges
 from analysis.probes.reference import reference_knockout
 from analysis.probes.flow import (
     block_positions,
+    default_window,
     information_flow,
     knockout_probs,
     layer_windows,
@@ -78,6 +79,7 @@ def test_information_flow_table(tiny, photo):
     sources_related, _ = block_positions(prepared, "related->question", [(0, 0, 100, 75)])
     sources_other, _ = block_positions(prepared, "other->question", [(0, 0, 100, 75)])
     assert len(sources_related) + len(sources_other) == len(prepared.image_positions)
+    assert information_flow(vlm, samples, blocks=("image->last",), progress=False).window == 1  # 2 layers
     wrong = [dict(samples[0], answer="zebra")]
     with pytest.raises(InputError, match="none of the 1 samples"):
         information_flow(vlm, wrong, window=1, progress=False)
@@ -93,6 +95,7 @@ def test_information_flow_table(tiny, photo):
 
 
 def test_layer_windows():
+    assert [default_window(n) for n in (1, 2, 4, 16, 32, 40, 80)] == [1, 1, 1, 4, 9, 11, 22]
     assert [list(r) for _, r in layer_windows(4, 3)] == [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3]]
     assert [list(r) for _, r in layer_windows(4, 4)][0] == [0, 1]
     with pytest.raises(InputError, match="window"):

@@ -129,6 +129,15 @@ def block_positions(prepared: PreparedInputs, block: str, boxes=None) -> tuple[t
     return group(source), group(target)
 
 
+# The information-flow paper blocks 9 consecutive layers of 32-layer models.
+PAPER_WINDOW, PAPER_LAYERS = 9, 32
+
+
+def default_window(n_layers: int) -> int:
+    """Return the paper's window scaled to ``n_layers``: the same fraction (9 of 32), at least 1."""
+    return max(1, round(PAPER_WINDOW * n_layers / PAPER_LAYERS))
+
+
 def layer_windows(n_layers: int, window: int) -> list[tuple[int, range]]:
     """Return ``(centre, layers)`` for every centre layer: ``[c - k//2, c + ceil(k/2))`` clipped."""
     if not 1 <= window <= n_layers:
@@ -214,7 +223,7 @@ def information_flow(
     vlm,
     samples: Iterable,
     blocks: Sequence[str] = DEFAULT_BLOCKS,
-    window: int = 9,
+    window: int | None = None,
     only_correct: bool = True,
     batch_size: int = 16,
     reuse_prefix: bool = True,
@@ -227,8 +236,10 @@ def information_flow(
         samples: ``Sample`` objects, dicts or zoo samples (image, question, answer, boxes,
             question_type); see ``analysis.data.samples.as_samples``.
         blocks: names from ``BLOCKS``.
-        window: layers blocked at once, centred on each layer (``k`` of the paper; 9 for 32-layer
-            models, smaller for shallow models).
+        window: layers blocked at once, centred on each layer (``k`` of the paper). Default
+            ``default_window(vlm.n_layers)``: the paper's 9 of 32 layers as the same fraction of this
+            model's depth, at least 1 (9 for 32 layers, 1 for the 4-layer zoo models); the window used
+            is ``result.window``. An explicit window larger than the model is an error.
         only_correct: keep only correctly answered samples (default; rule ``"first_token"`` of
             ``analysis.models.answers``).
         batch_size, reuse_prefix: see ``knockout_probs``.
@@ -238,6 +249,7 @@ def information_flow(
         A ``KnockoutResult``: the tidy frame and ``n_samples``, ``n_correct``, ``window``, ``skipped``.
     """
     samples = as_samples(samples)
+    window = default_window(vlm.n_layers) if window is None else window
     windows = layer_windows(vlm.n_layers, window)
     rows, n_correct, skipped = [], 0, []
     for sample in tqdm(samples, desc="knockout", disable=not progress):
