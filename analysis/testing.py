@@ -583,9 +583,6 @@ def _published_processor(family: str, processor: ProcessorMixin) -> ProcessorMix
         processor.image_seq_len = settings.pop("image_seq_len")
     for key, value in settings.items():
         setattr(processor.image_processor, key, value)
-    if "size" in settings and family.startswith("qwen"):
-        processor.image_processor.min_pixels = settings["size"]["shortest_edge"]
-        processor.image_processor.max_pixels = settings["size"]["longest_edge"]
     return processor
 
 
