@@ -19,6 +19,7 @@ from analysis.probes.backend import probing
 from analysis.probes.redundancy import (
     RANKINGS,
     REDUNDANCY_COLUMNS,
+    bootstrap_interval,
     drop_edges,
     drop_logits,
     drop_region,
@@ -205,6 +206,16 @@ def test_flops_saved_is_analytic(tiny):
     assert flops_saved(vlm, 100, [50, 50]) == pytest.approx(100 * (1 - layer_flops(vlm, 50) / layer_flops(vlm, 100)))
     low, high = wilson_interval(0, 10)
     assert low == 0 and 0.25 < high < 0.35 and math.isnan(wilson_interval(0, 0)[0])
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean():
+    values = np.random.default_rng(0).normal(1.0, 2.0, size=400)
+    mean, low, high = bootstrap_interval(values, seed=3)
+    assert mean == pytest.approx(values.mean()) and low < mean < high
+    assert high - low == pytest.approx(2 * 1.96 * values.std(ddof=1) / 20, rel=0.15)  # the normal interval
+    assert bootstrap_interval(values, seed=3) == (mean, low, high)
+    assert bootstrap_interval([2.0, 2.0, np.nan]) == (2.0, 2.0, 2.0)
+    assert math.isnan(bootstrap_interval([1.0])[1]) and math.isnan(bootstrap_interval([])[0])
 
 
 def test_bad_inputs_give_clear_errors(tiny, photo):

@@ -38,8 +38,9 @@ __all__ = [
     "representation_shift", "sanity_report", "steer", "steering_effect", "steering_vector",
 ]
 
-from analysis.probes.redundancy import (RANKINGS, RedundancyResult, RegionDropResult, drop_region,  # noqa: E402
-                                        permute_image_tokens, pyramid_drop, token_redundancy)
+from analysis.probes.redundancy import (RANKINGS, RedundancyResult, RegionDropResult, bootstrap_interval,  # noqa: E402
+                                        drop_region, permute_image_tokens, pyramid_drop, token_redundancy,
+                                        wilson_interval)
 
-__all__ += ["RANKINGS", "RedundancyResult", "RegionDropResult", "drop_region", "permute_image_tokens", "pyramid_drop",
-            "token_redundancy"]
+__all__ += ["RANKINGS", "RedundancyResult", "RegionDropResult", "bootstrap_interval", "drop_region",
+            "permute_image_tokens", "pyramid_drop", "token_redundancy", "wilson_interval"]

@@ -174,6 +174,28 @@ def wilson_interval(successes: float, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def bootstrap_interval(values, seed: int = 0, n_resamples: int = 2000,
+                       confidence: float = 0.95) -> tuple[float, float, float]:
+    """Return ``(mean, low, high)``: the mean of ``values`` and its percentile bootstrap interval.
+
+    ``scipy.stats.bootstrap`` over the values (samples, or concepts) with a fixed ``seed``, so the
+    interval is reproducible; non-finite values are left out. Fewer than two values give NaN
+    bounds; values that are all equal give the value itself as both bounds.
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, math.nan, math.nan)
+    if np.ptp(x) == 0:
+        return (mean, mean, mean)
+    ci = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                         method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return (mean, float(ci.low), float(ci.high))
+
+
 def summarise(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Return one row per group of ``by``: accuracy and mean probability change with 95% CIs.
 
