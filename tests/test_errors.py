@@ -40,6 +40,24 @@ def test_unsupported_family(tmp_path):
         load_vlm(tmp_path)
 
 
+def test_known_unsupported_families_say_why_and_the_nearest_supported_one(tmp_path):
+    from transformers import Gemma3Config, MllamaConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from analysis.models.adapters import NOT_SUPPORTED, SUPPORTED_FAMILIES
+
+    assert set(NOT_SUPPORTED) <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)  # real model types, no typos
+    assert {nearest for nearest, _ in NOT_SUPPORTED.values()} <= set(SUPPORTED_FAMILIES)
+    Gemma3Config().save_pretrained(tmp_path / "gemma3")
+    with pytest.raises(UnsupportedModelError, match=r"'gemma3' is not a supported VLM family \(not adapted yet: "
+                                                    r"a Gemma decoder.*nearest supported family is PaliGemma"):
+        load_vlm(tmp_path / "gemma3")
+    MllamaConfig().save_pretrained(tmp_path / "mllama")
+    with pytest.raises(UnsupportedModelError, match=r"'mllama'.*refused: its language model reads the image through "
+                                                    r"cross-attention"):
+        load_vlm(tmp_path / "mllama")
+
+
 def test_unknown_zoo_name():
     with pytest.raises(ModelNotFoundError, match=r"no-such-model.*python -m analysis\.zoo\.train --all"):
         load_vlm("zoo:no-such-model")

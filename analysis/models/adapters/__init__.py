@@ -21,6 +21,33 @@ ADAPTERS: tuple[type[Adapter], ...] = (
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 
+_LLAVA_LIKE = "a vision tower, a projector and image placeholder tokens like LLaVA, with its own patch geometry"
+_QWEN_LIKE = "dynamic-resolution patches merged 2 x 2 with multi-axis RoPE like Qwen2.5-VL, with its own variant"
+_GEMMA_LIKE = "a Gemma decoder over SigLIP image tokens like PaliGemma, with bidirectional attention inside image blocks"
+_CROSS = "its language model reads the image through cross-attention layers: no image tokens in the sequence to probe"
+_QFORMER = "a Q-Former compresses the image into learned query tokens: no patch grid"
+_VQ = "images are discrete tokens of the vocabulary (a VQ codebook), not vision-tower features"
+_ENC_DEC = "an encoder-decoder: the answer's decoder cross-attends to the encoded image and prompt"
+# Image-text-to-text model types of transformers that have no adapter here: (nearest supported
+# family, why it is not supported as it stands). Not adapted yet, or refused for a structural reason.
+NOT_SUPPORTED: dict[str, tuple[str, str]] = {
+    **{t: ("llava", f"not adapted yet: {_LLAVA_LIKE}") for t in (
+        "aya_vision", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "internvl", "lfm2_vl", "mistral3",
+        "perception_lm", "vipllava", "video_llava")},
+    **{t: ("llava_next", "not adapted yet: any-res tiling of its own") for t in ("llava_onevision", "llava_next_video")},
+    **{t: ("qwen2_5_vl", f"not adapted yet: {_QWEN_LIKE}") for t in (
+        "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v")},
+    **{t: ("paligemma", f"not adapted yet: {_GEMMA_LIKE}") for t in ("gemma3", "gemma3n", "gemma4", "shieldgemma2")},
+    "idefics2": ("idefics3", "not adapted yet: a perceiver resamples the image into 64 tokens (no patch grid)"),
+    "llama4": ("llava", "not adapted yet: chunked attention and a mixture-of-experts decoder"),
+    "fuyu": ("llava", "refused: image patches enter the decoder by a linear projection, without a vision tower"),
+    **{t: ("idefics3", f"refused: {_CROSS}") for t in ("idefics", "mllama")},
+    **{t: ("llava", f"refused: {_QFORMER}") for t in ("blip-2", "instructblip", "instructblipvideo")},
+    **{t: ("llava", f"refused: {_VQ}") for t in ("chameleon", "emu3")},
+    **{t: ("paligemma", f"refused: {_ENC_DEC}") for t in (
+        "florence2", "pix2struct", "udop", "vision-encoder-decoder", "t5gemma2")},
+}
+
 
 def adapter_for(model_type: str) -> type[Adapter]:
     """Return the adapter class for a ``config.model_type``; raise a clear error if unsupported."""
@@ -28,10 +55,15 @@ def adapter_for(model_type: str) -> type[Adapter]:
         if model_type in adapter.model_types:
             return adapter
     supported = ", ".join(f"{a.title} ({'/'.join(a.model_types)})" for a in ADAPTERS)
+    known = ""
+    if model_type in NOT_SUPPORTED:
+        nearest, reason = NOT_SUPPORTED[model_type]
+        title = next(a.title for a in ADAPTERS if a.family == nearest)
+        known = f" ({reason}; the nearest supported family is {title}, model_type {nearest!r})"
     raise UnsupportedModelError(
-        f"model_type {model_type!r} is not a supported VLM family. Supported: {supported}. "
+        f"model_type {model_type!r} is not a supported VLM family{known}. Supported: {supported}. "
         "To add one, write an Adapter in analysis/models/adapters/ and list it in ADAPTERS."
     )
 
 
-__all__ = ["ADAPTERS", "SUPPORTED_FAMILIES", "Adapter", "Layout", "adapter_for"]
+__all__ = ["ADAPTERS", "NOT_SUPPORTED", "SUPPORTED_FAMILIES", "Adapter", "Layout", "adapter_for"]
