@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from analysis.errors import InputError
 from analysis.models.answers import next_token_logits
@@ -103,8 +104,13 @@ def conformance(vlm, image, question: str) -> Conformance:
     assert list(maps.layers) == list(range(vlm.n_layers))
     eager = eager_copy(vlm)
     image_positions = prepared.image_positions.numpy()
-    with torch.no_grad():
-        out = timed("eager", lambda: eager(**prepared.inputs, output_attentions=True, logits_to_keep=1))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the vision tower (sdpa) says it returns no attentions: we read the LLM's
+    try:
+        with torch.no_grad():
+            out = timed("eager", lambda: eager(**prepared.inputs, output_attentions=True, logits_to_keep=1))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     reference_maps = np.stack([a[0, :, -1:, image_positions].float().cpu().numpy() for a in out.attentions])
     token = int(idle.argmax())
     sources, targets = block_positions(prepared, "image->last")
@@ -112,7 +118,6 @@ def conformance(vlm, image, question: str) -> Conformance:
     configs.append([Edges.make(sources, targets, range(vlm.n_layers))])
     fast = timed("knockout", lambda: knockout_probs(vlm, prepared, configs, token)).double().log()
     slow = timed("reference", lambda: reference_knockout(vlm, prepared, configs, token, model=eager)).double().log()
-    del eager
     return Conformance(
         model=vlm.name,
         dtype=str(vlm.dtype).removeprefix("torch."),

@@ -164,3 +164,24 @@ def test_cache_path_that_is_a_file(tmp_path):
     path.write_text("not a folder")
     with pytest.raises(InputError, match="needs a folder.*is a file"):
         ActivationCache(path)
+
+
+def test_families_command_matches_the_readme(monkeypatch, tiny):
+    """`python -m analysis families` (every image-text-to-text model type of transformers, with the
+    supported families' tiny-model conformance) is the README's table."""
+    import re
+    from pathlib import Path
+
+    import analysis.testing
+    from analysis.families import STATUSES, family_table, markdown
+    from analysis.models import SUPPORTED_FAMILIES
+
+    shared = {family: tiny(family) for family in SUPPORTED_FAMILIES}  # the session's tiny models, built first
+    monkeypatch.setattr(analysis.testing, "tiny_vlm", shared.__getitem__)
+    rows = family_table(checks=True)
+    assert {r["status"] for r in rows} <= set(STATUSES)
+    assert [r["model_type"] for r in rows if r["status"] == "full"] == sorted(SUPPORTED_FAMILIES)
+    assert all(r["checks"] == "pass" for r in rows if r["status"] == "full")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- families:begin -->\n(.*?)\n<!-- families:end -->", readme, re.S).group(1)
+    assert block == markdown(rows), "README's families table is stale: paste `python -m analysis families`"
