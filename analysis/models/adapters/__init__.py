@@ -32,20 +32,22 @@ _ENC_DEC = "an encoder-decoder: the answer's decoder cross-attends to the encode
 # family, why it is not supported as it stands). Not adapted yet, or refused for a structural reason.
 NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     **{t: ("llava", f"not adapted yet: {_LLAVA_LIKE}") for t in (
-        "aya_vision", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "internvl", "lfm2_vl", "mistral3",
-        "perception_lm", "vipllava", "video_llava")},
+        "aria", "aya_vision", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "internvl", "janus", "kosmos-2",
+        "lfm2_vl", "mistral3", "perception_lm", "vipllava", "video_llava")},
     **{t: ("llava_next", "not adapted yet: any-res tiling of its own") for t in ("llava_onevision", "llava_next_video")},
     **{t: ("qwen2_5_vl", f"not adapted yet: {_QWEN_LIKE}") for t in (
-        "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v")},
+        "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v", "qwen2_5_omni_thinker",
+        "qwen3_omni_moe_thinker", "video_llama_3")},
     **{t: ("paligemma", f"not adapted yet: {_GEMMA_LIKE}") for t in ("gemma3", "gemma3n", "gemma4", "shieldgemma2")},
     "idefics2": ("idefics3", "not adapted yet: a perceiver resamples the image into 64 tokens (no patch grid)"),
     "llama4": ("llava", "not adapted yet: chunked attention and a mixture-of-experts decoder"),
     "fuyu": ("llava", "refused: image patches enter the decoder by a linear projection, without a vision tower"),
+    "git": ("llava", "not adapted yet: image features are prefixed to the text, without placeholder tokens"),
     **{t: ("idefics3", f"refused: {_CROSS}") for t in ("idefics", "mllama")},
     **{t: ("llava", f"refused: {_QFORMER}") for t in ("blip-2", "instructblip", "instructblipvideo")},
     **{t: ("llava", f"refused: {_VQ}") for t in ("chameleon", "emu3")},
     **{t: ("paligemma", f"refused: {_ENC_DEC}") for t in (
-        "florence2", "pix2struct", "udop", "vision-encoder-decoder", "t5gemma2")},
+        "blip", "florence2", "pix2struct", "udop", "vision-encoder-decoder", "t5gemma2")},
 }
 
 
