@@ -110,7 +110,7 @@ from transformers import (
     SmolVLMVisionConfig,
 )
 
-from analysis.published import PUBLISHED, Published
+from analysis.published import PUBLISHED
 from analysis.real_tokenizers import tokenizer_file
 
 if TYPE_CHECKING:
@@ -566,10 +566,9 @@ def _published_config(family: str, config: PretrainedConfig, vocabulary: int) ->
     text["vocab_size"] = max(published.text["vocab_size"], vocabulary)
     vision_depth = "depth" if family.startswith("qwen") else "num_hidden_layers"
     vision = {**config.vision_config.to_dict(), **published.vision, vision_depth: 2}
-    if "vocab_size" in config.to_dict() and family == "paligemma":
-        published = Published(published.checkpoint, published.text, published.vision,
-                              {**published.top, "vocab_size": text["vocab_size"]}, published.processor)
     top = {**config.to_dict(), **published.top, "text_config": text, "vision_config": vision}
+    if "vocab_size" in top:  # a composite config that repeats the vocabulary (PaliGemma) keeps the text one
+        top["vocab_size"] = text["vocab_size"]
     for part in (text, vision, top):
         for key in _DERIVED:
             part.pop(key, None)

@@ -110,12 +110,11 @@ def test_every_probe_runs_in_low_precision_and_matches_fp32(family, tiny, photo,
     reference, vlm = tiny(family), _in_dtype(tiny(family), dtype)
     tol = LOW_PRECISION[dtype]
     sample = {"image": photo, "question": QUESTION, "id": "s"}
+    token = int(next_token_logits(reference, reference.prepare(photo, QUESTION)).argmax())
     results = []
     for model in (reference, vlm):
         prepared = model.prepare(photo, QUESTION)
-        logits = next_token_logits(model, prepared)
-        assert logits.dtype == torch.float32
-        token = int(next_token_logits(reference, reference.prepare(photo, QUESTION)).argmax())
+        assert next_token_logits(model, prepared).dtype == torch.float32
         sources, targets = block_positions(prepared, "image->last")
         configs = [[], [Edges.make(sources, targets, range(model.n_layers))]]
         knock = knockout_probs(model, prepared, configs, token).double().log()
