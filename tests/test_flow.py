@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +11,8 @@ import torch
 from analysis.errors import InputError
 from analysis.models.answers import next_token_logits as last_logits
 from analysis.probes.backend import Edges
+from analysis.models.sites import hooked
+from analysis.probes.knockout import knockout_logits, unmodified_run
 from analysis.probes.reference import reference_knockout
 from analysis.probes.flow import (
     block_positions,
@@ -62,6 +66,55 @@ def test_knockout_matches_reference_batched_and_prefix_reused(family, tiny, phot
     assert_detectable(effects[~no_op], LOGP_TOL, factor=20, what="knockout effect on log p")
     blocks_nothing = logp_base.expand_as(reference)
     assert not torch.isclose(blocks_nothing, reference, atol=LOGP_TOL, rtol=0)[~no_op].any()
+
+
+def test_empty_edge_set_is_the_unmodified_forward_exactly(family, tiny, photo):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    sources, targets = block_positions(prepared, "question->last")
+    configs = [[], [Edges.make(sources, targets, [vlm.n_layers - 1])], [Edges.make(sources, targets, [])]]
+    logits = knockout_logits(vlm, prepared, configs)
+    stock = last_logits(vlm, prepared)
+    assert torch.equal(logits[0], stock) and torch.equal(logits[2], stock)  # no layer named: nothing blocked
+    assert (logits[1] - stock).abs().max() > 1e-3
+
+
+def _attention_calls(vlm, run) -> list[tuple[int, int, int]]:
+    """Run ``run()`` and return ``(layer, batch, query positions)`` of every decoder attention call."""
+    calls = []
+    with contextlib.ExitStack() as stack:
+        for index, layer in enumerate(vlm.layers):
+            def pre(args, kwargs, index=index):
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                calls.append((index, hidden.shape[0], hidden.shape[1]))
+            stack.enter_context(hooked(layer.self_attn, pre=pre))
+        run()
+    return calls
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+def test_knockout_computes_only_the_layers_and_positions_a_configuration_changes(family, tiny, photo):
+    """A block from layer s on recomputes layers >= s only; with a causal prompt only the positions
+    from its first blocked query (one for ->last), over the unmodified cache; the prefix-LM family
+    (PaliGemma) recomputes every position, still from layer s."""
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    top = vlm.n_layers - 1
+    last = block_positions(prepared, "image->last")
+    question = block_positions(prepared, "image->question")
+    unmodified = unmodified_run(vlm, prepared, int(question[1].min()) if family != "paligemma" else 0)
+    configs = [[Edges.make(*last, [top])], [Edges.make(*question, [1, top])], [Edges.make(*last, [top])]]
+    calls = _attention_calls(vlm, lambda: knockout_logits(vlm, prepared, configs, batch_size=2, unmodified=unmodified))
+    if family == "paligemma":  # sorted by first layer: [question @1, last @top], then [last @top]
+        assert calls == [(layer, 2, prepared.length) for layer in range(1, vlm.n_layers)] + [(top, 1, prepared.length)]
+    else:  # by first position: the question one, then the two ->last configurations together
+        n_question = prepared.length - int(question[1].min())
+        assert calls == [(layer, 1, n_question) for layer in range(1, vlm.n_layers)] + [(top, 2, 1)]
+    assert torch.allclose(knockout_logits(vlm, prepared, configs, reuse_prefix=False, batch_size=1),
+                          knockout_logits(vlm, prepared, configs, unmodified=unmodified), atol=1e-5, rtol=0)
+    if family != "paligemma":  # states kept from too late a position cannot serve the question block
+        with pytest.raises(InputError, match=r"unmodified_run\(vlm, prepared, \d+\)"):
+            knockout_logits(vlm, prepared, configs, unmodified=unmodified_run(vlm, prepared, prepared.last_position))
 
 
 def test_information_flow_table(tiny, photo):

@@ -28,6 +28,8 @@ Two context managers use the sites, and both always remove their hooks:
   reads of the same site, whichever block was entered first: a read sees the edited state.
 
 Everything in the package that hooks a module goes through ``hooked`` (the one primitive).
+``skipping(vlm, layers)`` is the one way to leave decoder layers out of a forward (they pass
+their input through), for forwards that resume from a kept ``resid_pre`` state.
 """
 
 from __future__ import annotations
@@ -163,6 +165,34 @@ def hooked(module: nn.Module, pre: Callable | None = None, post: Callable | None
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _pass_through(*args, **kwargs):
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+@contextlib.contextmanager
+def skipping(vlm, layers: Iterable[int]) -> Iterator[None]:
+    """Leave decoder ``layers`` out of every forward inside the block: each returns its input
+    hidden state unchanged (its attention and MLP do not run; its cache layer is not updated).
+
+    For forwards that start at a later layer from a kept state (``editing`` with ``replace`` at
+    that layer's ``resid_pre``): the layers before it would be dead work. Hooks on the skipped
+    layers still run. A wrapper already installed as the layer's forward (accelerate's device
+    hooks) is restored on exit, even after an error.
+    """
+    modules = [vlm.layers[vlm.check_layer(layer)] for layer in layers]
+    saved = [module.__dict__.get("forward") for module in modules]
+    try:
+        for module in modules:
+            module.forward = _pass_through
+        yield
+    finally:
+        for module, forward in zip(modules, saved):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 @contextlib.contextmanager

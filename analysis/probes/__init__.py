@@ -20,11 +20,10 @@ from analysis.probes.flow import (
                                   KnockoutResult,
                                   RegionKnockoutResult,
                                   information_flow,
-                                  knockout_logits,
-                                  knockout_probs,
                                   logit_lens,
                                   region_knockout,
 )
+from analysis.probes.knockout import knockout_logits, knockout_probs, unmodified_run
 from analysis.probes.sanity import default_methods, sanity_report
 from analysis.probes.shift import concept_shift, representation_shift
 from analysis.probes.sinks import detect_sinks
@@ -35,7 +34,7 @@ __all__ = [
     "alignment_vs_accuracy", "as_samples", "attention_maps", "attribute", "concept_shift", "default_methods",
     "detect_sinks", "implicit_alignment", "information_flow", "knockout_logits", "knockout_probs",
     "localisation_scores", "localisation_sweep", "logit_lens", "probing", "region_knockout",
-    "representation_shift", "sanity_report", "steer", "steering_effect", "steering_vector",
+    "representation_shift", "sanity_report", "steer", "steering_effect", "steering_vector", "unmodified_run",
 ]
 
 from analysis.probes.redundancy import (RANKINGS, RedundancyResult, RegionDropResult, bootstrap_interval,  # noqa: E402

@@ -8,7 +8,6 @@ the answer the model originally predicted, ``100 * (p_new - p_base) / p_base``.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -19,11 +18,12 @@ from tqdm.auto import tqdm
 
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError
-from analysis.models.answers import answer_tokens, is_correct, next_token_logits
+from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.inputs import PreparedInputs
 from analysis.models.numerics import finite
-from analysis.models.sites import language_model_inputs, reading, sites
-from analysis.probes.backend import Edges, probing
+from analysis.models.sites import reading, sites
+from analysis.probes.backend import Edges
+from analysis.probes.knockout import first_recomputed, knockout_logits, knockout_probs, unmodified_run
 
 BLOCKS: dict[str, tuple[str, str]] = {
     "question->last": ("question", "last"),
@@ -145,80 +145,6 @@ def layer_windows(n_layers: int, window: int) -> list[tuple[int, range]]:
     return [(c, range(max(0, c - window // 2), min(n_layers, c + math.ceil(window / 2)))) for c in range(n_layers)]
 
 
-def knockout_probs(
-    vlm,
-    prepared: PreparedInputs,
-    configs: Sequence[Sequence[Edges]],
-    token: int,
-    batch_size: int = 16,
-    reuse_prefix: bool = True,
-) -> torch.Tensor:
-    """Return the probability of ``token`` at the last position under each edge configuration.
-
-    Arguments as for ``knockout_logits``; returns fp32 of shape ``(len(configs),)``.
-    """
-    logits = knockout_logits(vlm, prepared, configs, batch_size, reuse_prefix)
-    return torch.softmax(logits, dim=-1)[:, token]
-
-
-def knockout_logits(
-    vlm,
-    prepared: PreparedInputs,
-    configs: Sequence[Sequence[Edges]],
-    batch_size: int = 16,
-    reuse_prefix: bool = True,
-) -> torch.Tensor:
-    """Return the next-token logits at the last position under each edge configuration.
-
-    Args:
-        configs: one list of ``Edges`` per configuration (an empty list is the unmodified model).
-        batch_size: configurations run together as one batch.
-        reuse_prefix: compute the positions before the first blocked target once and reuse their
-            key/value cache for every configuration (skipped for prefix-LM families, where the
-            prompt attends bidirectionally).
-
-    Returns:
-        fp32 CPU tensor of shape ``(len(configs), vocab)``.
-    """
-    if batch_size < 1:
-        raise InputError("batch_size must be at least 1")
-    targets = [int(e.targets.min()) for config in configs for e in config]
-    split = min(targets, default=prepared.last_position)
-    reuse = (
-        reuse_prefix
-        and not vlm.adapter.bidirectional_prompt
-        and split > int(prepared.image_positions.max())
-    )
-    if reuse:
-        # One full forward gives the cache (cropped to the prefix) and the position ids the model
-        # built itself (3-D M-RoPE ids for Qwen2-VL), which the suffix passes then reuse.
-        with torch.no_grad(), language_model_inputs(vlm) as lm_inputs:
-            cache = vlm.adapter.cache_of(vlm.model(**prepared.inputs, use_cache=True, logits_to_keep=1))
-        cache.crop(split - prepared.length)
-        suffix = vlm.adapter.suffix(prepared.inputs, split)
-    out = []
-    for start in range(0, len(configs), batch_size):
-        chunk = list(configs[start : start + batch_size])
-        n = len(chunk)
-        with torch.no_grad(), probing(vlm, block=chunk):
-            if reuse:
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(n)
-                batch = vlm.adapter.repeat(suffix, n)
-                batch["attention_mask"] = torch.ones(n, prepared.length, dtype=torch.long, device=vlm.device)
-                if lm_inputs.get("position_ids") is not None:
-                    ids = lm_inputs["position_ids"][..., split:]
-                    batch["position_ids"] = ids.expand(*ids.shape[:-2], n, ids.shape[-1])
-                logits = vlm.model(
-                    **batch, **{vlm.adapter.cache_argument: past}, use_cache=True, logits_to_keep=1,
-                    cache_position=torch.arange(split, prepared.length, device=vlm.device),
-                ).logits
-            else:
-                logits = vlm.model(**vlm.adapter.repeat(prepared.inputs, n), logits_to_keep=1).logits
-        out.append(logits[:, -1].float().cpu())
-    return finite(vlm, torch.cat(out), "knockout logits")
-
-
 def information_flow(
     vlm,
     samples: Iterable,
@@ -254,27 +180,30 @@ def information_flow(
     rows, n_correct, skipped = [], 0, []
     for sample in tqdm(samples, desc="knockout", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        logits = next_token_logits(vlm, prepared)
-        predicted = int(logits.argmax())
-        p_base = float(torch.softmax(logits, dim=-1)[predicted])
+        configs, meta, missing = [], [], []
+        for block in blocks:
+            sources, targets = block_positions(prepared, block, sample.boxes)
+            if sources.numel() == 0 or targets.numel() == 0:  # e.g. objects covering every patch of a coarse grid
+                missing.append({"sample": sample.id, "block": block})
+                continue
+            for centre, layers in windows:
+                configs.append([Edges.make(sources, targets, layers)])
+                meta.append((block, centre, layers))
+        # One unmodified forward: p_base and correctness from its logits, and the states every
+        # configuration resumes from (analysis.probes.knockout).
+        unmodified = unmodified_run(vlm, prepared, first_recomputed(vlm, prepared, configs, reuse_prefix))
+        predicted = int(unmodified.logits.argmax())
+        p_base = float(torch.softmax(unmodified.logits, dim=-1)[predicted])
         if only_correct:
             if sample.answer is None:
                 raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
             if not is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted):
                 continue
         n_correct += 1
-        configs, meta = [], []
-        for block in blocks:
-            sources, targets = block_positions(prepared, block, sample.boxes)
-            if sources.numel() == 0 or targets.numel() == 0:  # e.g. objects covering every patch of a coarse grid
-                skipped.append({"sample": sample.id, "block": block})
-                continue
-            for centre, layers in windows:
-                configs.append([Edges.make(sources, targets, layers)])
-                meta.append((block, centre, layers))
+        skipped += missing
         if not configs:
             continue
-        p_new = knockout_probs(vlm, prepared, configs, predicted, batch_size, reuse_prefix)
+        p_new = knockout_probs(vlm, prepared, configs, predicted, batch_size, reuse_prefix, unmodified)
         answer = vlm.tokenizer.decode([predicted]).strip()
         for (block, centre, layers), p in zip(meta, p_new.tolist()):
             rows.append(
