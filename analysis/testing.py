@@ -78,6 +78,10 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    Gemma3TextConfig,
     GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessor,
@@ -88,6 +92,13 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     LlavaProcessor,
     PaliGemmaConfig,
     PaliGemmaProcessor,
@@ -108,6 +119,7 @@ from transformers import (
     SmolVLMProcessor,
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
+    VipLlavaConfig,
 )
 
 from analysis.published import PUBLISHED
@@ -116,7 +128,7 @@ from analysis.real_tokenizers import tokenizer_file
 if TYPE_CHECKING:
     from analysis.models import VLM
 
-__all__ = ["REAL_TOKENIZER", "SUPPORTED_TINY_FAMILIES", "full_width_parts", "full_width_vlm", "tiny_parts",
+__all__ = ["CORE_FAMILIES", "REAL_TOKENIZER", "SUPPORTED_TINY_FAMILIES", "full_width_parts", "full_width_vlm", "tiny_parts",
            "tiny_source", "tiny_vlm"]
 
 # Text decoder and vision encoder sizes shared by all families.
@@ -177,12 +189,15 @@ def _tokenizer(
     add_bos_token: bool = False,
     extra_tokens: tuple[str, ...] = (),
     real: str | None = None,
+    named: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Return the family's tokenizer: a toy WordLevel one, or with ``real`` a real one (``analysis.real_tokenizers``).
 
     Toy: the given special tokens first (ids 0..k), then the words. ``specials`` are special added
     tokens (not split, dropped by ``skip_special_tokens``); ``extra_tokens`` are ordinary added
-    tokens (kept by decode), and ``"\\n"`` is always one. ``<unk>`` is id 0.
+    tokens (kept by decode), and ``"\\n"`` is always one. ``<unk>`` is id 0. ``named`` gives some of
+    ``specials`` a name the processor reads (``{"boi_token": "<start_of_image>"}`` -> ``tok.boi_token``
+    and ``tok.boi_token_id``).
 
     Real: the published ``tokenizer.json`` with the family's special tokens added where the
     vocabulary lacks them (as the checkpoints add e.g. LLaVA-1.5's ``<image>`` and ``<pad>``).
@@ -214,6 +229,7 @@ def _tokenizer(
         padding_side="left",
         chat_template=chat_template,
         model_max_length=32768,
+        **(named or {}),
     )
 
 
@@ -272,6 +288,17 @@ _QWEN_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# LLaVA-OneVision's ChatML (Qwen2 decoder): the image as "<image>\n" before the text.
+_ONEVISION_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 # Idefics3 (HuggingFaceM4/Idefics3-8B-Llama3); SmolVLM uses the same body after "<|im_start|>".
@@ -484,6 +511,135 @@ def _build_paligemma(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+# Gemma 3 (google/gemma-3-4b-it): Gemma turns, the image as "<start_of_image>" inside the user turn.
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def _build_gemma3(real: str | None = None) -> _Recipe:
+    """Gemma 3: SigLIP 448/14 -> 32 x 32 patches, average-pooled 2 x 2 to 16 x 16 = 256 image tokens.
+
+    Gemma-3-4B has SigLIP 896/14 (64 x 64 patches) pooled 4 x 4 to the same 256 tokens; the tiny tower
+    takes 448 px so that its attention over 1024 (not 4096) patches stays fast on a CPU. The decoder
+    alternates a sliding-window layer (window 128, shorter than the prompt) and a global one, and image
+    tokens attend to each other bidirectionally (``token_type_ids`` 1).
+    """
+    image_tokens = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<start_of_turn>", "<end_of_turn>",
+                     *image_tokens.values()], chat_template=_GEMMA3_TEMPLATE, extra_tokens=("model",) if real is None else (),
+                     real=real, named=image_tokens)
+    image_processor = Gemma3ImageProcessor(size={"height": 448, "width": 448}, image_mean=[0.5] * 3,
+                                           image_std=[0.5] * 3, do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=_GEMMA3_TEMPLATE,
+                                image_seq_length=256)
+    text = Gemma3TextConfig(
+        **_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, query_pre_attn_scalar=16, sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    config = Gemma3Config(
+        vision_config=SiglipVisionConfig(**_VISION, image_size=448, patch_size=14, vision_use_head=False),
+        text_config=text,
+        mm_tokens_per_image=256,
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+    )
+    return config, processor
+
+
+# ViP-LLaVA (llava-hf/vip-llava-7b-hf), without its system sentence.
+_VIPLLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '###Human: ' if message['role'] == 'user' else '###Assistant: ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '###Assistant:' }}{% endif %}"
+)
+
+
+def _build_vipllava(real: str | None = None) -> _Recipe:
+    """ViP-LLaVA: LLaVA-1.5's geometry (CLIP 336/14, CLS dropped, 576 tokens) with features of five vision
+    layers concatenated (``(-2, -5, -8, -11, 6)`` of 24; here ``(-2, -1, 0, 1, 2)`` of the tiny tower's 3 states)."""
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_VIPLLAVA_TEMPLATE,
+                     add_bos_token=True, extra_tokens=("###Human:", "###Assistant:"), real=real)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=_VIPLLAVA_TEMPLATE)
+    config = VipLlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layers=[-2, -1, 0, 1, 2],
+    )
+    return config, processor
+
+
+def _build_llava_next_video(real: str | None = None) -> _Recipe:
+    """LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf): LLaVA-NeXT's image geometry (anyres 336 px tiles,
+    unpadding, newlines), a Vicuna prompt, and a ``<video>`` token (unused by the image probes)."""
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<pad>", specials=["<image>", "<video>"],
+                     chat_template=_LLAVA_TEMPLATE, add_bos_token=True, real=real)
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(), image_processor=image_processor, tokenizer=tok,
+        patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=_LLAVA_TEMPLATE,
+    )
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return config, processor
+
+
+def _build_llava_onevision(real: str | None = None) -> _Recipe:
+    """LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-ov-hf): SigLIP 384/14 -> 27 x 27 = 729 tokens per
+    tile (no CLS, strategy "full"), the base image first, then the unpadded any-res grid (real pinpoints, up to
+    6 x 6 tiles) with a newline per row, downsampled when above 9 tiles' worth (``anyres_max_9``); ChatML."""
+    specials = ["<|im_start|>", "<image>", "<video>"]
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials,
+                     chat_template=_ONEVISION_TEMPLATE, real=real)
+    image_processor = LlavaOnevisionImageProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
+                                                   image_std=[0.5] * 3)
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+        num_image_tokens=729, vision_feature_select_strategy="full", chat_template=_ONEVISION_TEMPLATE,
+    )
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**_VISION, image_size=384, patch_size=14, vision_use_head=False),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=image_processor.image_grid_pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -492,11 +648,20 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "idefics3": lambda real: _build_idefics("idefics3", real),
     "smolvlm": lambda real: _build_idefics("smolvlm", real),
     "paligemma": _build_paligemma,
+    "gemma3": _build_gemma3,
+    "vipllava": _build_vipllava,
+    "llava_next_video": _build_llava_next_video,
+    "llava_onevision": _build_llava_onevision,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
-                  "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3"}
+                  "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3", "gemma3": "gemma3",
+                  "vipllava": "llama2", "llava_next_video": "llama2", "llava_onevision": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
+# The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
+# numerics, real tokenizers, published full-width architectures); every other family is checked once, for
+# exactness and the whole probe battery, in tests/test_families_conformance.py.
+CORE_FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
 
 
 def tiny_parts(family: str, seed: int = 0, text: dict | None = None,

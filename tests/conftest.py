@@ -1,4 +1,14 @@
-"""Shared fixtures: tiny random VLMs of every family, built once per test session."""
+"""Shared fixtures: tiny random VLMs of every family, built once per test session.
+
+Which families a test runs on (the split that keeps the suite fast):
+
+* the ``family`` fixture: ``CORE_FAMILIES`` (``analysis.testing``), the seven families every
+  per-family test of the suite is parametrised over (each probe, its edge cases, numerics, real
+  tokenizers, full-width architectures);
+* ``tests/test_families_conformance.py``: every fully supported family (``SUPPORTED_FAMILIES``),
+  each once: the exactness checks, the whole probe battery, and a ``save_pretrained`` ->
+  ``load_vlm(folder)`` round trip. A new family joins there, not in the per-probe tests.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from analysis.models import SUPPORTED_FAMILIES  # noqa: E402
+from analysis.testing import CORE_FAMILIES  # noqa: E402
 
 
 @functools.cache
@@ -22,9 +32,20 @@ def _tiny(family: str):
     return tiny_vlm(family, seed=0)
 
 
-@pytest.fixture(params=SUPPORTED_FAMILIES)
+@functools.cache
+def conformance_of(family: str):
+    """``analysis.conformance`` of the session's tiny ``family`` model on the ``photo`` image and
+    ``QUESTION``, computed once per session (the families table and the exactness tests share it)."""
+    from analysis.conformance import conformance
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    return conformance(_tiny(family), image, QUESTION)
+
+
+@pytest.fixture(params=CORE_FAMILIES)
 def family(request) -> str:
-    """Every supported family name."""
+    """Each core family name (``CORE_FAMILIES``; every supported family is in test_families_conformance)."""
     return request.param
 
 

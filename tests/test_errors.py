@@ -41,17 +41,17 @@ def test_unsupported_family(tmp_path):
 
 
 def test_known_unsupported_families_say_why_and_the_nearest_supported_one(tmp_path):
-    from transformers import Gemma3Config, MllamaConfig
+    from transformers import Gemma3nConfig, MllamaConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from analysis.models.adapters import NOT_SUPPORTED, SUPPORTED_FAMILIES
 
     assert set(NOT_SUPPORTED) <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)  # real model types, no typos
     assert {nearest for nearest, _ in NOT_SUPPORTED.values()} <= set(SUPPORTED_FAMILIES)
-    Gemma3Config().save_pretrained(tmp_path / "gemma3")
-    with pytest.raises(UnsupportedModelError, match=r"'gemma3' is not a supported VLM family \(not adapted yet: "
+    Gemma3nConfig().save_pretrained(tmp_path / "gemma3n")
+    with pytest.raises(UnsupportedModelError, match=r"'gemma3n' is not a supported VLM family \(not adapted yet: "
                                                     r"a Gemma decoder.*nearest supported family is PaliGemma"):
-        load_vlm(tmp_path / "gemma3")
+        load_vlm(tmp_path / "gemma3n")
     MllamaConfig().save_pretrained(tmp_path / "mllama")
     with pytest.raises(UnsupportedModelError, match=r"'mllama'.*refused: its language model reads the image through "
                                                     r"cross-attention"):
@@ -166,18 +166,18 @@ def test_cache_path_that_is_a_file(tmp_path):
         ActivationCache(path)
 
 
-def test_families_command_matches_the_readme(monkeypatch, tiny):
+def test_families_command_matches_the_readme(monkeypatch):
     """`python -m analysis families` (every image-text-to-text model type of transformers, with the
     supported families' tiny-model conformance) is the README's table."""
     import re
     from pathlib import Path
 
-    import analysis.testing
+    import analysis.families
     from analysis.families import STATUSES, family_table, markdown
     from analysis.models import SUPPORTED_FAMILIES
+    from conftest import conformance_of
 
-    shared = {family: tiny(family) for family in SUPPORTED_FAMILIES}  # the session's tiny models, built first
-    monkeypatch.setattr(analysis.testing, "tiny_vlm", shared.__getitem__)
+    monkeypatch.setattr(analysis.families, "_conformance", conformance_of)  # computed once per session
     rows = family_table(checks=True)
     assert {r["status"] for r in rows} <= set(STATUSES)
     assert [r["model_type"] for r in rows if r["status"] == "full"] == sorted(SUPPORTED_FAMILIES)

@@ -20,7 +20,7 @@ from analysis.models.answers import answer_tokens, is_correct, next_token_logits
 from analysis.models.sites import Site
 from analysis.probes import attribute, information_flow, logit_lens, steer
 from analysis.real_tokenizers import NAMES, tokenizer_file
-from analysis.testing import REAL_TOKENIZER, SUPPORTED_TINY_FAMILIES, tiny_vlm
+from analysis.testing import CORE_FAMILIES, REAL_TOKENIZER, SUPPORTED_TINY_FAMILIES, tiny_vlm
 
 # A prompt of each tokenizer's family, ending where the answer starts.
 PROMPTS = {"llama2": "USER: <image>\nWhat is it? ASSISTANT:",
@@ -79,7 +79,7 @@ def test_answer_table(name):
     assert not is_correct(holder, answer_tokens(holder, PROMPTS[name], "10"), predicted=two.target)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_TINY_FAMILIES)
+@pytest.mark.parametrize("family", CORE_FAMILIES)
 def test_every_probe_runs_with_the_real_tokenizer(family, photo):
     vlm = _vlm(family)
     assert len(vlm.tokenizer) > 30_000, "the real vocabulary"

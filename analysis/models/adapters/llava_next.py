@@ -19,13 +19,15 @@ class LlavaNextAdapter(Adapter):
     model_types = ("llava_next",)
     title = "LLaVA-NeXT"
     image_inputs = ("pixel_values", "image_sizes")
+    strategy = "default"  # the vision_feature_select_strategy whose token count the layout gives
 
     def layout(self, inputs, image_size):
         config = self.model.config
-        if getattr(config, "vision_feature_select_strategy", "default") != "default":
+        strategy = getattr(config, "vision_feature_select_strategy", "default")
+        if strategy != self.strategy:
             raise UnsupportedModelError(
-                "LLaVA-NeXT with vision_feature_select_strategy='full' is not supported; "
-                "use a checkpoint with the 'default' strategy"
+                f"{self.title} with vision_feature_select_strategy={strategy!r} is not supported; "
+                f"use a checkpoint with the {self.strategy!r} strategy"
             )
         vision = self.vision_config()
         width, height = image_size
@@ -33,7 +35,24 @@ class LlavaNextAdapter(Adapter):
         cell = vision.image_size / side
         out = Layout()
         out.add_grid(0, "overview", side, side, cell, cell, resize_to(width, height, vision.image_size, vision.image_size))
+        boxes = self.high_res_boxes(image_size)
+        boxes[..., [0, 2]] = boxes[..., [0, 2]].clip(0, width)
+        boxes[..., [1, 3]] = boxes[..., [1, 3]].clip(0, height)
+        n_rows, n_cols = boxes.shape[:2]
+        has_newline = getattr(self.model.model, "image_newline", None) is not None
+        for r in range(n_rows):
+            out.add_cells(1, "high-res", (n_rows, n_cols), r * n_cols + np.arange(n_cols), n_cols, boxes[r])
+            if has_newline:
+                out.add_special(1, r, n_cols, "newline")
+        return out
 
+    def high_res_boxes(self, image_size: tuple[int, int]) -> np.ndarray:
+        """Return ``(rows, cols, 4)`` original-image boxes of the unpadded high-resolution grid's cells
+        (unclipped; cells of the padding are cut away, partial ones may reach outside the image)."""
+        config = self.model.config
+        vision = self.vision_config()
+        width, height = image_size
+        side = vision.image_size // vision.patch_size
         # High-res canvas: the image scaled to fit the best pinpoint resolution, centred, padded.
         pinpoints = tensor_to_list(config.image_grid_pinpoints)
         best_h, best_w = select_best_resolution((height, width), pinpoints)
@@ -49,15 +68,6 @@ class LlavaNextAdapter(Adapter):
         rows_c, cols_c = (best_h // tile_px) * side, (best_w // tile_px) * side
         # The model's own unpadding, applied to cell indices, says which canvas cells survive.
         kept = unpad_image(torch.arange(rows_c * cols_c).view(1, rows_c, cols_c), (height, width))[0]
-        n_rows, n_cols = kept.shape
         canvas = grid_cells(rows_c, cols_c, tile_px / side, tile_px / side, canvas_to_orig)
-        boxes = canvas[kept.flatten().numpy()]
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        boxes = boxes.reshape(n_rows, n_cols, 4)
-        has_newline = getattr(self.model.model, "image_newline", None) is not None
-        for r in range(n_rows):
-            out.add_cells(1, "high-res", (n_rows, n_cols), r * n_cols + np.arange(n_cols), n_cols, boxes[r])
-            if has_newline:
-                out.add_special(1, r, n_cols, "newline")
-        return out
+        return canvas[kept.flatten().numpy()].reshape(*kept.shape, 4)
+

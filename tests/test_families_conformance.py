@@ -1,0 +1,138 @@
+"""Every fully supported family, once each: exactness, the whole probe battery, save -> load_vlm.
+
+The per-probe test modules run on the core families only (``CORE_FAMILIES``, the ``family``
+fixture of conftest.py); this module is where every family in ``SUPPORTED_FAMILIES`` (the core
+ones and those added since) is checked, each on its tiny model (``analysis.testing.tiny_vlm``):
+
+* exactness (``analysis.conformance``, shared with the families-table test): idle backend = stock
+  logits, recorded attention = eager attention on the slice, knockout = plain reference, each to
+  1e-5, with the knockout's smallest effect >= 100x that; and the empty edge set = p_base;
+* for each family outside the core (whose per-probe modules run every probe on it): a checkpoint
+  saved with ``save_pretrained`` loads through ``load_vlm(folder)`` with the same inputs, layout and
+  logits, and the loaded model runs the probe battery: attention maps (with rollout), information
+  flow, logit lens, capture, implicit alignment and representation shift on two samples, a
+  saliency attribution on the patch grid.
+
+Family-specific attention the backend must leave alone is tested here too (Gemma 3's
+bidirectional image block and sliding-window layers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analysis import load_vlm
+from analysis.models import SUPPORTED_FAMILIES
+from analysis.models.answers import next_token_logits
+from analysis.probes.backend import install
+from analysis.probes import (attention_maps, attribute, implicit_alignment, information_flow, knockout_probs,
+                             logit_lens, representation_shift)
+from analysis.capture import capture
+from analysis.families import TOLERANCE
+from analysis.testing import CORE_FAMILIES, tiny_vlm
+from conftest import QUESTION, assert_detectable, conformance_of
+
+NEW_FAMILIES = tuple(f for f in SUPPORTED_FAMILIES if f not in CORE_FAMILIES)
+
+
+def _samples(n: int = 2) -> list[dict]:
+    rng = np.random.default_rng(3)
+    questions = ["what color is the circle ?", "is there a red square ?"]
+    return [{"image": Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)), "question": q,
+             "answer": "red", "foil": "blue", "id": f"s{i}"} for i, q in enumerate(questions[:n])]
+
+
+def test_core_families_are_supported_families():
+    assert set(CORE_FAMILIES) <= set(SUPPORTED_FAMILIES) and len(NEW_FAMILIES) >= 1
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_exactness(family, tiny, photo):
+    result = conformance_of(family)
+    assert max(result.idle, result.recorded, result.knockout) <= TOLERANCE, result
+    assert_detectable([result.effect], TOLERANCE, what="knockout effect")
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    logits = next_token_logits(vlm, prepared)
+    token = int(logits.argmax())
+    p_base = torch.softmax(logits.double(), -1)[token]
+    assert abs(float(knockout_probs(vlm, prepared, [[]], token)[0]) - float(p_base)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_saved_checkpoint_loads_and_runs_every_probe(family, tiny, photo, tmp_path):
+    """save_pretrained -> load_vlm(folder) gives the same inputs, layout and logits, and the loaded model
+    runs the probe battery (the core families run it in the per-probe modules)."""
+    original = tiny(family)
+    original.model.save_pretrained(tmp_path)
+    original.processor.save_pretrained(tmp_path)
+    vlm = load_vlm(tmp_path, device="cpu", dtype="float32")
+    assert vlm.family == family and type(vlm.model) is type(original.model)
+    prepared, before = vlm.prepare(photo, QUESTION), original.prepare(photo, QUESTION)
+    assert torch.equal(prepared.input_ids, before.input_ids) and prepared.patches.equals(before.patches)
+    assert (next_token_logits(vlm, prepared) - next_token_logits(original, before)).abs().max() <= TOLERANCE
+    n_image = len(prepared.image_positions)
+    assert n_image == len(prepared.patches) > 0 and prepared.patches["kind"].eq("patch").sum() > 0
+    assert vlm.tokenizer.decode(prepared.input_ids[prepared.question_positions]).strip() == QUESTION
+
+    maps = attention_maps(vlm, prepared, query="question+last", rollout=True)
+    n_query = len(prepared.question_positions) + 1
+    assert maps.image_attention.shape == (vlm.n_layers, vlm.n_heads, n_query, n_image)
+    assert maps.rollout.shape == (vlm.n_layers, n_query, n_image)
+    total = maps.mass.groupby(["layer", "head", "query_pos"])["mass"].sum()
+    assert np.all(total <= 1 + 1e-5) and np.all(maps.image_attention >= 0)
+
+    samples = _samples()
+    flow = information_flow(vlm, samples, blocks=("image->last", "question->last", "image->question"), window=1,
+                            only_correct=False, progress=False)
+    assert len(flow.frame) == 2 * 3 * vlm.n_layers and flow.frame["p_new"].between(0, 1).all()
+    lens = logit_lens(vlm, samples, progress=False)
+    assert len(lens[lens["tracked"] == "answer"]) == 2 * vlm.n_layers
+
+    acts = capture(vlm, samples, layers=[-1], roles=["image", "question", "last"], progress=False)
+    assert acts.get("last", vlm.n_layers - 1).shape == (2, vlm.hidden_size)
+    alignment = implicit_alignment(vlm, samples, text_role="question", progress=False)
+    assert len(alignment.scores) > 0 and np.isfinite(alignment.scores["value"].astype(float)).any()
+    shift = representation_shift(vlm, tiny_vlm(family, seed=1), samples, layer=-1, n_concepts=2, top_words=2,
+                                 top_images=1, progress=False)
+    assert shift.base_features.shape == (2, vlm.hidden_size) and len(shift.assignments) == 2
+
+    att = attribute(vlm, prepared, method="saliency")
+    assert att.scores.shape == (n_image,) and np.isfinite(att.scores).all() and np.abs(att.scores).max() > 0
+    rows, cols = prepared.grids[0]
+    assert att.to_grid(0).shape == (rows, cols)
+
+
+def test_gemma3_bidirectional_image_block_and_sliding_window_are_left_alone(tiny, photo):
+    """Gemma 3's image tokens attend to later image tokens (token_type_ids 1); a sliding-window layer
+    shorter than the prompt keeps its window. The backend, idle or recording, keeps both."""
+    vlm = tiny("gemma3")
+    prepared = vlm.prepare(photo, QUESTION)
+    image = prepared.image_positions
+    assert vlm.text_config.layer_types[0] == "sliding_attention" and vlm.text_config.sliding_window < prepared.length
+    causal = {k: v for k, v in prepared.inputs.items() if k != "token_type_ids"}
+    install(vlm)  # idle: must give the model's own outputs at every position, image block included
+    config = vlm.text_config
+    installed = config._attn_implementation
+    with torch.no_grad():
+        idle = vlm.model(**prepared.inputs).logits[0]
+        config._attn_implementation_internal = "sdpa"
+        try:
+            stock = vlm.model(**prepared.inputs).logits[0]
+            without = vlm.model(**causal).logits[0]
+        finally:
+            config._attn_implementation_internal = installed
+    assert installed.startswith("vlm_probes") and (idle - stock).abs().max() <= TOLERANCE
+    assert_detectable([(stock - without)[image].abs().max()], TOLERANCE, what="effect of the bidirectional image mask")
+    first = int(image[0])
+    maps = attention_maps(vlm, prepared, query=[first, prepared.last_position])
+    later = maps.image_attention[:, :, 0, 1:]  # the first image token's attention to the later ones
+    assert (later.sum(-1) > 0.1).all(), "the first image token must see the whole image block"
+    window = vlm.text_config.sliding_window
+    last_row = maps.image_attention[0, :, 1]  # layer 0 slides: the last query sees only its window
+    outside = image.numpy() <= prepared.last_position - window
+    assert outside.any() and (last_row[:, outside] == 0).all() and (last_row[:, ~outside] > 0).all()
+    assert (maps.image_attention[1, :, 1] > 0).all()  # layer 1 is global
