@@ -3,9 +3,11 @@
     python benchmarks/bench_attention.py            # all three, prints a table
     python benchmarks/bench_attention.py --quick    # fewer layers / repeats
 
-1. Knockout sweep (3 edge sets x every window) on a random-weight Llama-style decoder at
-   LLaVA-1.5's layout (576 image tokens + ~40 text tokens): batched prefix-reused sweep vs the
-   plain reference (eager, one full forward per configuration); results compared.
+1. Knockout sweep (3 edge sets x every window of the paper's 9-of-32 size) on a random-weight
+   Llama-style decoder at LLaVA-1.5's layout (576 image tokens + ~40 text tokens), 32 layers (16
+   with --quick): the engine (analysis.probes.knockout) vs both naive baselines, one full forward
+   per configuration: eager with the edges in its additive mask (the reference paper's way) and
+   sdpa with a 4-D boolean mask per layer; probabilities compared, peak RSS growth of each.
 2. Peak memory of recording text -> image attention for every layer at a LLaVA-NeXT length
    (~2900 tokens) vs a plain forward, with ``output_attentions=True`` beside it. Each
    measurement runs in a fresh process and reports the peak RSS growth during the forward
@@ -16,6 +18,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import statistics
 import subprocess
@@ -27,7 +31,9 @@ from PIL import Image
 
 from analysis.probes.backend import Edges, Recording, install, probing
 from analysis.models.answers import next_token_logits
-from analysis.probes.flow import block_positions, knockout_probs, layer_windows
+from analysis.models.sites import hooked
+from analysis.probes.flow import block_positions, default_window, layer_windows
+from analysis.probes.knockout import knockout_probs
 from analysis.probes.reference import eager_copy, reference_knockout
 from analysis.testing import tiny_vlm
 
@@ -41,24 +47,61 @@ def decoder(layers: int, hidden: int = 256, heads: int = 8) -> dict:
                 num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads)
 
 
-def bench_sweep(layers: int, window: int) -> dict:
+def naive_sdpa_knockout(model, prepared, configs: list, token: int) -> torch.Tensor:
+    """Probability of ``token`` per configuration, one sdpa full forward each: every decoder layer
+    gets a 4-D boolean mask (causal, with the configuration's blocked edges False)."""
+    length = prepared.length
+    causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    out = []
+    for edges in configs:
+        masks = []
+        for layer in range(len(model.get_decoder().layers)):
+            mask = causal.clone()
+            for e in edges:
+                if layer in e.layers:
+                    mask[..., e.targets[:, None], e.sources[None, :]] = False
+            masks.append(mask)
+        with contextlib.ExitStack() as stack:
+            for index, module in enumerate(model.get_decoder().layers):
+                stack.enter_context(hooked(module.self_attn, pre=lambda a, k, m=masks[index]: (a, {**k, "attention_mask": m})))
+            with torch.no_grad():
+                logits = model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
+        out.append(torch.softmax(logits, -1)[token])
+    return torch.stack(out)
+
+
+def _timed(run) -> tuple[torch.Tensor, float, float]:
+    """Return ``(result, seconds, peak RSS growth in MB)`` of ``run()``."""
+    _reset_peak()
+    before = _status_mb("VmRSS")
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start, _status_mb("VmHWM") - before
+
+
+def bench_sweep(layers: int) -> dict:
+    """The information-flow sweep of one sample (3 edge sets x every window of the paper's scaled
+    size) by the engine and by both naive baselines, one full forward per configuration."""
     vlm = tiny_vlm("llava", text=decoder(layers))
     prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
     token = int(next_token_logits(vlm, prepared).argmax())
+    window = default_window(layers)
     configs = []
     for block in ("question->last", "image->last", "image->question"):
         sources, targets = block_positions(prepared, block)
         configs += [[Edges.make(sources, targets, r)] for _, r in layer_windows(vlm.n_layers, window)]
-    reference_model = eager_copy(vlm)
-    start = time.perf_counter()
-    reference = reference_knockout(vlm, prepared, configs, token, model=reference_model)
-    t_reference = time.perf_counter() - start
-    start = time.perf_counter()
-    fast = knockout_probs(vlm, prepared, configs, token, batch_size=16, reuse_prefix=True)
-    t_fast = time.perf_counter() - start
-    return {"tokens": prepared.length, "image_tokens": len(prepared.image_positions), "configs": len(configs),
-            "reference_s": t_reference, "backend_s": t_fast, "speed-up": t_reference / t_fast,
-            "max_abs_diff": float((fast - reference).abs().max())}
+    eager_model, sdpa_model = eager_copy(vlm), copy.deepcopy(vlm.model)
+    sdpa_model.config.get_text_config()._attn_implementation_internal = "sdpa"
+    eager, t_eager, m_eager = _timed(lambda: reference_knockout(vlm, prepared, configs, token, model=eager_model))
+    sdpa, t_sdpa, m_sdpa = _timed(lambda: naive_sdpa_knockout(sdpa_model, prepared, configs, token))
+    fast, t_fast, m_fast = _timed(lambda: knockout_probs(vlm, prepared, configs, token, batch_size=16))
+    return {"layers": layers, "tokens": prepared.length, "image_tokens": len(prepared.image_positions),
+            "window": window, "configs": len(configs),
+            "naive_eager_s": t_eager, "naive_sdpa_s": t_sdpa, "engine_s": t_fast,
+            "speed-up vs eager": t_eager / t_fast, "speed-up vs sdpa": t_sdpa / t_fast,
+            "max_abs_diff engine": float((fast - eager).abs().max()),
+            "max_abs_diff sdpa": float((sdpa - eager).abs().max()),
+            "peak_mb naive_eager": m_eager, "peak_mb naive_sdpa": m_sdpa, "peak_mb engine": m_fast}
 
 
 def _status_mb(field: str) -> float:
@@ -134,7 +177,8 @@ def bench_idle(layers: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 layers and 5 repeats instead of 16 and 15")
+    parser.add_argument("--quick", action="store_true", help="16 layers (sweep) / 8 layers (idle) and 5 repeats "
+                        "instead of 32 / 16 layers and 15 repeats")
     parser.add_argument("--only", choices=["sweep", "memory", "idle"], help="run one benchmark")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,7 +188,7 @@ def main() -> None:
     torch.manual_seed(0)
     layers = 8 if args.quick else 16
     benches = {
-        "sweep": ("knockout sweep", lambda: bench_sweep(layers, window=5)),
+        "sweep": ("knockout sweep", lambda: bench_sweep(16 if args.quick else 32)),
         "memory": ("recording memory", bench_memory),
         "idle": ("idle overhead", lambda: bench_idle(layers, repeats=5 if args.quick else 15)),
     }

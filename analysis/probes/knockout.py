@@ -16,9 +16,8 @@ and computing only what a configuration changes:
   sets). Not for prefix-LM families (PaliGemma), whose prompt attends bidirectionally, nor when
   ``p`` lies inside the image: there every position is recomputed, still from layer ``s`` on,
   by the language model alone (the vision tower does not run again);
-* **batching**: configurations sorted by ``(p, s)`` run in batches of ``batch_size``; a batch
-  starts at the lowest ``s`` of its members (a layer below a member's own ``s`` is an
-  unmodified layer applied to unmodified states).
+* **batching**: configurations with the same ``(p, s)`` run together, in batches of
+  ``batch_size`` (merging different ``s`` would compute layers some members do not need).
 
 Memory: the kept cache (one copy: ``2 x layers x T x kv width``), the kept residual stream
 (``layers x (T - p) x hidden``), and per batch the keys/values of one layer at a time
@@ -193,11 +192,10 @@ def knockout_logits(
             plans.append((max(position, unmodified.start), layer, index))
     plans.sort()
     while plans:
-        position = plans[0][0]
-        chunk = [p for p in plans[:batch_size] if p[0] == position]
+        position, layer = plans[0][:2]
+        chunk = [p for p in plans[:batch_size] if p[:2] == (position, layer)]
         plans = plans[len(chunk):]
-        logits = _resume(vlm, prepared, unmodified, [configs[i] for _, _, i in chunk], position,
-                         min(layer for _, layer, _ in chunk))
+        logits = _resume(vlm, prepared, unmodified, [configs[i] for _, _, i in chunk], position, layer)
         for (_, _, index), row in zip(chunk, logits):
             out[index] = row
     return finite(vlm, torch.stack(out), "knockout logits")
