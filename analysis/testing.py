@@ -83,11 +83,18 @@ from transformers import (
     Gemma3Processor,
     Gemma3TextConfig,
     GemmaConfig,
+    GotOcr2ImageProcessor,
     Idefics3Config,
     Idefics3ImageProcessor,
     Idefics3Processor,
     Idefics3VisionConfig,
+    InternVLConfig,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    InternVLVisionConfig,
     LlamaConfig,
+    Mistral3Config,
+    MistralConfig,
     LlavaConfig,
     LlavaNextConfig,
     LlavaNextImageProcessor,
@@ -105,10 +112,16 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    PixtralImageProcessor,
+    PixtralProcessor,
+    PixtralVisionConfig,
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
+    Qwen3VLConfig,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
@@ -640,6 +653,89 @@ def _build_llava_onevision(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+# Mistral-Small-3.1 (mistralai/Mistral-Small-3.1-24B-Instruct-2503), without its system prompt.
+_MISTRAL3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST]' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '[IMG]' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '[/INST]' }}"
+    "{% else %}{% for item in message['content'] | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}"
+    "{% endfor %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def _build_mistral3(real: str | None = None) -> _Recipe:
+    """Mistral 3 (Pixtral vision): the image kept at its own size up to a longest edge (1540 px in Mistral-Small-3.1;
+    448 here), rounded up to 14 px patches, merged 2 x 2; each row of merged tokens ends with ``[IMG_BREAK]``,
+    the last with ``[IMG_END]`` (text tokens; only ``[IMG]`` carries image features)."""
+    specials = ["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<pad>", specials=specials, chat_template=_MISTRAL3_TEMPLATE,
+                     real=real)
+    image_processor = PixtralImageProcessor(size={"longest_edge": 448}, patch_size={"height": 14, "width": 14})
+    processor = PixtralProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, spatial_merge_size=2,
+                                 chat_template=_MISTRAL3_TEMPLATE)
+    vision = PixtralVisionConfig(**_VISION, head_dim=8, image_size=448, patch_size=14)
+    text = MistralConfig(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, sliding_window=None)
+    config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+                            spatial_merge_size=2, vision_feature_layer=-1)
+    return config, processor
+
+
+# InternVL3 (OpenGVLab/InternVL3-1B-hf): ChatML with a system prompt; the image as "<IMG_CONTEXT>\n".
+_INTERNVL_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+
+
+def _build_internvl(real: str | None = None) -> _Recipe:
+    """InternVL: GOT-OCR2 tiling (closest aspect ratio of at most 6 tiles + a thumbnail; InternVL3 allows 12),
+    224 px tiles here (InternVL3's are 448 px: 256 tokens each) -> 16 x 16 patches pixel-shuffled to 8 x 8 = 64
+    ``<IMG_CONTEXT>`` tokens per tile between ``<img>`` and ``</img>``; a Qwen2 decoder."""
+    image_tokens = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                    "video_token": "<video>"}
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *image_tokens.values()],
+                     chat_template=_INTERNVL_TEMPLATE, real=real, named=image_tokens)
+    image_processor = GotOcr2ImageProcessor(size={"height": 224, "width": 224}, crop_to_patches=True, min_patches=1,
+                                            max_patches=6)
+    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
+                                  video_processor=InternVLVideoProcessor(), image_seq_length=64,
+                                  chat_template=_INTERNVL_TEMPLATE)
+    vision = InternVLVisionConfig(**_VISION, image_size=[224, 224], patch_size=[14, 14])
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(
+        "<IMG_CONTEXT>"), image_seq_length=64, downsample_ratio=0.5, vision_feature_layer=-1,
+                            vision_feature_select_strategy="default")
+    return config, processor
+
+
+def _build_qwen3_vl(real: str | None = None) -> _Recipe:
+    """Qwen3-VL: 16 px patches, temporal 2, merge 2 x 2 (32 px per token), interleaved M-RoPE, DeepStack (vision
+    features of 2 tower layers added to the first 2 decoder layers' image positions); at most 256 tokens."""
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
+                     real=real)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 32 * 32}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3),
+        tokenizer=tok, video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16), chat_template=_QWEN_TEMPLATE,
+    )
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [2, 3, 3],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=_TEXT["hidden_size"], num_position_embeddings=256,
+                  deepstack_visual_indexes=[0, 1])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **ids), processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -652,11 +748,15 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "vipllava": _build_vipllava,
     "llava_next_video": _build_llava_next_video,
     "llava_onevision": _build_llava_onevision,
+    "mistral3": _build_mistral3,
+    "internvl": _build_internvl,
+    "qwen3_vl": _build_qwen3_vl,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
                   "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3", "gemma3": "gemma3",
-                  "vipllava": "llama2", "llava_next_video": "llama2", "llava_onevision": "qwen3"}
+                  "vipllava": "llama2", "llava_next_video": "llama2", "llava_onevision": "qwen3",
+                  "mistral3": "llama2", "internvl": "qwen3", "qwen3_vl": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -35,6 +35,9 @@ EXPECTED_IMAGE_TOKENS = {
     "vipllava": 576,  # as llava
     "llava_next_video": 1368,  # as llava_next
     "llava_onevision": 1317,  # base 27 x 27 + 1 tile unpadded to 21 x 27 + 21 newlines
+    "mistral3": 48,  # 200 x 150 rounded up to 224 x 168 -> 8 x 6 tokens of 28 px (+ 6 break/end tokens)
+    "internvl": 448,  # 3 x 2 tiles + thumbnail, 8 x 8 each
+    "qwen3_vl": 30,  # smart_resize to 192 x 160 -> 12 x 10 patches of 16 px -> 6 x 5 merged
 }
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from analysis.errors import UnsupportedModelError
 from analysis.models.adapters.base import Adapter, Layout
 from analysis.models.adapters.gemma3 import Gemma3Adapter
+from analysis.models.adapters.internvl import InternVLAdapter
 from analysis.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from analysis.models.adapters.llava import LlavaAdapter
 from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.adapters.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from analysis.models.adapters.mistral3 import Mistral3Adapter
 from analysis.models.adapters.paligemma import PaliGemmaAdapter
-from analysis.models.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from analysis.models.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 from analysis.models.adapters.vipllava import VipLlavaAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
@@ -25,6 +27,9 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaOnevisionAdapter,
     VipLlavaAdapter,
     LlavaNextVideoAdapter,
+    Mistral3Adapter,
+    InternVLAdapter,
+    Qwen3VLAdapter,
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 
@@ -39,12 +44,14 @@ _ENC_DEC = "an encoder-decoder: the answer's decoder cross-attends to the encode
 # family, why it is not supported as it stands). Not adapted yet, or refused for a structural reason.
 NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     **{t: ("llava", f"not adapted yet: {_LLAVA_LIKE}") for t in (
-        "aria", "aya_vision", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "internvl", "janus", "kosmos-2",
-        "lfm2_vl", "mistral3", "perception_lm", "video_llava")},
+        "aria", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "janus", "kosmos-2",
+        "lfm2_vl", "perception_lm", "video_llava")},
     **{t: ("qwen2_5_vl", f"not adapted yet: {_QWEN_LIKE}") for t in (
-        "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v", "qwen2_5_omni_thinker",
+        "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v", "qwen2_5_omni_thinker",
         "qwen3_omni_moe_thinker", "video_llama_3")},
     **{t: ("paligemma", f"not adapted yet: {_GEMMA_LIKE}") for t in ("gemma3n", "gemma4", "shieldgemma2")},
+    "aya_vision": ("internvl", "not adapted yet: GOT-OCR2 tiles pixel-shuffled like InternVL, but its Cohere2 "
+                   "decoder scales logits by logit_scale, which the logit lens does not apply yet"),
     "idefics2": ("idefics3", "not adapted yet: a perceiver resamples the image into 64 tokens (no patch grid)"),
     "llama4": ("llava", "not adapted yet: chunked attention and a mixture-of-experts decoder"),
     "fuyu": ("llava", "refused: image patches enter the decoder by a linear projection, without a vision tower"),

@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL: dynamic resolution, 14 px patches merged 2 x 2 into one token each."""
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL: dynamic resolution, patches (14 px; 16 px for Qwen3-VL) merged 2 x 2
+into one token each, row-major per frame; ``image_grid_thw`` ``(1, 3)`` gives (frames, patch rows, patch cols)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,9 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     title = "Qwen2.5-VL"
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    family = "qwen3_vl"
+    model_types = ("qwen3_vl",)
+    title = "Qwen3-VL"
