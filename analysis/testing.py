@@ -83,6 +83,10 @@ from transformers import (
     Gemma3Processor,
     Gemma3TextConfig,
     GemmaConfig,
+    Glm4vConfig,
+    Glm4vImageProcessor,
+    Glm4vProcessor,
+    Glm4vVideoProcessor,
     GotOcr2ImageProcessor,
     Idefics3Config,
     Idefics3ImageProcessor,
@@ -132,6 +136,10 @@ from transformers import (
     SmolVLMProcessor,
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
+    VideoLlavaConfig,
+    VideoLlavaImageProcessor,
+    VideoLlavaProcessor,
+    VideoLlavaVideoProcessor,
     VipLlavaConfig,
 )
 
@@ -736,6 +744,62 @@ def _build_qwen3_vl(real: str | None = None) -> _Recipe:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids), processor
 
 
+def _build_video_llava(real: str | None = None) -> _Recipe:
+    """Video-LLaVA (LanguageBind/Video-LLaVA-7B-hf): LLaVA's layout on a 224 px CLIP image (patch 14 -> 16 x 16 = 256
+    tokens, CLS dropped), Vicuna prompt; a ``<video>`` token (unused by the image probes)."""
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<pad>", specials=["<image>", "<video>"], chat_template=_LLAVA_TEMPLATE,
+                     add_bos_token=True, real=real)
+    image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    processor = VideoLlavaProcessor(image_processor=image_processor, video_processor=VideoLlavaVideoProcessor(),
+                                    tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                                    num_additional_image_tokens=1, chat_template=_LLAVA_TEMPLATE)
+    config = VideoLlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION, image_size=224, patch_size=14),
+        text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_seq_length=256,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return config, processor
+
+
+# GLM-4.1V (zai-org/GLM-4.1V-9B-Thinking), without its thinking instructions.
+_GLM4V_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def _build_glm4v(real: str | None = None) -> _Recipe:
+    """GLM-4.1V: Qwen2-VL's geometry (14 px patches, temporal 2, merge 2 x 2, ``image_grid_thw``) with a GLM-4 decoder
+    (M-RoPE on half of each head: partial rotary 0.5, sections [1, 1, 2] of 4 (GLM-4.1V: [8, 12, 12] of 32))."""
+    specials = ["[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|image|>", "<|end_of_image|>",
+                "<|begin_of_video|>", "<|video|>", "<|end_of_video|>"]
+    tok = _tokenizer(bos=None, eos="<|endoftext|>", pad="<|pad|>", specials=specials, chat_template=_GLM4V_TEMPLATE,
+                     real=real)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
+    processor = Glm4vProcessor(image_processor=Glm4vImageProcessor(size=size), tokenizer=tok,
+                               video_processor=Glm4vVideoProcessor(), chat_template=_GLM4V_TEMPLATE)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
+                                 "partial_rotary_factor": 0.5})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, image_size=336, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=_TEXT["hidden_size"])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
+        ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
+        ("video_end_token_id", "<|end_of_video|>")]}
+    return Glm4vConfig(text_config=text, vision_config=vision, **ids), processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -751,12 +815,15 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "mistral3": _build_mistral3,
     "internvl": _build_internvl,
     "qwen3_vl": _build_qwen3_vl,
+    "video_llava": _build_video_llava,
+    "glm4v": _build_glm4v,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
                   "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3", "gemma3": "gemma3",
                   "vipllava": "llama2", "llava_next_video": "llama2", "llava_onevision": "qwen3",
-                  "mistral3": "llama2", "internvl": "qwen3", "qwen3_vl": "qwen3"}
+                  "mistral3": "llama2", "internvl": "qwen3", "qwen3_vl": "qwen3",
+                  "video_llava": "llama2", "glm4v": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

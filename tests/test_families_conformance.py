@@ -136,3 +136,35 @@ def test_gemma3_bidirectional_image_block_and_sliding_window_are_left_alone(tiny
     outside = image.numpy() <= prepared.last_position - window
     assert outside.any() and (last_row[:, outside] == 0).all() and (last_row[:, ~outside] > 0).all()
     assert (maps.image_attention[1, :, 1] > 0).all()  # layer 1 is global
+
+
+# Decoder layers with sandwich norms (a norm after the attention / MLP block, before the residual add): the
+# attention module's output is not what the layer adds to the residual stream, and analysis.models.sites reads
+# the module's output, so resid_pre + attn_out + mlp_out != resid_post there. Fix in sites.py (read the post-norm
+# output: Gemma 3's post_attention_layernorm / post_feedforward_layernorm, GLM-4's post_self_attn_layernorm /
+# post_mlp_layernorm); then drop these marks (strict: they fail once the identity holds).
+_SANDWICH = {"gemma3", "glm4v"}
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="sandwich norms: attn_out/mlp_out read before the "
+                                            "post-norm (analysis/models/sites.py)")) if f in _SANDWICH else f
+    for f in NEW_FAMILIES])
+def test_sites_add_up(family, tiny, photo):
+    """``resid_pre + attn_out + mlp_out == resid_post`` and ``resid_post i == resid_pre i+1`` off the image
+    (Qwen3-VL's DeepStack adds vision features between layers at image positions only)."""
+    from analysis.models.sites import reading
+
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    text = torch.ones(prepared.length, dtype=torch.bool)
+    text[prepared.image_positions] = False
+    kinds = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    with torch.no_grad(), reading(vlm, [f"{k}.{i}" for k in kinds for i in range(vlm.n_layers)]) as states:
+        vlm.model(**prepared.inputs)
+    got = {(s.kind, s.layer): v[0] for s, v in states.items()}
+    for i in range(vlm.n_layers):
+        total = got["resid_pre", i] + got["attn_out", i] + got["mlp_out", i]
+        assert (total - got["resid_post", i]).abs().max() <= 1e-4, i
+        if i + 1 < vlm.n_layers:
+            assert torch.equal(got["resid_post", i][text], got["resid_pre", i + 1][text])

@@ -38,6 +38,8 @@ EXPECTED_IMAGE_TOKENS = {
     "mistral3": 48,  # 200 x 150 rounded up to 224 x 168 -> 8 x 6 tokens of 28 px (+ 6 break/end tokens)
     "internvl": 448,  # 3 x 2 tiles + thumbnail, 8 x 8 each
     "qwen3_vl": 30,  # smart_resize to 192 x 160 -> 12 x 10 patches of 16 px -> 6 x 5 merged
+    "video_llava": 256,  # 16 x 16 patches of a 224 px centre crop
+    "glm4v": 35,  # as qwen2_vl
 }
 
 

@@ -12,7 +12,8 @@ from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.adapters.llava_onevision import LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from analysis.models.adapters.mistral3 import Mistral3Adapter
 from analysis.models.adapters.paligemma import PaliGemmaAdapter
-from analysis.models.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
+from analysis.models.adapters.qwen2_vl import Glm4vAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
+from analysis.models.adapters.video_llava import VideoLlavaAdapter
 from analysis.models.adapters.vipllava import VipLlavaAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
@@ -30,6 +31,8 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     Mistral3Adapter,
     InternVLAdapter,
     Qwen3VLAdapter,
+    VideoLlavaAdapter,
+    Glm4vAdapter,
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 
@@ -45,9 +48,9 @@ _ENC_DEC = "an encoder-decoder: the answer's decoder cross-attends to the encode
 NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     **{t: ("llava", f"not adapted yet: {_LLAVA_LIKE}") for t in (
         "aria", "cohere2_vision", "deepseek_vl", "fast_vlm", "got_ocr2", "janus", "kosmos-2",
-        "lfm2_vl", "perception_lm", "video_llava")},
+        "lfm2_vl", "perception_lm")},
     **{t: ("qwen2_5_vl", f"not adapted yet: {_QWEN_LIKE}") for t in (
-        "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v", "qwen2_5_omni_thinker",
+        "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v_moe", "glm46v", "qwen2_5_omni_thinker",
         "qwen3_omni_moe_thinker", "video_llama_3")},
     **{t: ("paligemma", f"not adapted yet: {_GEMMA_LIKE}") for t in ("gemma3n", "gemma4", "shieldgemma2")},
     "aya_vision": ("internvl", "not adapted yet: GOT-OCR2 tiles pixel-shuffled like InternVL, but its Cohere2 "

@@ -37,3 +37,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
     title = "Qwen3-VL"
+
+
+class Glm4vAdapter(Qwen2VLAdapter):
+    """GLM-4.1V: Qwen2-VL's patch geometry (``image_grid_thw``, 14 px patches merged 2 x 2) and M-RoPE ids."""
+
+    family = "glm4v"
+    model_types = ("glm4v",)
+    title = "GLM-4.1V"
