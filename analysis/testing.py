@@ -32,7 +32,24 @@ idefics3       224 px tiles, patch 14, scale 2 -> 64 tokens per tile;      320
 smolvlm        512 px tiles, patch 16, scale 4 -> 64 tokens per tile       320
                (SmolVLM-256M's own); longest edge 2*512 -> 2 x 2 + global
 paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
+gemma3         SigLIP 448 px (real: 896), patch 14, 32 x 32 avg-pooled     256
+               2 x 2 -> 16 x 16; sliding (window 128) + global layers
+vipllava       as llava, five vision layers concatenated                   576
+llava_next_    as llava_next (Vicuna prompt)                               1368
+video
+llava_one-     SigLIP 384 px tiles, patch 14 (27 x 27), real pinpoints,    1317
+vision         base first, unpadding, newlines, anyres_max_9
+mistral3       Pixtral patch 14, merge 2, longest edge 448 (real 1540),    48
+               [IMG_BREAK] per row, [IMG_END]
+internvl       GOT-OCR2 tiling, 224 px tiles (real 448), <= 6 tiles +      448
+               thumbnail, pixel shuffle 0.5 -> 64 tokens per tile
+qwen3_vl       patch 16, merge 2x2, interleaved M-RoPE, DeepStack          30
+video_llava    CLIP 224 px, patch 14, centre crop, CLS dropped             256
+glm4v          as qwen2_vl, GLM-4 decoder (partial rotary M-RoPE)          35
 =============  ==========================================================  =========
+
+``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
+are checked once each in ``tests/test_families_conformance.py``.
 
 Tokenizers are ``tokenizers`` WordLevel models over a few hundred English words
 (lower case and Capitalised), the digits 0-20 and punctuation, with the family's

@@ -39,9 +39,11 @@ NEW_FAMILIES = tuple(f for f in SUPPORTED_FAMILIES if f not in CORE_FAMILIES)
 
 
 def _samples(n: int = 2) -> list[dict]:
+    """``n`` questions on small square random images (one tile for the tiling families: the battery's cost
+    stays low; the layouts are checked on the 200 x 150 ``photo``)."""
     rng = np.random.default_rng(3)
     questions = ["what color is the circle ?", "is there a red square ?"]
-    return [{"image": Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)), "question": q,
+    return [{"image": Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)), "question": q,
              "answer": "red", "foil": "blue", "id": f"s{i}"} for i, q in enumerate(questions[:n])]
 
 
