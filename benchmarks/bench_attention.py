@@ -70,13 +70,14 @@ def naive_sdpa_knockout(model, prepared, configs: list, token: int) -> torch.Ten
     return torch.stack(out)
 
 
-def _timed(run) -> tuple[torch.Tensor, float, float]:
-    """Return ``(result, seconds, peak RSS growth in MB)`` of ``run()``."""
+def _timed(run) -> tuple[torch.Tensor, float, float, float]:
+    """Return ``(result, wall seconds, CPU seconds of this process, peak RSS growth in MB)`` of
+    ``run()``; CPU seconds hold up better than wall time on a shared machine (with one thread)."""
     _reset_peak()
     before = _status_mb("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = run()
-    return result, time.perf_counter() - start, _status_mb("VmHWM") - before
+    return result, time.perf_counter() - start, time.process_time() - cpu, _status_mb("VmHWM") - before
 
 
 def bench_sweep(layers: int) -> dict:
@@ -92,13 +93,16 @@ def bench_sweep(layers: int) -> dict:
         configs += [[Edges.make(sources, targets, r)] for _, r in layer_windows(vlm.n_layers, window)]
     eager_model, sdpa_model = eager_copy(vlm), copy.deepcopy(vlm.model)
     sdpa_model.config.get_text_config()._attn_implementation_internal = "sdpa"
-    eager, t_eager, m_eager = _timed(lambda: reference_knockout(vlm, prepared, configs, token, model=eager_model))
-    sdpa, t_sdpa, m_sdpa = _timed(lambda: naive_sdpa_knockout(sdpa_model, prepared, configs, token))
-    fast, t_fast, m_fast = _timed(lambda: knockout_probs(vlm, prepared, configs, token, batch_size=16))
+    eager, t_eager, c_eager, m_eager = _timed(lambda: reference_knockout(vlm, prepared, configs, token,
+                                                                          model=eager_model))
+    sdpa, t_sdpa, c_sdpa, m_sdpa = _timed(lambda: naive_sdpa_knockout(sdpa_model, prepared, configs, token))
+    fast, t_fast, c_fast, m_fast = _timed(lambda: knockout_probs(vlm, prepared, configs, token, batch_size=16))
     return {"layers": layers, "tokens": prepared.length, "image_tokens": len(prepared.image_positions),
-            "window": window, "configs": len(configs),
+            "window": window, "configs": len(configs), "threads": torch.get_num_threads(),
             "naive_eager_s": t_eager, "naive_sdpa_s": t_sdpa, "engine_s": t_fast,
             "speed-up vs eager": t_eager / t_fast, "speed-up vs sdpa": t_sdpa / t_fast,
+            "naive_eager_cpu_s": c_eager, "naive_sdpa_cpu_s": c_sdpa, "engine_cpu_s": c_fast,
+            "cpu speed-up vs eager": c_eager / c_fast, "cpu speed-up vs sdpa": c_sdpa / c_fast,
             "max_abs_diff engine": float((fast - eager).abs().max()),
             "max_abs_diff sdpa": float((sdpa - eager).abs().max()),
             "peak_mb naive_eager": m_eager, "peak_mb naive_sdpa": m_sdpa, "peak_mb engine": m_fast}
@@ -180,11 +184,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 layers (sweep) / 8 layers (idle) and 5 repeats "
                         "instead of 32 / 16 layers and 15 repeats")
     parser.add_argument("--only", choices=["sweep", "memory", "idle"], help="run one benchmark")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layers = 8 if args.quick else 16
     benches = {
