@@ -140,20 +140,10 @@ def test_gemma3_bidirectional_image_block_and_sliding_window_are_left_alone(tiny
     assert (maps.image_attention[1, :, 1] > 0).all()  # layer 1 is global
 
 
-# Decoder layers with sandwich norms (a norm after the attention / MLP block, before the residual add): the
-# attention module's output is not what the layer adds to the residual stream, and analysis.models.sites reads
-# the module's output, so resid_pre + attn_out + mlp_out != resid_post there. Fix in sites.py (read the post-norm
-# output: Gemma 3's post_attention_layernorm / post_feedforward_layernorm, GLM-4's post_self_attn_layernorm /
-# post_mlp_layernorm); then drop these marks (strict: they fail once the identity holds).
-_SANDWICH = {"gemma3", "glm4v"}
-
-
-@pytest.mark.parametrize("family", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="sandwich norms: attn_out/mlp_out read before the "
-                                            "post-norm (analysis/models/sites.py)")) if f in _SANDWICH else f
-    for f in NEW_FAMILIES])
+@pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_sites_add_up(family, tiny, photo):
-    """``resid_pre + attn_out + mlp_out == resid_post`` and ``resid_post i == resid_pre i+1`` off the image
+    """``resid_pre + attn_out + mlp_out == resid_post`` (Gemma 3 / GLM-4V: read after their sandwich norms) and
+    ``resid_post i == resid_pre i+1`` off the image
     (Qwen3-VL's DeepStack adds vision features between layers at image positions only)."""
     from analysis.models.sites import reading
 

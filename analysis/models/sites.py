@@ -15,9 +15,12 @@ site            the hidden state, ``(batch, T, hidden)``
 ``final``       the last layer's output after the final norm: what the unembedding reads
 ==============  ============================================================================
 
-For pre-norm decoder layers (every supported family) ``resid_pre + attn_out + mlp_out ==
-resid_post``. Unlike ``output_hidden_states`` (whose last entry transformers 5 returns after
-the final norm), ``resid_post`` of the last layer is the raw residual stream.
+For every supported family ``resid_pre + attn_out + mlp_out == resid_post`` (with sandwich
+norms, as in Gemma 3 and GLM-4V, ``attn_out`` / ``mlp_out`` are read after the norm that follows
+each block). ``resid_post i == resid_pre i+1`` except at Qwen3-VL's image positions in its first
+layers, where DeepStack adds vision features between layers. Unlike ``output_hidden_states``
+(whose last entry transformers 5 returns after the final norm), ``resid_post`` of the last layer
+is the raw residual stream.
 
 Two context managers use the sites, and both always remove their hooks:
 
@@ -47,6 +50,13 @@ KINDS: tuple[str, ...] = ("embed", "resid_pre", "attn_out", "mlp_out", "resid_po
 LAYER_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _BLOCKS = {"attn_out": ("self_attn", "attention", "attn", "self_attention"),
            "mlp_out": ("mlp", "feed_forward", "ffn")}
+
+# Norms applied to a block's output before the residual add, as (after attention, after MLP, marker):
+# present together only in sandwich-norm layers (Llama's "post_attention_layernorm" is its pre-MLP
+# norm, hence Gemma's marker "pre_feedforward_layernorm").
+_SANDWICH = (("post_self_attn_layernorm", "post_mlp_layernorm"),
+             ("post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm"))
+_SANDWICH_INDEX = {"attn_out": 0, "mlp_out": 1}
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -116,13 +126,19 @@ def sites(vlm, kinds: Iterable[str], layers: Iterable[int] | None = None) -> lis
 
 
 def block(vlm, layer: int, kind: str) -> nn.Module:
-    """Return decoder layer ``layer``'s attention (``"attn_out"``) or MLP (``"mlp_out"``) block.
+    """Return the module whose output is decoder layer ``layer``'s write to the residual stream
+    from its attention (``"attn_out"``) or MLP (``"mlp_out"``) block.
 
     Found among the layer's children by name (``self_attn``, ``attention``, ... / ``mlp``,
-    ``feed_forward``, ...), never by a version-specific path.
+    ``feed_forward``, ...), never by a version-specific path. Layers with sandwich norms (Gemma 2/3,
+    GLM-4V: a norm after each block, before the residual add) write that norm's output, so the
+    site is read there (``_SANDWICH``).
     """
     module = vlm.layers[vlm.check_layer(layer)]
     children = dict(module.named_children())
+    for names in _SANDWICH:
+        if all(name in children for name in names):
+            return children[names[_SANDWICH_INDEX[kind]]]
     for name in _BLOCKS[kind]:
         if name in children:
             return children[name]

@@ -132,12 +132,16 @@ class VLM:
                 information-flow reference code skips it for intermediate layers).
 
         Returns:
-            ``(..., vocab_size)`` logits in fp32, with the family's final logit soft-capping.
+            ``(..., vocab_size)`` logits in fp32, with the family's logit scale (Cohere) and final
+            logit soft-capping.
         """
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         if final_norm:
             hidden = self.final_norm(hidden)
         logits = self.lm_head(hidden).float()
+        scale = getattr(self.text_config, "logit_scale", None)  # Cohere decoders scale their logits
+        if scale:
+            logits = logits * scale
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
