@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from captum.attr import InputXGradient, Saliency
 from conftest import QUESTION, assert_detectable
 
 from analysis.errors import InputError
@@ -16,11 +17,23 @@ from analysis.models.answers import answer_tokens
 from analysis.models.answers import next_token_logits as last_logits
 from analysis.probes.attribution import (
     METHODS,
+    _index,
     attribute,
     grid_segments,
     resolve_target,
     token_segments,
 )
+from analysis.probes.runners import EmbeddingRunner, PixelRunner, unmodified
+from analysis.probes.sharing import sharing
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other jobs share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -152,6 +165,87 @@ def test_every_patch_occluded_in_batches(tiny, photo):
     batched = attribute(vlm, prepared, method="occlusion", perturb="embeddings", batch_size=16)
     single = attribute(vlm, prepared, method="occlusion", perturb="embeddings", batch_size=1)
     np.testing.assert_allclose(batched.image_scores, single.image_scores, atol=1e-5)
+
+
+def test_pixel_perturbation_batched_equals_unbatched(family, tiny, photo):
+    """Occlusion and KernelSHAP over pixels: B masked images per forward (one processor call, or
+    pixel_values built directly) give each perturbation's score as one image per forward does."""
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    rows, cols = prepared.grids[prepared.reference_tile()]
+    cells = grid_segments(prepared, block=max(1, -(-max(rows, cols) // 3)))  # at most 3 x 3 cells
+    for method, options in (("occlusion", {}), ("kernel_shap", {"n_samples": 12})):
+        single = attribute(vlm, prepared, method=method, features=cells, batch_size=1, **options)
+        batched = attribute(vlm, prepared, method=method, features=cells, batch_size=8, **options)
+        assert single.perturb == batched.perturb == "pixels" and len(single.group_scores) >= 2
+        np.testing.assert_allclose(batched.group_scores, single.group_scores, rtol=0, atol=TOL)
+    assert_detectable(single.group_scores[np.argsort(-np.abs(single.group_scores))[:1]], TOL,
+                      what="largest KernelSHAP score")
+
+
+def _runner(vlm, prepared, fill=(128, 128, 128)):
+    cells = grid_segments(prepared)
+    ids = np.unique(cells[cells >= 0])
+    token = int(unmodified(vlm, prepared).logits.argmax())
+    return PixelRunner(vlm, prepared, token, _index(ids, cells.ravel()).reshape(cells.shape), len(ids), fill)
+
+
+@pytest.mark.parametrize("model, size, mode", [("zoo:shapes-llava-local", 64, "local"),
+                                               ("zoo:shapes-llava", 64, "pixelwise"),
+                                               ("zoo:shapes-llava", 80, "processor")])
+def test_pixel_runner_shortcuts_equal_the_processor_and_the_whole_model(model, size, mode):
+    """The pixel-wise inputs (no resize: the image has the model's input size) and the local
+    shortcut (a vision tower whose tokens see only their own patch: the language model alone reruns)
+    give the log-probabilities of the processor + whole-model path, and are chosen only where exact."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import load_vlm
+
+    vlm = load_vlm(model, device="cpu")
+    sample = make_samples(1, seed=3)[0]
+    prepared = vlm.prepare(sample.image.resize((size, size)), sample.question)
+    runner, reference = _runner(vlm, prepared), _runner(vlm, prepared)
+    reference._mode = "processor"
+    present = torch.from_numpy(np.random.default_rng(0).random((6, runner.n_groups)) < 0.3).float()
+    present[0] = 1  # the unmodified image
+    with torch.no_grad():
+        fast, slow = runner.logprob(present), reference.logprob(present)
+    assert runner.mode == mode
+    torch.testing.assert_close(fast, slow, rtol=0, atol=TOL)
+    assert float(fast[0]) == pytest.approx(float(unmodified(vlm, prepared).logprob(runner.token)), abs=TOL)
+    assert_detectable(fast[1:] - fast[0], TOL, what="effect of masking 70% of the patches")
+
+
+def test_methods_share_one_forward_and_one_gradient_with_the_same_results(tiny, photo):
+    """Inside sharing(): one unmodified forward for every method and one gradient for Saliency and
+    InputXGradient; the maps are those of captum's own classes and of separate calls."""
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    cells = grid_segments(prepared, block=8)  # 9 cells
+    options = {m: {"n_steps": 4} if m == "integrated_gradients" else
+               {"features": cells, "n_samples": 8} if m in ("occlusion", "kernel_shap") else {} for m in METHODS}
+    alone = {m: attribute(vlm, prepared, method=m, **options[m]) for m in METHODS}
+    calls = []
+    handle = vlm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        with sharing():
+            together = {m: attribute(vlm, prepared, method=m, **options[m]) for m in METHODS}
+    finally:
+        handle.remove()
+    for m in METHODS:
+        np.testing.assert_array_equal(together[m].scores, alone[m].scores)
+    # the whole model runs for the unmodified input, occlusion's 9 cells and KernelSHAP's 8 coalitions
+    # (one batch each; the unperturbed input is not rerun); the gradient methods run the language model
+    assert len(calls) == 3
+    runner = EmbeddingRunner(vlm, prepared, alone["saliency"].target_token)
+    positions = prepared.image_positions
+    values = runner.embeds[:, positions].clone().requires_grad_(True)
+
+    def forward(x):
+        return runner.logprob(positions, x)
+
+    for method, captum_class in (("saliency", Saliency), ("input_x_gradient", InputXGradient)):
+        expected = captum_class(forward).attribute(values)[0].sum(-1).detach().numpy()
+        np.testing.assert_array_equal(alone[method].scores, expected.astype(float))
 
 
 def test_kernel_shap_is_seeded_and_covers_segments(tiny, photo):

@@ -15,6 +15,7 @@ from analysis.errors import InputError  # noqa: E402
 from analysis.plots.sanity import FLAG, plot_comparison, plot_method_maps, plot_randomisation  # noqa: E402
 from analysis.models.answers import next_token_logits as last_logits  # noqa: E402
 from analysis.probes.flow import knockout_probs  # noqa: E402
+from analysis.probes.attribution import grid_segments, token_segments  # noqa: E402
 from analysis.probes.sanity import (  # noqa: E402
     MapMethod,
     MapSet,
@@ -26,6 +27,7 @@ from analysis.probes.sanity import (  # noqa: E402
     localisation,
     randomisation,
     randomisation_stages,
+    rollout_method,
     sanity_report,
     top_patches,
 )
@@ -41,6 +43,15 @@ def brightness(vlm, prepared, token):
     x = np.clip((boxes[:, 0] + boxes[:, 2]) // 2, 0, grey.shape[1] - 1).astype(int)
     y = np.clip((boxes[:, 1] + boxes[:, 3]) // 2, 0, grey.shape[0] - 1).astype(int)
     return grey[y, x]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other jobs share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +109,28 @@ def test_sanity_report_on_a_tiny_model(tiny, samples):
     untimed = plot_comparison(report.table, title="tiny:qwen2_vl", timing=False)
     assert [ax.get_xlabel() for ax in untimed.axes] == [ax.get_xlabel() for ax in fig.axes[:4]]
     assert len(plot_method_maps(report.maps, 0).axes) == len(methods) + 1  # panels + colorbar
+
+
+def test_methods_of_a_sample_share_forwards_with_the_same_maps(tiny, samples):
+    """compute_maps shares the unmodified forward, the attention recording and the gradient between
+    methods; every map equals the method run alone, and block cells give one score per cell."""
+    vlm = tiny("llava")
+    methods = [attention_method(0), attention_method(1), rollout_method(1), attribution_method("saliency"),
+               attribution_method("input_x_gradient"), attribution_method("occlusion", block=8)]
+    maps = compute_maps(vlm, samples[:1], methods, only_correct=False, progress=False)
+    prepared, token = maps.prepared[0], maps.tokens[0]
+    assert token == int(last_logits(vlm, prepared).argmax())
+    for method in methods:
+        np.testing.assert_array_equal(maps.maps[method.name][0], method.compute(vlm, prepared, token))
+    cells = token_segments(prepared, grid_segments(prepared, block=8))
+    occlusion = maps.maps["occlusion"][0]
+    for cell in np.unique(cells[cells >= 0]):
+        assert len(np.unique(occlusion[cells == cell])) == 1
+    assert len(np.unique(occlusion[cells >= 0])) == len(np.unique(cells[cells >= 0])) == 9
+    with pytest.raises(InputError, match="block must be a positive integer"):
+        attribution_method("occlusion", block=0)
+    with pytest.raises(InputError, match="either block or features"):
+        attribution_method("occlusion", block=2, features="patches")
 
 
 def test_localisation_of_an_oracle_map(tiny, samples):

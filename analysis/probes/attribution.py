@@ -18,7 +18,9 @@ method. No method is re-implemented here; this module is the glue captum lacks f
   What "absent" means is ``perturb``:
 
   * ``"pixels"`` (default for image features): the group's pixels in the original image are
-    filled with a colour and the processor is rerun, so the vision tower sees the masked image.
+    filled with a colour and the whole VLM reruns, so the vision tower sees the masked image
+    (its inputs built pixel-wise when the processor treats each pixel on its own, else by one
+    processor call per batch; both exact, see ``analysis.probes.runners``).
     This is occlusion as the literature defines it, and the only removal that also takes the
     patch out of the vision tower's own mixing (a CLIP patch embedding already carries its
     neighbours, so masking it after the projector leaves copies of it in the others).
@@ -26,7 +28,12 @@ method. No method is re-implemented here; this module is the glue captum lacks f
     language model are replaced by a baseline vector and only the language model is rerun:
     faster, and it measures what the language model reads from each token, as gradients do.
 
-  Perturbations run ``batch_size`` at a time (captum's ``perturbations_per_eval``).
+  Perturbations run ``batch_size`` at a time (captum's ``perturbations_per_eval``), one forward
+  per batch; the unperturbed input is not rerun (its value is the unmodified forward's).
+
+One unmodified forward per call gives the target, its log-probability and the language model's
+inputs; inside ``analysis.probes.sharing.sharing()`` it is shared by every method run on the
+same input, and so is the gradient that Saliency and InputXGradient transform.
 
 Features are ``"patches"`` (every image token; with ``perturb="pixels"`` every patch of the
 reference tile, see ``PreparedInputs.reference_tile``), ``"question"`` (the question's tokens) or an integer
@@ -38,7 +45,8 @@ reports its group's score (gradient methods: the sum over the group's tokens).
 Why not captum's ``LLMAttribution`` / ``LLMGradientAttribution`` wrappers: the gradient one
 differentiates the token-embedding layer, where a VLM's image tokens are still the ``<image>``
 placeholder (the image features are merged in after it), and the perturbation one runs one
-perturbation per forward. The attribution classes themselves are used unchanged.
+perturbation per forward. The attribution classes themselves are used unchanged (InputXGradient
+as ``input * gradient`` of captum's Saliency without the absolute value, which is what it computes).
 
 Scores are in log-probability units: Integrated Gradients sums to
 ``log p(x) - log p(baseline)`` up to captum's convergence delta (a warning says when the delta
@@ -48,25 +56,23 @@ is ``log p(x) - log p(x without the group)``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, KernelShap, Saliency
 from PIL import Image
-from transformers.utils import logging as hf_logging
 
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
-from analysis.models.answers import answer_tokens, next_token_logits
+from analysis.models.answers import answer_tokens
 from analysis.models.localisation import localisation_scores, positive_part
-from analysis.models.numerics import finite
-from analysis.models.sites import language_model_inputs
+from analysis.probes.runners import EmbeddingRunner, PixelRunner, unmodified
+from analysis.probes.sharing import model_key, shared, sharing
 
 GRADIENT_METHODS = {"integrated_gradients": IntegratedGradients, "saliency": Saliency,
                     "input_x_gradient": InputXGradient}
@@ -259,81 +265,6 @@ def _resolve_features(prepared: PreparedInputs, features, perturb: str | None) -
     return _Features(name, image, _index(ids, at_tokens), ids, segments if perturb == "pixels" else None)
 
 
-# --- running the model --------------------------------------------------------------------------
-class _EmbeddingRunner:
-    """The language model run from ``inputs_embeds``, with everything else the VLM passes it.
-
-    Args:
-        vlm: the model.
-        prepared: the input (batch of one).
-        token: the vocabulary id whose log-probability is returned.
-    """
-
-    def __init__(self, vlm: VLM, prepared: PreparedInputs, token: int):
-        with torch.no_grad(), language_model_inputs(vlm) as captured:
-            vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
-        captured = dict(captured)
-        if captured.pop("_args") or captured.get("inputs_embeds") is None:
-            raise InputError(
-                f"{type(vlm.model).__name__} does not pass inputs_embeds to its language model by keyword; "
-                "gradient attributions and embedding perturbation need it"
-            )
-        self.vlm, self.token = vlm, token
-        self.embeds = captured.pop("inputs_embeds").detach()
-        captured.pop("past_key_values", None)
-        captured.pop("cache", None)
-        captured["use_cache"] = False
-        self.kwargs = captured
-
-    def logprob(self, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Return ``(B,)`` fp32 log-probabilities with ``values`` ``(B, N, hidden)`` at ``positions``."""
-        n = values.shape[0]
-        embeds = self.embeds.expand(n, -1, -1).clone()
-        embeds[:, positions.to(embeds.device)] = values.to(embeds.dtype)
-        kwargs = self.vlm.adapter.repeat_language_model_kwargs(self.kwargs, n)
-        hidden = self.vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
-        logits = finite(self.vlm, self.vlm.unembed(hidden, final_norm=False).float(), "attribution logits")
-        return torch.log_softmax(logits, dim=-1)[:, self.token]
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' per-call processor warnings (PaliGemma's) while a loop reruns it."""
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-class _PixelRunner:
-    """The whole VLM on copies of the image with some pixel segments filled with a colour."""
-
-    def __init__(self, vlm: VLM, prepared: PreparedInputs, token: int, segments: np.ndarray, ids: np.ndarray,
-                 fill: tuple[int, int, int]):
-        self.vlm, self.prepared, self.token = vlm, prepared, token
-        self.pixels = np.asarray(prepared.image)
-        self.segments, self.ids, self.fill = segments, ids, np.asarray(fill, dtype=np.uint8)
-
-    def masked_image(self, absent: np.ndarray) -> Image.Image:
-        """Return the image with the segments ``absent`` (ids) filled."""
-        pixels = self.pixels.copy()
-        pixels[np.isin(self.segments, absent)] = self.fill
-        return Image.fromarray(pixels)
-
-    def logprob(self, present: torch.Tensor) -> torch.Tensor:
-        """Return ``(B,)`` fp32 log-probabilities for a ``(B, G)`` presence matrix (0 = filled)."""
-        absent = (present == 0).cpu().numpy()
-        with _quiet_transformers():
-            parts = [self.vlm.adapter.process(self.prepared.prompt, self.masked_image(self.ids[row])) for row in absent]
-        batch = {k: torch.cat([p[k] for p in parts]).to(self.vlm.device) for k in parts[0]}
-        if batch["input_ids"].shape != (len(parts), self.prepared.length):
-            raise RuntimeError("a masked image changed the number of image tokens; please report this")
-        logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-        return torch.log_softmax(finite(self.vlm, logits, "attribution logits"), dim=-1)[:, self.token]
-
-
 # --- strategies: one per kind of method ---------------------------------------------------------
 def _embedding_baseline(values: torch.Tensor, baseline: str | None) -> torch.Tensor:
     """Return the ``(1, N, hidden)`` embedding baseline: the tokens' mean for ``"mean"``, else zeros."""
@@ -346,7 +277,7 @@ class _EmbeddingGradients:
 
     captum differentiates the target's log-probability with respect to the ``(1, N, hidden)``
     embeddings of the ``N`` feature tokens. The forward maps ``(B, N, hidden)`` embeddings to
-    ``(B,)`` log-probabilities (``_EmbeddingRunner`` reruns the language model with them in
+    ``(B,)`` log-probabilities (``EmbeddingRunner`` reruns the language model with them in
     place); Integrated Gradients runs ``B = batch_size`` interpolation steps per forward. The
     ``(1, N, hidden)`` attribution is summed over hidden into ``(N,)`` token scores, and those are
     summed over each of the ``G`` groups.
@@ -374,7 +305,7 @@ class _EmbeddingGradients:
 
     def attribute(self) -> tuple[np.ndarray, float | None]:
         """Return the ``(G,)`` group scores and Integrated Gradients' convergence delta (else None)."""
-        runner = _EmbeddingRunner(self.vlm, self.prepared, self.token)
+        runner = EmbeddingRunner(self.vlm, self.prepared, self.token)
         positions = self.features.positions.to(self.vlm.device)
         values = runner.embeds[:, positions].clone().requires_grad_(True)
 
@@ -382,12 +313,12 @@ class _EmbeddingGradients:
             return runner.logprob(positions, x)
 
         delta = None
-        algorithm = GRADIENT_METHODS[self.method](forward)
         if self.method == "integrated_gradients":
             base = _embedding_baseline(values, self.baseline)
             with torch.enable_grad():
-                attr, deltas = algorithm.attribute(values, baselines=base, n_steps=self.n_steps,
-                                                   internal_batch_size=self.batch_size, return_convergence_delta=True)
+                attr, deltas = IntegratedGradients(forward).attribute(
+                    values, baselines=base, n_steps=self.n_steps, internal_batch_size=self.batch_size,
+                    return_convergence_delta=True)
             delta = float(deltas.sum())
             gap = float(attr.detach().sum()) - delta  # f(input) - f(baseline)
             if abs(delta) > 0.05 * abs(gap):
@@ -398,8 +329,13 @@ class _EmbeddingGradients:
                     stacklevel=3,
                 )
         else:
+            # Saliency (|gradient|, captum's default) and InputXGradient (input * gradient) transform the
+            # same gradient, computed by captum's Saliency without the absolute value: once per input and
+            # token inside analysis.probes.sharing.sharing(), as the sanity checks run both.
+            key = ("gradient", *model_key(self.vlm.model, self.prepared), self.token, tuple(positions.tolist()))
             with torch.enable_grad():
-                attr = algorithm.attribute(values)
+                gradient = shared(key, lambda: Saliency(forward).attribute(values, abs=False))
+            attr = gradient.abs() if self.method == "saliency" else values.detach() * gradient
         per_token = attr[0].float().sum(-1).detach().cpu().numpy().astype(float)
         groups = self.features.groups
         valid = groups >= 0
@@ -436,8 +372,19 @@ class _Perturbation:
     seed: int
 
     def _group_scores(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-        """Return the ``(G,)`` scores of the method with ``forward``: ``(B, G)`` presence -> ``(B,)``."""
-        algorithm = PERTURBATION_METHODS[self.method](forward)
+        """Return the ``(G,)`` scores of the method with ``forward``: ``(B, G)`` presence -> ``(B,)``.
+
+        The unperturbed input alone (occlusion's first evaluation) is not rerun: its log-probability
+        is the unmodified forward's, the same computation.
+        """
+        base = unmodified(self.vlm, self.prepared).logprob(self.token)
+
+        def evaluate(present: torch.Tensor) -> torch.Tensor:
+            if len(present) == 1 and bool(present.all()):
+                return base.reshape(1).to(present.device)
+            return forward(present)
+
+        algorithm = PERTURBATION_METHODS[self.method](evaluate)
         options = {"n_samples": self.n_samples} if self.method == "kernel_shap" else {}
         device = self.vlm.device
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -453,7 +400,7 @@ class _EmbeddingPerturbation(_Perturbation):
 
     The ``(1, N, hidden)`` embeddings of the ``N`` feature tokens become, for each row of a
     ``(B, G)`` presence matrix, ``baseline + present * (embeddings - baseline)`` per token (tokens in
-    no group stay present), and ``_EmbeddingRunner`` reruns only the language model on the
+    no group stay present), and ``EmbeddingRunner`` reruns only the language model on the
     ``(B, N, hidden)`` result.
 
     Attributes:
@@ -465,7 +412,7 @@ class _EmbeddingPerturbation(_Perturbation):
 
     def attribute(self) -> tuple[np.ndarray, None]:
         """Return the ``(G,)`` group scores and None (no convergence delta)."""
-        runner = _EmbeddingRunner(self.vlm, self.prepared, self.token)
+        runner = EmbeddingRunner(self.vlm, self.prepared, self.token)
         positions = self.features.positions.to(self.vlm.device)
         values = runner.embeds[:, positions].clone()
         base = _embedding_baseline(values, self.baseline)
@@ -482,9 +429,11 @@ class _EmbeddingPerturbation(_Perturbation):
 class _PixelPerturbation(_Perturbation):
     """Perturbation over pixels: an absent group's pixel segments are filled and the whole VLM reruns.
 
-    For each row of a ``(B, G)`` presence matrix, ``_PixelRunner`` fills the absent groups'
-    segments of the ``(H, W)`` map ``features.segments`` with ``fill`` in the original image, reruns
-    the processor and the VLM, and returns ``(B,)`` log-probabilities.
+    For each row of a ``(B, G)`` presence matrix, ``PixelRunner`` fills the absent groups'
+    segments of the ``(H, W)`` map ``features.segments`` with ``fill`` in the original image and
+    reruns the VLM on the ``B`` images in one forward (their inputs built pixel-wise where that is
+    exact, else by one processor call; see ``analysis.probes.runners``), giving ``(B,)``
+    log-probabilities.
 
     Attributes:
         fill: the RGB fill colour. The others as ``_Perturbation``.
@@ -494,8 +443,9 @@ class _PixelPerturbation(_Perturbation):
 
     def attribute(self) -> tuple[np.ndarray, None]:
         """Return the ``(G,)`` group scores and None (no convergence delta)."""
-        runner = _PixelRunner(self.vlm, self.prepared, self.token, self.features.segments, self.features.ids,
-                              self.fill)
+        segments = self.features.segments
+        groups = _index(self.features.ids, segments.ravel()).reshape(segments.shape)
+        runner = PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids), self.fill)
         return self._group_scores(runner.logprob), None
 
 
@@ -519,7 +469,7 @@ def resolve_target(vlm: VLM, prepared: PreparedInputs, target: str | int = "answ
     if not isinstance(target, str) or not target.strip():
         raise InputError(f"target must be 'answer', a token id or a word; got {target!r}")
     if target == "answer":
-        return int((next_token_logits(vlm, prepared) if logits is None else logits).argmax())
+        return int((unmodified(vlm, prepared).logits if logits is None else logits).argmax())
     token = answer_tokens(vlm, prepared.prompt, target.strip()).target
     unk = vlm.tokenizer.unk_token_id
     if (unk is not None and token == unk) or token >= vocab:
@@ -592,19 +542,20 @@ def attribute(
                          + (" or an RGB tuple" if pixels else ""))
 
     started = time.perf_counter()
-    logits = next_token_logits(vlm, inputs)
-    token = resolve_target(vlm, inputs, target, logits)
-    feats = _resolve_features(inputs, features, perturb)
-    strategy: _EmbeddingGradients | _EmbeddingPerturbation | _PixelPerturbation
-    if gradient:
-        strategy = _EmbeddingGradients(vlm, inputs, token, feats, method, baseline, n_steps, batch_size)
-    elif pixels:
-        strategy = _PixelPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
-                                      fill=_fill(inputs.image, baseline or "mean"))
-    else:
-        strategy = _EmbeddingPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
-                                          baseline=baseline)
-    group_scores, delta = strategy.attribute()
+    with sharing():  # one unmodified forward for the target, its value and the strategy
+        logits = unmodified(vlm, inputs).logits
+        token = resolve_target(vlm, inputs, target, logits)
+        feats = _resolve_features(inputs, features, perturb)
+        strategy: _EmbeddingGradients | _EmbeddingPerturbation | _PixelPerturbation
+        if gradient:
+            strategy = _EmbeddingGradients(vlm, inputs, token, feats, method, baseline, n_steps, batch_size)
+        elif pixels:
+            strategy = _PixelPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
+                                          fill=_fill(inputs.image, baseline or "mean"))
+        else:
+            strategy = _EmbeddingPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
+                                              baseline=baseline)
+        group_scores, delta = strategy.attribute()
     scores = np.where(feats.groups >= 0, group_scores[np.maximum(feats.groups, 0)], np.nan)
     ids = inputs.input_ids[feats.positions].tolist()
     return Attribution(

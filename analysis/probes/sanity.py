@@ -23,6 +23,13 @@ model answers correctly; the explained token is the model's answer) this module 
   ``k`` random patches (the same draws for every method).
 
 ``sanity_report`` runs all of them and builds the comparison table (methods as rows).
+
+Cost: every method runs once per kept sample on the model and once per sample and evaluated
+stage of the cascade (``1 + stages`` model states). Per model state and sample, the methods share
+what they have in common (``analysis.probes.sharing``): one unmodified forward (the answer, its
+log-probability, the language model's inputs), one recorded forward for every attention row, one
+gradient for Saliency and InputXGradient; the perturbation methods run batched (see
+``analysis.probes.runners``). Results are identical to running each method alone.
 """
 
 from __future__ import annotations
@@ -42,12 +49,14 @@ from tqdm.auto import tqdm
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError, UnsupportedModelError
 from analysis.models import VLM, PreparedInputs
-from analysis.models.answers import answer_tokens, is_correct, next_token_logits
+from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.localisation import localisation_scores, positive_part
 from analysis.probes.attention import attention_maps
-from analysis.probes.attribution import attribute
+from analysis.probes.attribution import attribute, grid_segments
 from analysis.probes.backend import Edges
 from analysis.probes.flow import knockout_probs
+from analysis.probes.runners import unmodified
+from analysis.probes.sharing import active, model_key, shared, sharing
 
 PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger")
 VISION_NAMES = ("vision_tower", "visual", "vision_model")
@@ -73,11 +82,20 @@ class MapMethod:
 
 
 def attention_method(layer: int, name: str | None = None) -> MapMethod:
-    """Return the head-averaged attention of the last position to the image at ``layer``."""
+    """Return the head-averaged attention of the last position to the image at ``layer``.
+
+    Inside ``analysis.probes.sharing.sharing()`` (as ``compute_maps`` and ``randomisation`` run
+    the methods) one recorded forward of every layer's last row serves every attention method.
+    """
 
     def compute(vlm, prepared, token):
         index = vlm.check_layer(layer)
-        return attention_maps(vlm, prepared, layers=[index], query="last").image_map(layer=index)
+        if active():
+            maps = shared(("attention rows", *model_key(vlm.model, prepared)),
+                          lambda: attention_maps(vlm, prepared, layers=None, query="last"))
+        else:
+            maps = attention_maps(vlm, prepared, layers=[index], query="last")
+        return maps.image_map(layer=index)
 
     return MapMethod(name or f"attention L{layer}", "attention", compute)
 
@@ -93,26 +111,35 @@ def rollout_method(layer: int = -1, name: str | None = None) -> MapMethod:
     return MapMethod(name or "rollout", "attention", compute)
 
 
-def attribution_method(method: str, name: str | None = None, **options) -> MapMethod:
+def attribution_method(method: str, name: str | None = None, block: int = 1, **options) -> MapMethod:
     """Return a captum attribution (``analysis.probes.attribution.attribute``) as a map method.
 
     Args:
         method: one of ``analysis.probes.attribution.METHODS``.
         name: row label (default: the method name).
+        block: with the default ``features="patches"``, attribute to cells of ``block x block``
+            patches of each input's grid (``grid_segments``; every token reports its cell's score)
+            instead of to every patch; 1 (default) keeps every patch.
         **options: passed to ``attribute`` (``features``, ``perturb``, ``n_steps``, ...).
     """
     kind = "perturbation" if method in ("occlusion", "kernel_shap") else "gradient"
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise InputError(f"block must be a positive integer; got {block!r}")
+    if block > 1 and "features" in options:
+        raise InputError("block applies to the default patch features; pass either block or features")
 
     def compute(vlm, prepared, token):
-        return attribute(vlm, prepared, target=token, method=method, **options).image_scores
+        features = grid_segments(prepared, block) if block > 1 else options.get("features", "patches")
+        return attribute(vlm, prepared, target=token, method=method,
+                         **{**options, "features": features}).image_scores
 
     return MapMethod(name or method, kind, compute)
 
 
 def default_methods(vlm: VLM, attention_layers: Sequence[int] | None = None, n_steps: int = 64,
-                    n_samples: int = 256, batch_size: int = 16) -> list[MapMethod]:
+                    n_samples: int = 256, batch_size: int = 16, perturbation_block: int = 1) -> list[MapMethod]:
     """Return the comparison's rows: attention at a few layers, rollout, IG, saliency, InputXGradient,
-    occlusion and KernelSHAP (pixel perturbation of every patch).
+    occlusion and KernelSHAP (pixel perturbation of every patch, or of patch cells).
 
     IG integrates from the mean of the image-token embeddings (``baseline="mean"``), not from the
     zero vector: zero is far from every embedding the LLM sees, and on ``zoo:shapes-llava-local``
@@ -122,7 +149,12 @@ def default_methods(vlm: VLM, attention_layers: Sequence[int] | None = None, n_s
     Args:
         vlm: the model (for its depth).
         attention_layers: layers of the attention rows (default: first, middle and last).
-        n_steps, n_samples, batch_size: passed to the attributions.
+        n_steps, n_samples, batch_size: passed to the attributions (IG's steps, KernelSHAP's
+            coalitions, inputs per forward).
+        perturbation_block: occlusion and KernelSHAP perturb cells of ``block x block`` patches
+            (``attribution_method``'s ``block``); 1 (default): every patch. Occlusion runs one
+            forward per cell, so a model with many patches (LLaVA-1.5: 576) costs 576 forwards per
+            map at 1 and 64 at 3.
     """
     n = vlm.n_layers
     layers = sorted({0, n // 2, n - 1}) if attention_layers is None else [vlm.check_layer(l) for l in attention_layers]
@@ -132,8 +164,9 @@ def default_methods(vlm: VLM, attention_layers: Sequence[int] | None = None, n_s
         attribution_method("integrated_gradients", "IG", n_steps=n_steps, batch_size=batch_size, baseline="mean"),
         attribution_method("saliency"),
         attribution_method("input_x_gradient", "InputXGradient"),
-        attribution_method("occlusion", batch_size=batch_size),
-        attribution_method("kernel_shap", "KernelSHAP", n_samples=n_samples, batch_size=batch_size),
+        attribution_method("occlusion", block=perturbation_block, batch_size=batch_size),
+        attribution_method("kernel_shap", "KernelSHAP", block=perturbation_block, n_samples=n_samples,
+                           batch_size=batch_size),
     ]
 
 
@@ -199,19 +232,20 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
     seconds = []
     for sample in tqdm(samples, desc="maps", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        token = int(next_token_logits(vlm, prepared).argmax())
-        if only_correct:
-            if sample.answer is None:
-                raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
-            if not is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=token):
-                continue
-        out.samples.append(sample)
-        out.prepared.append(prepared)
-        out.tokens.append(token)
-        for method in methods:
-            started = time.perf_counter()
-            out.maps[method.name].append(_compute(method, vlm, prepared, token))
-            seconds.append({"sample": sample.id, "method": method.name, "seconds": time.perf_counter() - started})
+        with sharing():  # one unmodified forward per sample serves the answer and every method
+            token = int(unmodified(vlm, prepared).logits.argmax())
+            if only_correct:
+                if sample.answer is None:
+                    raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
+                if not is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=token):
+                    continue
+            out.samples.append(sample)
+            out.prepared.append(prepared)
+            out.tokens.append(token)
+            for method in methods:
+                started = time.perf_counter()
+                out.maps[method.name].append(_compute(method, vlm, prepared, token))
+                seconds.append({"sample": sample.id, "method": method.name, "seconds": time.perf_counter() - started})
     if not out.samples:
         raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to explain")
     out.seconds = pd.DataFrame(seconds)
@@ -372,8 +406,9 @@ def randomisation(vlm: VLM, maps: MapSet, stages: Sequence[str] | None = None, s
         if stages is not None and name not in stages:
             continue
         for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
-            for method in maps.methods:
-                scores = _compute(method, randomised, prepared, token)
+            with sharing():  # this stage's weights and this sample only
+                computed = [_compute(method, randomised, prepared, token) for method in maps.methods]
+            for method, scores in zip(maps.methods, computed):
                 rows.append({"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
                              "rho": rank_correlation(prepared, maps.maps[method.name][i], scores)})
     return pd.DataFrame(rows)
