@@ -10,7 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from analysis.errors import InputError
-from analysis.models.answers import answer_tokens, generate, is_correct, next_token_logits, score
+from analysis.models.answers import (answer_tokens, choose_option, choose_options, generate, is_correct,
+                                     is_correct_option, next_token_logits, score)
 from conftest import QUESTION
 
 
@@ -51,6 +52,54 @@ def test_the_first_token_rule_on_sub_word_pieces(piece_vlm):
     assert is_correct(piece_vlm, yes, generated="Yes, there is.") and not is_correct(piece_vlm, yes, generated="no")
     with pytest.raises(InputError, match="exactly one"):
         is_correct(piece_vlm, yes)
+
+
+def test_the_options_rule_picks_the_best_option_where_the_greedy_token_is_none(piece_vlm):
+    """Rule "options": the arg-max over the question's options' target tokens, even when the greedy
+    token answers nothing (here "▁ok"), so it can be right where rule "first_token" is wrong."""
+    ids = piece_vlm.tokenizer.convert_tokens_to_ids
+    prepared = SimpleNamespace(prompt="ok:")
+    logits = torch.zeros(len(piece_vlm.tokenizer))
+    logits[ids("▁ok")], logits[ids("▁")], logits[ids("2")], logits[ids("▁yel")] = 5.0, 4.0, 3.0, 2.0
+    choice = choose_option(piece_vlm, prepared, ["yes", "2", "yellow"], logits=logits)
+    assert choice.choice == "2" and choice.index == 1 and choice.scores == (0.0, 3.0, 2.0)
+    assert choice.method == "first_token"
+    gold = answer_tokens(piece_vlm, "ok:", "2")
+    assert not is_correct(piece_vlm, gold, predicted=int(logits.argmax())), "the greedy token is not an answer"
+    assert is_correct_option(gold, choice) and is_correct_option("2", choice)
+    assert not is_correct_option("yes", choice)
+    tie = choose_option(piece_vlm, prepared, ["yes", "above"], logits=torch.zeros(len(piece_vlm.tokenizer)))
+    assert tie.choice == "yes", "ties go to the first option"
+    with pytest.raises(InputError, match="share a target token"):
+        choose_option(piece_vlm, prepared, ["yellow", "yel"], logits=logits)  # both start with "▁yel"
+    with pytest.raises(InputError, match="at least 2"):
+        choose_option(piece_vlm, prepared, ["yes"], logits=logits)
+    with pytest.raises(InputError, match="unknown option scoring method"):
+        choose_option(piece_vlm, prepared, ["yes", "2"], method="best")
+
+
+def test_options_rule_batched_and_by_log_probability_on_a_zoo_checkpoint():
+    """On the zoo's first trajectory checkpoint (stage 1, step 0: it describes the scene and never
+    answers, so the first-token rule is never right) the options rule is right on some questions;
+    the batched choice equals one prompt at a time, and with one-token answers scoring whole
+    log-probabilities picks the same options."""
+    from analysis import load_vlm
+    from analysis.data.shapes import make_samples
+
+    vlm = load_vlm("zoo:shapes-llava-step0", device="cpu")
+    samples = make_samples(21, seed=31)
+    prepared = [vlm.prepare(s.image, s.question) for s in samples]
+    batched = choose_options(vlm, prepared, [s.options for s in samples], batch_size=4)
+    alone = [choose_option(vlm, p, s.options) for p, s in zip(prepared, samples)]
+    assert [c.choice for c in batched] == [c.choice for c in alone]
+    for b, a in zip(batched, alone):
+        assert b.scores == pytest.approx(a.scores, abs=1e-4)
+    by_logprob = choose_options(vlm, prepared, [s.options for s in samples], method="logprob")
+    assert [c.choice for c in by_logprob] == [c.choice for c in alone]
+    first = [is_correct(vlm, answer_tokens(vlm, p.prompt, s.answer), predicted=int(next_token_logits(vlm, p).argmax()))
+             for p, s in zip(prepared, samples)]
+    options = [is_correct_option(s.answer, c) for s, c in zip(samples, alone)]
+    assert not any(first) and 0 < sum(options) < len(samples), options
 
 
 def test_score_equals_a_plain_teacher_forced_forward(family, tiny, photo):

@@ -170,6 +170,41 @@ def ask(scene: Scene, rng: np.random.Generator, question_type: str,
     return _ASK[question_type](scene, rng, image_size)
 
 
+# ---------------------------------------------------------------- chance levels
+
+# question type -> the number of options of its questions, each drawn equally often by make_samples
+# (QueryAttr asks for a colour or a size with probability 1/2 each; ChooseAttr offers two values)
+_OPTION_COUNTS = {"QueryAttr": (len(COLORS), len(SIZES)), "ChooseAttr": (2,), "ChooseRel": (2,),
+                  "CompareAttr": (2,), "LogicalObj": (2,), "Count": (len(COUNT_WORDS),), "Exist": (2,)}
+
+
+def chance_level(question_type: str) -> float:
+    """Return the expected accuracy (0-1) of a uniform guess among a question's ``options``.
+
+    Averaged over the questions :func:`make_samples` draws of ``question_type``: ``QueryAttr`` asks
+    for a colour (4 options) or a size (2) equally often, so 0.375; ``Count`` has 3 options (1/3);
+    every other type 2 (0.5). Answers are drawn uniformly from the options, so any prediction that
+    does not depend on the image, e.g. a model's options-restricted answer (rule ``"options"`` of
+    ``analysis.models.answers``) before it has learnt to read the image, has this accuracy in
+    expectation.
+    """
+    if question_type not in _OPTION_COUNTS:
+        raise ValueError(f"unknown question type {question_type!r}; choose from {QUESTION_TYPES}")
+    counts = _OPTION_COUNTS[question_type]
+    return float(np.mean([1 / k for k in counts]))
+
+
+def chance_levels(question_types: Sequence[str] | None = None) -> dict[str, float]:
+    """Return ``{question type: chance_level}`` for ``question_types`` (default all) plus ``"overall"``.
+
+    ``"overall"`` is the mean over the given types: :func:`make_samples` cycles through them, so
+    it is the chance level of a balanced evaluation set (0.458 for all seven types).
+    """
+    types = tuple(question_types or QUESTION_TYPES)
+    levels = {t: chance_level(t) for t in types}
+    return {**levels, "overall": float(np.mean(list(levels.values())))}
+
+
 # ---------------------------------------------------------------- question families
 # One builder per type computes the answer and the object ids from the scene; the
 # answer-first generators (_GENERATORS) build a scene for a drawn answer, the scene-first

@@ -20,6 +20,13 @@ it right calls this module, so accuracies mean the same thing everywhere.
     case, punctuation stripped) is the answer (lower case, stripped).
 
   For a one-token answer the two agree whenever the generation stops after that token.
+* ``choose_option(vlm, prepared, options)`` -> ``OptionChoice`` and ``is_correct_option``: the
+  options-restricted form ``"options"`` for questions with a known answer set (the shapes world's
+  ``Sample.options``): the prediction is the arg-max over the question's candidate answers only,
+  of their target tokens' next-token logits (``method="first_token"``, one forward) or of their
+  whole teacher-forced log-probabilities (``method="logprob"``, one forward per option). A model
+  that never answers with one of the options (e.g. one that describes the image instead) is then
+  at chance, ``1 / len(options)``, rather than at 0; ``choose_options`` does a batch.
 * ``score(vlm, prepared, text)``: the target token's probability and the whole answer's
   log-probability (teacher-forced), fp32.
 * ``next_token_logits`` and ``generate``: the greedy next token, and greedy generation of a
@@ -37,7 +44,8 @@ from analysis.errors import InputError
 from analysis.models.inputs import PreparedInputs
 from analysis.models.numerics import finite
 
-RULES: tuple[str, ...] = ("first_token", "first_word")
+RULES: tuple[str, ...] = ("first_token", "first_word", "options")
+OPTION_METHODS: tuple[str, ...] = ("first_token", "logprob")
 
 
 @dataclass(frozen=True)
@@ -170,3 +178,102 @@ def generate(vlm, prepared: Sequence[PreparedInputs], max_new_tokens: int) -> li
 def decode(vlm, tokens: Sequence[int]) -> str:
     """Return generated ``tokens`` as text, special tokens removed, stripped."""
     return vlm.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
+
+
+@dataclass(frozen=True)
+class OptionChoice:
+    """Which of a question's candidate answers the model prefers (rule ``"options"``).
+
+    Attributes:
+        options: the candidate answers, as given.
+        scores: one fp32 score per option, ``(len(options),)``: the next-token logit of the option's
+            target token (``method="first_token"``) or the option's whole-answer log-probability
+            (``"logprob"``).
+        index: the arg-max of ``scores`` (the first option on a tie).
+        method: ``"first_token"`` or ``"logprob"``.
+    """
+
+    options: tuple[str, ...]
+    scores: tuple[float, ...]
+    index: int
+    method: str
+
+    @property
+    def choice(self) -> str:
+        """The preferred option's text."""
+        return self.options[self.index]
+
+
+def _check_options(options: Sequence[str], method: str) -> tuple[str, ...]:
+    if method not in OPTION_METHODS:
+        raise InputError(f"unknown option scoring method {method!r}; use one of {OPTION_METHODS}")
+    if isinstance(options, str) or len(options) < 2:
+        raise InputError(f"choosing among options needs at least 2 candidate answers; got {options!r}")
+    return tuple(options)
+
+
+def choose_option(vlm, prepared: PreparedInputs, options: Sequence[str], method: str = "first_token",
+                  logits: torch.Tensor | None = None) -> OptionChoice:
+    """Return the ``OptionChoice`` of ``vlm`` among ``options`` as the answer to ``prepared``.
+
+    Args:
+        vlm: the model.
+        prepared: one prompt (``vlm.prepare``).
+        options: at least two candidate answers (e.g. a shapes-world sample's ``options``).
+        method: ``"first_token"`` (default): compare the next-token logits of the options' target
+            tokens (``answer_tokens``) at the last prompt position, one forward (none when ``logits``
+            is given); options whose target tokens coincide cannot be told apart this way and raise
+            ``InputError`` (use ``"logprob"``). ``"logprob"``: compare the options' whole teacher-
+            forced log-probabilities (``score``), one forward per option.
+        logits: for ``"first_token"``, the fp32 next-token logits ``(vocab,)`` at the last prompt
+            position if already computed (default: computed here).
+    """
+    options = _check_options(options, method)
+    if method == "logprob":
+        scores = [score(vlm, prepared, o).logprob for o in options]
+    else:
+        targets = [answer_tokens(vlm, prepared.prompt, o).target for o in options]
+        if len(set(targets)) < len(targets):
+            raise InputError(f"options {list(options)} share a target token under this tokenizer, so their "
+                             f"first-token logits cannot tell them apart; use method='logprob'")
+        if logits is None:
+            logits = next_token_logits(vlm, prepared)
+        scores = [float(logits[t]) for t in targets]
+    index = max(range(len(options)), key=lambda k: (scores[k], -k))
+    return OptionChoice(options=options, scores=tuple(float(v) for v in scores), index=index, method=method)
+
+
+def choose_options(vlm, prepared: Sequence[PreparedInputs], options: Sequence[Sequence[str]],
+                   method: str = "first_token", batch_size: int = 8) -> list[OptionChoice]:
+    """Return ``choose_option`` for each prompt of ``prepared`` with its ``options``, in order.
+
+    With ``method="first_token"`` the prompts are batched by token length (``batch_size`` at most
+    per forward, so no padding enters the forward pass); ``"logprob"`` scores one option at a time.
+    """
+    if len(prepared) != len(options):
+        raise InputError(f"got {len(prepared)} prompts but {len(options)} option lists")
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    if method == "logprob":
+        return [choose_option(vlm, p, o, method) for p, o in zip(prepared, options)]
+    if method not in OPTION_METHODS:
+        raise InputError(f"unknown option scoring method {method!r}; use one of {OPTION_METHODS}")
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault(p.length, []).append(i)
+    out: dict[int, OptionChoice] = {}
+    for group in groups.values():
+        for k in range(0, len(group), batch_size):
+            chunk = group[k:k + batch_size]
+            batch, _ = vlm.adapter.pad([prepared[i].inputs for i in chunk])
+            with torch.no_grad():
+                logits = finite(vlm, vlm.model(**batch, logits_to_keep=1).logits[:, -1].float(), "next-token logits")
+            for row, i in enumerate(chunk):
+                out[i] = choose_option(vlm, prepared[i], options[i], method, logits=logits[row])
+    return [out[i] for i in range(len(prepared))]
+
+
+def is_correct_option(answer: Answer | str, choice: OptionChoice) -> bool:
+    """Return whether ``choice`` (rule ``"options"``) picked ``answer`` (compared lower case, stripped)."""
+    gold = answer.text if isinstance(answer, Answer) else answer
+    return choice.choice.strip().lower() == str(gold).strip().lower()

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from analysis.capture import Activations, capture
 from analysis.errors import InputError
 from analysis.data.samples import as_samples
+from analysis.models.answers import OPTION_METHODS, choose_options, is_correct_option
 
 SCORE_COLUMNS = ["sample", "question_type", "site", "layer", "measure", "pair", "variant", "value"]
 
@@ -233,12 +234,17 @@ class AlignmentAccuracy:
     """The IMA score against task accuracy across checkpoints.
 
     Attributes:
-        table: one row per checkpoint: ``checkpoint``, ``score``, ``accuracy``, ``n_samples``.
+        table: one row per checkpoint: ``checkpoint``, ``score``, ``accuracy`` (the one correlated,
+            by ``accuracy_rule``), ``accuracy_first_token`` (greedy first token on the samples),
+            ``accuracy_options`` (the arg-max over each sample's options; NaN unless
+            ``accuracy_rule == "options"``), ``chance`` (mean ``1 / len(options)`` of the samples;
+            NaN without options), ``n_samples``.
         correlations: one row per method (``spearman``, ``pearson``): ``r``, ``p_value``,
             ``ci_low``, ``ci_high`` (percentile bootstrap over checkpoints), ``n_checkpoints``,
             ``n_boot`` (resamples with a defined coefficient), ``confidence``.
         results: the per-checkpoint ``AlignmentResult`` objects.
         variant, layers: which score was correlated (``layers``: decoder layers; None: all).
+        accuracy_rule: ``"first_token"``, ``"options"`` or ``"given"`` (a mapping was passed).
     """
 
     table: pd.DataFrame
@@ -246,6 +252,7 @@ class AlignmentAccuracy:
     results: dict[str, AlignmentResult]
     variant: str
     layers: list[int] | None
+    accuracy_rule: str = "first_token"
 
 
 def alignment_vs_accuracy(
@@ -253,7 +260,7 @@ def alignment_vs_accuracy(
     samples: Iterable,
     variant: str = "all pairs",
     layers: Sequence[int] | None = None,
-    accuracy: Mapping[str, float] | None = None,
+    accuracy: str | Mapping[str, float] | None = None,
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -261,22 +268,32 @@ def alignment_vs_accuracy(
     cache=None,
     device: str = "auto",
     progress: bool = True,
+    option_method: str = "first_token",
 ) -> AlignmentAccuracy:
     """Correlate the IMA score with task accuracy across checkpoints.
 
     Args:
         checkpoints: ``{label: VLM or name}`` or a list of names (``"zoo:shapes-llava-step200"``,
             folders, hub ids); names are loaded one at a time with ``load_vlm``.
-        samples: the same samples for every checkpoint, with gold answers.
+        samples: the same samples for every checkpoint, with gold answers (and, for
+            ``accuracy="options"``, each with its candidate answers ``options``, as shapes-world
+            samples have; dicts with an ``"options"`` key work too).
         variant, layers: the score (see ``AlignmentResult.score``; ``layers`` are decoder layers,
             default all).
-        accuracy: ``{label: accuracy}`` to use instead of the greedy first-token accuracy on
-            ``samples`` (e.g. the zoo's held-out evaluation).
+        accuracy: which accuracy to correlate with. ``None`` or ``"first_token"`` (default): the
+            greedy first-token accuracy on ``samples`` (rule ``"first_token"``, from the capture).
+            ``"options"``: the prediction restricted to each sample's ``options`` (rule
+            ``"options"`` of ``analysis.models.answers``, one extra forward per sample), so a
+            checkpoint that describes instead of answering is at chance rather than at 0. A
+            mapping ``{label: accuracy}``: use these (e.g. the zoo's held-out evaluation).
         n_boot, confidence, seed: percentile bootstrap over checkpoints for the interval.
         batch_size, cache, progress: see ``analysis.capture.capture``; device: for loading names.
+        option_method: how ``"options"`` scores an option: ``"first_token"`` (its target token's
+            next-token logit, default) or ``"logprob"`` (its whole log-probability).
 
     Returns:
-        ``AlignmentAccuracy`` with Spearman and Pearson coefficients, p-values and intervals.
+        ``AlignmentAccuracy`` with Spearman and Pearson coefficients, p-values and intervals over
+        ``len(checkpoints)`` checkpoints.
     """
     from analysis.models import load_vlm
 
@@ -285,19 +302,66 @@ def alignment_vs_accuracy(
         raise InputError(f"a correlation across checkpoints needs at least 3; got {len(items)}")
     if not 0 < confidence < 1:
         raise InputError("confidence must be between 0 and 1")
-    samples = as_samples(samples)
+    rule = "given" if isinstance(accuracy, Mapping) else (accuracy or "first_token")
+    if rule not in ("first_token", "options", "given"):
+        raise InputError(f"accuracy must be 'first_token', 'options' or a mapping {{label: accuracy}}; "
+                         f"got {accuracy!r}")
+    if rule == "given" and set(items) - set(accuracy):
+        raise InputError(f"no accuracy given for {sorted(set(items) - set(accuracy))}")
+    if option_method not in OPTION_METHODS:
+        raise InputError(f"option_method must be one of {OPTION_METHODS}; got {option_method!r}")
+    raw = list(samples)
+    options = [sample_options(item) for item in raw]
+    if rule == "options" and any(o is None for o in options):
+        raise InputError("accuracy='options' needs every sample's candidate answers (`options`, as shapes-world "
+                         "samples have); give them or use accuracy='first_token'")
+    samples = as_samples(raw)
+    chance = float(np.mean([1 / len(o) for o in options])) if all(o for o in options) else float("nan")
     results, rows = {}, []
     for label, model in tqdm(items.items(), desc="checkpoints", disable=not progress):
         vlm = load_vlm(model, device=device) if isinstance(model, (str, os.PathLike)) else model
         result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False)
         results[label] = result
-        acc = result.accuracy if accuracy is None else float(accuracy[label])
-        rows.append(dict(checkpoint=label, score=result.score(variant, layers), accuracy=acc,
+        on_options = (options_accuracy(vlm, samples, options, option_method, batch_size) if rule == "options"
+                      else float("nan"))
+        acc = {"first_token": result.accuracy, "options": on_options}.get(rule)
+        rows.append(dict(checkpoint=label, score=result.score(variant, layers),
+                         accuracy=float(accuracy[label]) if rule == "given" else acc,
+                         accuracy_first_token=result.accuracy, accuracy_options=on_options, chance=chance,
                          n_samples=len(result.meta)))
         del vlm
     table = pd.DataFrame(rows)
     correlations = correlate(table["score"].to_numpy(), table["accuracy"].to_numpy(), n_boot, confidence, seed)
-    return AlignmentAccuracy(table, correlations, results, variant, list(layers) if layers is not None else None)
+    return AlignmentAccuracy(table, correlations, results, variant, list(layers) if layers is not None else None,
+                             rule)
+
+
+def sample_options(item) -> tuple[str, ...] | None:
+    """Return a sample's candidate answers: its ``options`` attribute or ``"options"`` key (None if absent)."""
+    found = item.get("options") if isinstance(item, Mapping) else getattr(item, "options", None)
+    return tuple(found) if found else None
+
+
+def options_accuracy(vlm, samples: Sequence, options: Sequence[Sequence[str]], method: str = "first_token",
+                     batch_size: int = 8) -> float:
+    """Return the share of ``samples`` whose options-restricted prediction is the gold answer (rule ``"options"``).
+
+    Args:
+        vlm: the model.
+        samples: probe samples (``as_samples``) with gold answers, ``N`` of them.
+        options: ``N`` lists of candidate answers, each containing its sample's answer.
+        method: ``"first_token"`` (default) or ``"logprob"``; see ``analysis.models.answers.choose_option``.
+        batch_size: prompts per forward.
+    """
+    samples = as_samples(samples)
+    if len(samples) != len(options) or not samples:
+        raise InputError(f"need one option list per sample; got {len(samples)} samples, {len(options)} lists")
+    missing = [k for k, (s, o) in enumerate(zip(samples, options)) if s.answer is None or s.answer not in o]
+    if missing:
+        raise InputError(f"samples {missing[:5]} have no gold answer among their options")
+    prepared = [vlm.prepare(s.image, s.question) for s in samples]
+    choices = choose_options(vlm, prepared, options, method=method, batch_size=batch_size)
+    return float(np.mean([is_correct_option(s.answer, c) for s, c in zip(samples, choices)]))
 
 
 def correlate(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from analysis.data.shapes import DEFAULT_IMAGE_SIZE, QUESTION_TYPES, Sample, make_samples
 from analysis.models import VLM, load_vlm
-from analysis.models.answers import answer_tokens, is_correct
+from analysis.models.answers import answer_tokens, choose_option, is_correct, is_correct_option
 from analysis.zoo.registry import checkpoint_path
 
 EVAL_SEED = 10_000  # training streams use seeds below 1000 (see analysis.zoo.train)
@@ -35,13 +35,17 @@ def answer_map(model) -> dict[str, str]:
 
 @torch.no_grad()
 def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Return one row per sample: question_type, question, answer, prediction, p_answer, correct, chance.
+    """Return one row per sample: question_type, question, answer, prediction, p_answer, correct,
+    option, correct_options, chance.
 
     Inputs are built by ``VLM.prepare`` (the family's chat template), as every probe builds them.
     ``prediction`` is the greedy next token at the last prompt position, decoded; ``answer`` the
     gold answer after the checkpoint's answer map; ``p_answer`` the softmax probability (fp32) of
-    its target token; ``correct`` rule ``"first_token"`` of ``analysis.models.answers``. Prompts
-    are batched by token length, so no padding enters the forward pass.
+    its target token; ``correct`` rule ``"first_token"`` of ``analysis.models.answers``. ``option``
+    is the question's option (after the answer map) whose target token has the highest logit and
+    ``correct_options`` whether it is the answer (rule ``"options"``, ``method="first_token"``), so
+    a model that never answers with an option sits at ``chance`` (``1 / len(options)``), not at 0.
+    Prompts are batched by token length, so no padding enters the forward pass.
     """
     vlm = _as_vlm(vlm)
     renames = answer_map(vlm.model)
@@ -50,15 +54,18 @@ def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress:
     for group in tqdm(_batches([p.length for p in prepared], batch_size), desc="evaluate", disable=not progress,
                       leave=False):
         batch, _ = vlm.adapter.pad([prepared[i].inputs for i in group])
-        probs = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float().softmax(-1)
+        logits = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float()
+        probs = logits.softmax(-1)
         for row, i in enumerate(group):
             s = samples[i]
             gold = answer_tokens(vlm, prepared[i].prompt, renames.get(s.answer, s.answer))
             predicted = int(probs[row].argmax())
+            choice = choose_option(vlm, prepared[i], [renames.get(o, o) for o in s.options], logits=logits[row])
             rows[i] = dict(question_type=s.question_type, question=s.question, answer=gold.text,
                            prediction=vlm.tokenizer.decode([predicted]).strip(),
                            p_answer=float(probs[row, gold.target]),
-                           correct=is_correct(vlm, gold, predicted=predicted), chance=1 / len(s.options))
+                           correct=is_correct(vlm, gold, predicted=predicted), option=choice.choice,
+                           correct_options=is_correct_option(gold, choice), chance=1 / len(s.options))
     return pd.DataFrame([rows[i] for i in range(len(samples))])
 
 
@@ -71,12 +78,20 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def _table(df: pd.DataFrame) -> pd.DataFrame:
-    """Return accuracy and chance per question type (in QUESTION_TYPES order) plus an "overall" row."""
+    """Return accuracy and chance per question type (in QUESTION_TYPES order) plus an "overall" row.
+
+    Columns question_type, n, accuracy (mean of ``correct``), accuracy_options (mean of
+    ``correct_options``, only when ``df`` has that column), chance (mean of ``chance``).
+    """
     types = [t for t in QUESTION_TYPES if t in set(df.question_type)]
-    table = (df.groupby("question_type").agg(n=("correct", "size"), accuracy=("correct", "mean"),
-                                               chance=("chance", "mean")).reindex(types).reset_index())
-    overall = pd.DataFrame([dict(question_type="overall", n=len(df), accuracy=df.correct.mean(),
-                                 chance=df.chance.mean())])
+    columns = dict(n=("correct", "size"), accuracy=("correct", "mean"))
+    if "correct_options" in df:
+        columns["accuracy_options"] = ("correct_options", "mean")
+    columns["chance"] = ("chance", "mean")
+    table = df.groupby("question_type").agg(**columns).reindex(types).reset_index()
+    overall = pd.DataFrame([dict(question_type="overall", n=len(df),
+                                 **{name: df[column].astype(float).mean() for name, (column, how) in columns.items()
+                                    if how == "mean"})])
     return pd.concat([table, overall], ignore_index=True)
 
 
@@ -119,7 +134,9 @@ def evaluate(vlm: Any, n: int = 700, seed: int = EVAL_SEED, question_types: Sequ
     """Return accuracy per question type on ``n`` fresh scenes, plus an "overall" row.
 
     Columns: question_type, n, accuracy (rule ``"first_token"`` of ``analysis.models.answers``),
-    chance (mean of 1 / number of options). ``vlm`` is a loaded ``VLM``, a (model, processor)
+    accuracy_options (rule ``"options"``: the arg-max over the question's options, see
+    :func:`predict`), chance (mean of 1 / number of options; ``analysis.data.shapes.chance_levels``
+    gives its expectation). ``vlm`` is a loaded ``VLM``, a (model, processor)
     pair, a checkpoint folder or a zoo name. ``image_size`` renders scenes at another size (the processor resizes them); default
     ``scene_size(processor)``.
     """

@@ -2,6 +2,8 @@
 
     python -m analysis.zoo.train --all            # every checkpoint into models/
     python -m analysis.zoo.train --all --scale 0.05 --out /tmp/zoo   # a quick smoke run
+    python -m analysis.zoo.train --snapshots      # add missing shapes-llava-step<N> snapshots to models/
+    python -m analysis.zoo.train --cards          # re-evaluate every checkpoint, rewrite the model cards
 
 Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bars):
   1. ``shapes-lm``: Llama decoder pre-trained on text: questions -> their key words ("what color
@@ -23,7 +25,9 @@ Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bar
 Instruction data are multi-turn conversations about one scene (LLaVA style): a balanced question
 first, follow-up questions of every type after it, then the caption. Stage k reads the data stream of
 seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. Given the seed,
-torch version and thread count, a run is deterministic.
+torch version and thread count, a run is deterministic. ``--snapshots`` relies on it: it retrains
+stages 1-4 into a scratch folder, checks every retrained checkpoint that ``models/`` already holds
+tensor for tensor, and only then copies the snapshots ``models/`` lacks (see :func:`train_snapshots`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import copy
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,6 +46,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
 from transformers.utils import logging as hf_logging
@@ -76,7 +82,9 @@ class Recipe:
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
     ft_lr: float = 5e-4
-    snapshots: tuple[int, ...] = (0, 100, 300, 600, 900, 1300, 1700)  # global steps over stages 1 + 2
+    # global steps over stages 1 + 2 (stage 1 ends at ``stage1_steps``, where ``shapes-llava-frozen`` is saved)
+    snapshots: tuple[int, ...] = (0, 50, 100, 150, 250, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200,
+                                  1300, 1500, 1700, 1900, 2100)
 
     def scaled(self, factor: float) -> "Recipe":
         """Return the recipe with every step count (and snapshot) multiplied by ``factor``."""
@@ -275,14 +283,19 @@ def save(model, folder: Path, zoo: dict, processor=None, tokenizer=None) -> None
 
 def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
                  decoder: tuple[torch.nn.Module, torch.nn.Module], local: bool, stage2_steps: int,
-                 monitor: int = 0) -> LlavaForConditionalGeneration:
+                 monitor: int = 0, on_save: Callable[[str], None] | None = None) -> LlavaForConditionalGeneration:
     """Pre-train a vision tower, then run LLaVA stages 1 and 2 on ``decoder``; save and return the model.
 
     ``decoder`` is a (language model, lm_head) pair: the text LM's or a trained VLM's. ``monitor`` > 0
     prints held-out accuracy every ``monitor`` stage-2 steps. The main run (``local=False``) also saves ``shapes-vision``, ``shapes-llava-frozen``
     and the ``shapes-llava-step<N>`` snapshots; the local run saves ``shapes-vision-local`` and
-    ``shapes-llava-local``.
+    ``shapes-llava-local``. ``on_save(name)`` is called after each checkpoint ``out / name`` is written
+    (default: nothing); it may raise to stop the run.
     """
+    def saved(name: str) -> None:
+        if on_save:
+            on_save(name)
+
     prefix, suffix = ("local-", "-local") if local else ("", "")
     torch.manual_seed(recipe.seed)
     tower = CLIPVisionModel(build_config(recipe.spec).vision_config)
@@ -293,6 +306,7 @@ def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
         recipe.vision_steps, recipe.vision_lr, f"2/6 {prefix}vision tower")
     save(tower, out / f"shapes-vision{suffix}", {**base, "kind": "vision", "local": local,
          "stage": "vision pre-training (per-patch attributes)", "steps": {"vision": recipe.vision_steps}})
+    saved(f"shapes-vision{suffix}")
 
     model = assemble(recipe, decoder, tower)
     meta = {**base, "kind": "vlm", "local": local}
@@ -305,6 +319,7 @@ def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
             save(model, out / f"shapes-llava-step{k}", {**meta, "stage": f"intermediate (global step {k})",
                  "steps": {**steps, "stage1": min(k, recipe.stage1_steps),
                            "stage2": max(0, k - recipe.stage1_steps)}}, processor)
+            saved(f"shapes-llava-step{k}")
 
     for name, p in model.named_parameters():
         p.requires_grad_("multi_modal_projector" in name)
@@ -313,6 +328,7 @@ def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
     if not local:
         save(model, out / "shapes-llava-frozen", {**meta, "steps": steps,
              "stage": "stage 1: projector only (decoder and vision tower frozen)"}, processor)
+        saved("shapes-llava-frozen")
 
     for name, p in model.named_parameters():
         p.requires_grad_("vision_tower" not in name)
@@ -331,7 +347,19 @@ def llava_stages(recipe: Recipe, enc: Encoder, processor, out: Path, base: dict,
     steps["stage2"] = stage2_steps
     save(model, out / f"shapes-llava{suffix}", {**meta, "steps": steps,
          "stage": "stage 2: visual instruction tuning"}, processor)
+    saved(f"shapes-llava{suffix}")
     return model
+
+
+def text_lm(recipe: Recipe, enc: Encoder, out: Path, base: dict, processor) -> LlamaForCausalLM:
+    """Pre-train the text-only decoder (stage 1 of 6), save it as ``out / "shapes-lm"`` and return it."""
+    torch.manual_seed(recipe.seed)
+    lm = LlamaForCausalLM(build_config(recipe.spec).text_config)
+    fit(lambda t: lm(**text_batch(enc, recipe, t)).loss, list(lm.parameters()), recipe.lm_steps, recipe.lm_lr,
+        "1/6 text LM")
+    save(lm, out / "shapes-lm", {**base, "kind": "lm", "stage": "text pre-training",
+                                  "steps": {"lm": recipe.lm_steps}}, tokenizer=processor.tokenizer)
+    return lm
 
 
 def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1400, monitor: int = 0) -> dict:
@@ -347,17 +375,11 @@ def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1
         if "zoo" in json.loads(config_file.read_text()):
             shutil.rmtree(config_file.parent)
     enc, processor = Encoder(recipe.spec), build_processor(recipe.spec)
-    config = build_config(recipe.spec)
     base = dict(seed=recipe.seed, recipe=asdict(recipe), spec=asdict(recipe.spec))
     start, times = time.time(), {}
 
     # 1. text-only language model
-    torch.manual_seed(recipe.seed)
-    lm = LlamaForCausalLM(config.text_config)
-    fit(lambda t: lm(**text_batch(enc, recipe, t)).loss, list(lm.parameters()), recipe.lm_steps, recipe.lm_lr,
-        "1/6 text LM")
-    save(lm, out / "shapes-lm", {**base, "kind": "lm", "stage": "text pre-training",
-                                  "steps": {"lm": recipe.lm_steps}}, tokenizer=processor.tokenizer)
+    lm = text_lm(recipe, enc, out, base, processor)
     times["shapes-lm"] = time.time() - start
 
     # 2-4. vision tower, stage 1 (projector), stage 2 (projector + decoder)
@@ -384,9 +406,87 @@ def train_all(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, eval_n: int = 1
     return write_cards(out, eval_n=eval_n, train_seconds=times)
 
 
+class NotReproduced(RuntimeError):
+    """A retrained checkpoint differs from the committed one: training is not deterministic here."""
+
+
+def differing_tensors(a: Path, b: Path) -> dict[str, float]:
+    """Return ``{tensor name: max |a - b|}`` for the tensors of two checkpoint folders that differ.
+
+    Both folders hold a ``model.safetensors``; a tensor present in only one, or of another shape or
+    dtype, counts as differing with ``inf``. An empty dict means every tensor is equal, bit for bit.
+    """
+    x, y = load_file(str(Path(a) / "model.safetensors")), load_file(str(Path(b) / "model.safetensors"))
+    out = {}
+    for name in sorted(set(x) | set(y)):
+        if name not in x or name not in y or x[name].shape != y[name].shape or x[name].dtype != y[name].dtype:
+            out[name] = float("inf")
+        elif not torch.equal(x[name], y[name]):
+            out[name] = float((x[name].float() - y[name].float()).abs().max())
+    return out
+
+
+def train_snapshots(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, work: Path | None = None) -> dict:
+    """Retrain ``shapes-llava`` into ``work``, check it against ``out``, add ``out``'s missing snapshots.
+
+    Runs the first four stages of :func:`train_all` exactly as it does (text LM, vision tower, stage 1,
+    stage 2; the fine-tuned and patch-local checkpoints are not trained), writing every checkpoint to
+    the scratch folder ``work`` (default: a new temporary folder). Each checkpoint that ``out`` already
+    holds (``shapes-lm``, ``shapes-vision``, ``shapes-llava-frozen``, ``shapes-llava`` and the existing
+    ``shapes-llava-step<N>``) is compared with it tensor for tensor as soon as it is written; the first
+    difference stops the run with :class:`NotReproduced` and ``out`` is left untouched. When all are
+    equal, the ``shapes-llava-step<N>`` folders of ``recipe.snapshots`` that ``out`` lacks are copied
+    into ``out``: no existing folder is rewritten. Model cards are not written (:func:`write_cards`).
+
+    Returns ``{"work", "verified": [names equal to out's], "same_bytes": [names whose
+    model.safetensors is byte-identical], "added": [names copied into out], "seconds"}``.
+    """
+    out = Path(out)
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="zoo-snapshots-"))
+    work.mkdir(parents=True, exist_ok=True)
+    enc, processor = Encoder(recipe.spec), build_processor(recipe.spec)
+    base = dict(seed=recipe.seed, recipe=asdict(recipe), spec=asdict(recipe.spec))
+    start, verified, same_bytes = time.time(), [], []
+
+    def check(name: str) -> None:
+        if not (out / name / "model.safetensors").is_file():
+            return
+        diff = differing_tensors(work / name, out / name)
+        if diff:
+            worst = sorted(diff.items(), key=lambda kv: -kv[1])[:5]
+            raise NotReproduced(
+                f"retrained {name} differs from {out / name} in {len(diff)} tensors (largest: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in worst) + f"); torch {torch.__version__}, "
+                f"{torch.get_num_threads()} threads. Nothing was written to {out}; the retrained "
+                f"checkpoints are in {work}.")
+        verified.append(name)
+        if (work / name / "model.safetensors").read_bytes() == (out / name / "model.safetensors").read_bytes():
+            same_bytes.append(name)
+        tqdm.write(f"{name}: equal to {out / name}")
+
+    lm = text_lm(recipe, enc, work, base, processor)
+    check("shapes-lm")
+    llava_stages(recipe, enc, processor, work, base, (lm.model, lm.lm_head), local=False,
+                 stage2_steps=recipe.stage2_steps, on_save=check)
+    added = []
+    for k in recipe.snapshots:
+        name = f"shapes-llava-step{k}"
+        if not (out / name).exists():
+            shutil.copytree(work / name, out / name)
+            added.append(name)
+    return dict(work=str(work), verified=verified, same_bytes=same_bytes, added=added,
+                seconds=time.time() - start)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="train every checkpoint of the zoo")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="retrain up to shapes-llava in a scratch folder, check it against --out and add "
+                             "the shapes-llava-step<N> snapshots --out lacks (then rewrite the cards)")
+    parser.add_argument("--cards", action="store_true", help="only re-evaluate --out and rewrite its model cards")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder of --snapshots (default: a temp dir)")
+    parser.add_argument("--no-cards", action="store_true", help="with --snapshots: do not rewrite the cards")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="output folder (default: models/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick runs)")
@@ -394,13 +494,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     parser.add_argument("--monitor", type=int, default=0, help="print held-out accuracy every N stage-2 steps")
     args = parser.parse_args(argv)
-    if not args.all:
-        parser.error("nothing to do: pass --all")
+    if args.all + args.snapshots + args.cards != 1:
+        parser.error("pass exactly one of --all, --snapshots, --cards")
     torch.set_num_threads(args.threads)
     recipe = Recipe(seed=args.seed)
     if args.scale != 1.0:
         recipe = recipe.scaled(args.scale)
-    print(json.dumps(train_all(recipe, args.out, args.eval_n, args.monitor)["summary"], indent=1))
+    if args.all:
+        print(json.dumps(train_all(recipe, args.out, args.eval_n, args.monitor)["summary"], indent=1))
+        return
+    from analysis.zoo.cards import write_cards
+
+    if args.snapshots:
+        report = train_snapshots(recipe, args.out, args.work)
+        print(json.dumps(report, indent=1))
+        if args.no_cards:
+            return
+    print(json.dumps(write_cards(args.out, eval_n=args.eval_n, train_seconds=previous_times(args.out))["summary"],
+                     indent=1))
+
+
+def previous_times(out: Path) -> dict | None:
+    """Return the training times recorded in ``out / "zoo.json"`` (None if there are none)."""
+    index = Path(out) / "zoo.json"
+    return json.loads(index.read_text()).get("train_seconds") if index.is_file() else None
 
 
 if __name__ == "__main__":
