@@ -18,6 +18,13 @@ notebook, plus an optional ``notebooks:`` mapping of per-notebook values::
 
 Each notebook receives only the parameters its ``parameters`` cell declares. Command-line
 overrides (``-p KEY VALUE``, ``--model``, ``--device``) beat both levels.
+
+Notebooks are independent (each writes its own ``figures/<notebook>/``), so on a CPU-only run
+several execute at once (``--jobs``; default: one per CPU core, at most one per notebook): each
+kernel then gets ``cores // jobs`` threads (``OMP_NUM_THREADS``, unless already set), and the
+longest notebooks start first (by the duration papermill recorded in their last executed copy).
+Small models gain nothing from a second thread per kernel and lose much when the cores are
+shared; two kernels on two cores use both. With a GPU the default is one notebook at a time.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,6 +195,77 @@ def run_notebook(
     return Result(notebook.stem, error is None, seconds, figures, error, detail)
 
 
+def default_jobs(params: dict[str, Any], n_notebooks: int) -> int:
+    """Return how many notebooks to run at once: one per CPU core on a CPU-only run (at most
+    ``n_notebooks``), else 1 (notebooks on one GPU would compete for its memory)."""
+    device = str(params.get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        cpu_only = not torch.cuda.is_available() and not (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    else:
+        cpu_only = device == "cpu"
+    return max(1, min(os.cpu_count() or 1, n_notebooks)) if cpu_only else 1
+
+
+def last_duration(notebook: Path, executed_dir: Path) -> float:
+    """Return the seconds papermill recorded for ``notebook``'s last executed copy (inf if none)."""
+    try:
+        meta = json.loads((Path(executed_dir) / notebook.name).read_text())["metadata"]["papermill"]
+        return float(meta["duration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed_dir: Path, figures_dir: Path,
+                  kernel: str = KERNEL, jobs: int = 1, report=print) -> list[Result]:
+    """Execute ``notebooks`` (``jobs`` at a time) and return their ``Result`` in the given order.
+
+    With ``jobs > 1`` papermill drives ``jobs`` kernels at once from worker threads (the work is
+    in the kernel processes; each inherits ``OMP_NUM_THREADS = cores // jobs`` unless the variable
+    is set), longest first by ``last_duration``; ``report(line)`` is called when the run starts
+    and as each notebook ends.
+    """
+    n = len(notebooks)
+    label = {path: f"[{i}/{n}] {path.stem}" for i, path in enumerate(notebooks, 1)}
+
+    def finished(path: Path, result: Result) -> None:
+        status = f"ok, {len(result.figures)} figure(s)" if result.ok else f"FAILED: {result.error}"
+        report(f"{label[path]}: {status} ({result.seconds:.1f} s)")
+        if not result.ok:
+            print(result.detail, file=sys.stderr, flush=True)
+
+    results: dict[Path, Result] = {}
+    if jobs <= 1:
+        for path in notebooks:
+            report(label[path])
+            results[path] = run_notebook(path, params, executed_dir=executed_dir, figures_dir=figures_dir,
+                                         kernel=kernel)
+            finished(path, results[path])
+        return [results[p] for p in notebooks]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    try:
+        order = sorted(notebooks, key=lambda p: -last_duration(p, executed_dir))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook's work is in its own kernel process
+            futures = {}
+            for path in order:
+                futures[pool.submit(run_notebook, path, params, executed_dir=executed_dir, figures_dir=figures_dir,
+                                    kernel=kernel, progress=False)] = path
+            report(f"{n} notebooks, {jobs} at a time ({os.environ['OMP_NUM_THREADS']} thread(s) per kernel), "
+                   f"in this order: {', '.join(p.stem for p in order)}")
+            for future in as_completed(futures):
+                path = futures[future]
+                results[path] = future.result()
+                finished(path, results[path])
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return [results[p] for p in notebooks]
+
+
 def summary_table(results: Sequence[Result]) -> str:
     """Return a plain-text table: notebook, status, seconds, figures written, error."""
     header = ("notebook", "status", "seconds", "figures", "error")
@@ -223,6 +303,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where executed copies go (default: %(default)s)")
     parser.add_argument("--figures", default="figures", metavar="DIR", help="figures folder (default: %(default)s)")
     parser.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=int, metavar="N",
+                        help="notebooks run at the same time (default: one per CPU core on a CPU-only run, "
+                             "1 with a GPU); each kernel gets cores // N threads")
     parser.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
     return parser.parse_args(argv)
 
@@ -250,18 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in sorted(set(overrides) - declared):
         print(f"warning: no selected notebook has a parameter {key!r}; it is ignored", file=sys.stderr)
 
+    jobs = args.jobs if args.jobs is not None else default_jobs(params, len(notebooks))
+    if jobs < 1:
+        print("error: --jobs must be at least 1", file=sys.stderr)
+        return 2
     print(f"Running {len(notebooks)} notebook(s) on kernel {args.kernel!r} with {args.params}"
           + (f" and overrides {overrides}" if overrides else ""), flush=True)
-    results = []
-    for i, notebook in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {notebook.stem}", flush=True)
-        result = run_notebook(notebook, params, executed_dir=Path(args.executed), figures_dir=Path(args.figures),
-                              kernel=args.kernel)
-        status = f"ok, {len(result.figures)} figure(s)" if result.ok else f"FAILED: {result.error}"
-        print(f"[{i}/{len(notebooks)}] {notebook.stem}: {status} ({result.seconds:.1f} s)", flush=True)
-        if not result.ok:
-            print(result.detail, file=sys.stderr, flush=True)
-        results.append(result)
+    results = run_notebooks(notebooks, params, executed_dir=Path(args.executed), figures_dir=Path(args.figures),
+                            kernel=args.kernel, jobs=min(jobs, len(notebooks)),
+                            report=lambda line: print(line, flush=True))
     print("\n" + summary_table(results))
     failed = sum(not r.ok for r in results)
     print(f"\n{len(results) - failed} ok, {failed} failed; executed notebooks in {args.executed}/, "

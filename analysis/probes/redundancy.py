@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -58,11 +59,13 @@ from tqdm.auto import tqdm
 
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError, UnsupportedModelError
-from analysis.models.answers import answer_tokens, is_correct, next_token_logits
+from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.inputs import PreparedInputs
-from analysis.models.sites import editing, language_model_inputs
+from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.flow import knockout_logits
+from analysis.probes.runners import unmodified
+from analysis.probes.sharing import sharing
 
 RANKINGS: tuple[str, ...] = ("last_attention", "cls_attention", "attribution", "random", "oracle")
 DEFAULT_KEEP: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -240,8 +243,12 @@ def _chances(samples: Iterable) -> list[float]:
 
 
 def _base(vlm, prepared: PreparedInputs, sample: Sample) -> tuple[int, float, float, torch.Tensor]:
-    """Return ``(predicted, p_base, correct_base, logits)`` of the unmodified model."""
-    logits = next_token_logits(vlm, prepared)
+    """Return ``(predicted, p_base, correct_base, logits)`` of the unmodified model.
+
+    Its forward is ``analysis.probes.runners.unmodified``: inside a ``sharing()`` block (one per
+    sample in the sweeps below) the attribution ranking and ``drop_logits`` reuse it.
+    """
+    logits = unmodified(vlm, prepared).logits
     predicted = int(logits.argmax())
     return predicted, float(torch.softmax(logits, -1)[predicted]), _correct(vlm, prepared, sample, predicted), logits
 
@@ -273,23 +280,20 @@ def drop_logits(vlm, prepared: PreparedInputs, configs: Sequence[Sequence[Edges]
     """Return the next-token logits at the last position under each edge configuration.
 
     As ``analysis.probes.flow.knockout_logits`` without a prefix cache (drops reach the image
-    tokens themselves), but the vision tower and projector run once: one full forward records what
-    the VLM passes its language model (``language_model_inputs``), and each batch of
-    configurations reruns only the language model from those inputs.
+    tokens themselves), but the vision tower and projector run once: the unmodified forward
+    (``analysis.probes.runners.unmodified``, shared inside ``sharing()``) records what the VLM
+    passes its language model, and each batch of configurations reruns only the language model
+    from those inputs.
 
     Returns:
         fp32 CPU tensor of shape ``(len(configs), vocab)``.
     """
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
-    with torch.no_grad(), language_model_inputs(vlm) as captured:
-        vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
-    kwargs = dict(captured)
-    if kwargs.pop("_args") or kwargs.get("inputs_embeds") is None:  # not the usual VLM layout: run it whole
+    run = unmodified(vlm, prepared)
+    if run.embeds is None:  # not the usual VLM layout: run it whole
         return knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False)
-    for name in ("past_key_values", "cache"):
-        kwargs.pop(name, None)
-    kwargs["use_cache"] = False
+    kwargs = {**run.kwargs, "inputs_embeds": run.embeds}
     out = []
     for start in range(0, len(configs), batch_size):
         chunk = list(configs[start: start + batch_size])
@@ -307,14 +311,26 @@ def layer_flops(vlm, n_tokens: int) -> float:
     hidden size, ``h`` / ``kv`` the query / key-value heads, ``dh`` the head dimension and ``m``
     the MLP width.
     """
-    config = vlm.text_config
-    d, h, kv = vlm.hidden_size, vlm.n_heads, vlm.n_kv_heads
-    dh = int(getattr(config, "head_dim", None) or d // h)
-    m = int(getattr(config, "intermediate_size", None) or 4 * d)
-    mlp = getattr(vlm.layers[0], "mlp", None)
-    gated = mlp is not None and any(hasattr(mlp, name) for name in ("gate_proj", "gate_up_proj", "w1"))
+    d, h, kv, dh, m, gated = _flops_terms(vlm)
     n = float(n_tokens)
     return 2 * n * d * (h * dh + 2 * kv * dh) + 2 * n * h * dh * d + 4 * n * n * h * dh + 2 * n * d * m * (3 if gated else 2)
+
+
+_FLOPS_TERMS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _flops_terms(vlm) -> tuple[int, int, int, int, int, bool]:
+    """Return ``(d, h, kv, dh, m, gated)`` of ``layer_flops``, read once per model (the sweeps ask per row)."""
+    terms = _FLOPS_TERMS.get(vlm.model)
+    if terms is None:
+        config = vlm.text_config
+        d, h, kv = vlm.hidden_size, vlm.n_heads, vlm.n_kv_heads
+        dh = int(getattr(config, "head_dim", None) or d // h)
+        m = int(getattr(config, "intermediate_size", None) or 4 * d)
+        mlp = getattr(vlm.layers[0], "mlp", None)
+        gated = mlp is not None and any(hasattr(mlp, name) for name in ("gate_proj", "gate_up_proj", "w1"))
+        terms = _FLOPS_TERMS[vlm.model] = (d, h, kv, dh, m, gated)
+    return terms
 
 
 def flops_saved(vlm, length: int, dropped_per_layer: Sequence[int]) -> float:
@@ -345,6 +361,11 @@ def _order(scores: np.ndarray, positions: torch.Tensor) -> torch.Tensor:
     """Image positions by descending score; ties keep sequence order; NaN last."""
     scores = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
     return positions[torch.from_numpy(np.argsort(-scores, kind="stable").copy())]
+
+
+def _patch_positions(prepared: PreparedInputs) -> torch.Tensor:
+    """Return the positions of the image tokens that are patches (no newline or special tokens)."""
+    return torch.as_tensor(prepared.patches.loc[prepared.patches["kind"] == "patch", "position"].to_numpy().copy())
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -574,70 +595,72 @@ def token_redundancy(
     rows, skipped, n_kept_samples = [], [], 0
     for index, (sample, chance) in enumerate(tqdm(list(zip(samples, chances)), desc="token redundancy",
                                                   disable=not progress)):
-        prepared = vlm.prepare(sample.image, sample.question)
-        predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
-        if only_correct and correct_base != 1.0:
-            continue
-        n_kept_samples += 1
-        image = prepared.image_positions
-        n_image = len(image)
-        related = prepared.related_positions(sample.boxes) if sample.boxes else None
+        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+            prepared = vlm.prepare(sample.image, sample.question)
+            predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
+            if only_correct and correct_base != 1.0:
+                continue
+            n_kept_samples += 1
+            image = prepared.image_positions
+            n_image = len(image)
+            related = prepared.related_positions(sample.boxes) if sample.boxes else None
 
-        orders: dict[tuple[str, int], torch.Tensor] = {}
-        layer_free = {}
-        if "cls_attention" in rank_by:
-            layer_free["cls_attention"] = _order(cls_attention_scores(vlm, prepared), image)
-        if "attribution" in rank_by:
-            layer_free["attribution"] = _order(attribution_scores(vlm, prepared, predicted, **attribution), image)
-        if "random" in rank_by:
-            layer_free["random"] = image[torch.from_numpy(_rng(seed, index).permutation(n_image))]
-        if "oracle" in rank_by:
-            if len(related) == 0:
-                skipped += [{"sample": sample.id, "ranking": "oracle", "drop_layer": k,
-                             "reason": "the question's objects overlap no image patch"} for k in drop_layers]
-            else:
-                layer_free["oracle"] = oracle_order(prepared, sample.boxes, masks[index], _rng(seed, index))
-        if "last_attention" in rank_by:
-            wanted = [k - 1 for k in drop_layers if k > 0]
-            attention = last_attention_scores(vlm, prepared, wanted) if wanted else {}
-            for k in drop_layers:
-                if k == 0:
-                    skipped.append({"sample": sample.id, "ranking": "last_attention", "drop_layer": 0,
-                                    "reason": "no layer before layer 0 to rank by"})
+            orders: dict[tuple[str, int], torch.Tensor] = {}
+            layer_free = {}
+            if "cls_attention" in rank_by:
+                layer_free["cls_attention"] = _order(cls_attention_scores(vlm, prepared), image)
+            if "attribution" in rank_by:
+                layer_free["attribution"] = _order(attribution_scores(vlm, prepared, predicted, **attribution), image)
+            if "random" in rank_by:
+                layer_free["random"] = image[torch.from_numpy(_rng(seed, index).permutation(n_image))]
+            if "oracle" in rank_by:
+                if len(related) == 0:
+                    skipped += [{"sample": sample.id, "ranking": "oracle", "drop_layer": k,
+                                 "reason": "the question's objects overlap no image patch"} for k in drop_layers]
                 else:
-                    orders[("last_attention", k)] = _order(attention[k - 1], image)
-        for name, order in layer_free.items():
-            for k in drop_layers:
-                orders[(name, k)] = order
+                    layer_free["oracle"] = oracle_order(prepared, sample.boxes, masks[index], _rng(seed, index))
+            if "last_attention" in rank_by:
+                wanted = [k - 1 for k in drop_layers if k > 0]
+                attention = last_attention_scores(vlm, prepared, wanted) if wanted else {}
+                for k in drop_layers:
+                    if k == 0:
+                        skipped.append({"sample": sample.id, "ranking": "last_attention", "drop_layer": 0,
+                                        "reason": "no layer before layer 0 to rank by"})
+                    else:
+                        orders[("last_attention", k)] = _order(attention[k - 1], image)
+            for name, order in layer_free.items():
+                for k in drop_layers:
+                    orders[(name, k)] = order
 
-        configs, index_of, meta = [[]], {(): 0}, []
-        for (name, k), order in orders.items():
-            for fraction in keep:
-                n_kept = n_to_keep(fraction, n_image)
-                dropped = order[n_kept:]
-                key = (k, tuple(sorted(dropped.tolist()))) if len(dropped) else ()
-                if key not in index_of:
-                    index_of[key] = len(configs)
-                    configs.append([drop_edges(prepared, dropped, range(k, vlm.n_layers))])
-                kept = order[:n_kept]
-                meta.append((name, k, fraction, n_kept, index_of[key],
-                             int(torch.isin(kept, related).sum()) if related is not None else math.nan,
-                             _drop_from(vlm, prepared.length, len(dropped), k)))
-        logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
-        probs = torch.softmax(logits, -1)[:, predicted]
-        new_predictions = logits.argmax(-1).tolist()
-        correct = [_correct(vlm, prepared, sample, p) for p in new_predictions]
-        answer = vlm.tokenizer.decode([predicted]).strip()
-        for name, k, fraction, n_kept, c, related_kept, saved in meta:
-            p_new = float(probs[c])
-            rows.append({
-                "sample": sample.id, "question_type": sample.question_type, "ranking": name, "drop_layer": k,
-                "keep": fraction, "n_image": n_image, "n_kept": n_kept,
-                "n_related": len(related) if related is not None else math.nan, "related_kept": related_kept,
-                "answer": answer, "p_base": p_base, "p_new": p_new, "change": 100.0 * (p_new - p_base) / p_base,
-                "correct_base": correct_base, "correct": correct[c], "same_prediction": new_predictions[c] == predicted,
-                "chance": chance, "flops_saved": saved,
-            })
+            configs, index_of, meta = [[]], {(): 0}, []
+            for (name, k), order in orders.items():
+                for fraction in keep:
+                    n_kept = n_to_keep(fraction, n_image)
+                    dropped = order[n_kept:]
+                    key = (k, tuple(sorted(dropped.tolist()))) if len(dropped) else ()
+                    if key not in index_of:
+                        index_of[key] = len(configs)
+                        configs.append([drop_edges(prepared, dropped, range(k, vlm.n_layers))])
+                    kept = order[:n_kept]
+                    meta.append((name, k, fraction, n_kept, index_of[key],
+                                 int(torch.isin(kept, related).sum()) if related is not None else math.nan,
+                                 _drop_from(vlm, prepared.length, len(dropped), k)))
+            logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
+            probs = torch.softmax(logits, -1)[:, predicted]
+            new_predictions = logits.argmax(-1).tolist()
+            correct = [_correct(vlm, prepared, sample, p) for p in new_predictions]
+            answer = vlm.tokenizer.decode([predicted]).strip()
+            for name, k, fraction, n_kept, c, related_kept, saved in meta:
+                p_new = float(probs[c])
+                rows.append({
+                    "sample": sample.id, "question_type": sample.question_type, "ranking": name, "drop_layer": k,
+                    "keep": fraction, "n_image": n_image, "n_kept": n_kept,
+                    "n_related": len(related) if related is not None else math.nan, "related_kept": related_kept,
+                    "answer": answer, "p_base": p_base, "p_new": p_new, "change": 100.0 * (p_new - p_base) / p_base,
+                    "correct_base": correct_base, "correct": correct[c],
+                    "same_prediction": new_predictions[c] == predicted,
+                    "chance": chance, "flops_saved": saved,
+                })
     if only_correct and n_kept_samples == 0:
         raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to drop")
     frame = pd.DataFrame(rows, columns=REDUNDANCY_COLUMNS)
@@ -677,32 +700,35 @@ def drop_region(
     rows, skipped = [], []
     for index, (sample, chance) in enumerate(tqdm(list(zip(samples, chances)), desc="region drop",
                                                   disable=not progress)):
-        if not sample.boxes:
-            raise InputError(f"sample {sample.id!r} has no boxes; drop_region needs the question's ground-truth region")
-        prepared = vlm.prepare(sample.image, sample.question)
-        image = prepared.image_positions
-        related = prepared.related_positions(sample.boxes)
-        patch = torch.as_tensor(prepared.patches.loc[prepared.patches["kind"] == "patch", "position"].to_numpy().copy())
-        others = patch[~torch.isin(patch, related)]
-        if len(related) == 0 or len(others) == 0:
-            skipped.append(sample.id)
-            continue
-        other = others[torch.from_numpy(_rng(seed, index).permutation(len(others))[: len(related)])]
-        predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
-        configs, meta = [], []
-        for k in drop_layers:
-            for name, dropped in (("related", related), ("other", other)):
-                configs.append([drop_edges(prepared, dropped, range(k, vlm.n_layers))])
-                meta.append((k, name, len(dropped)))
-        logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
-        probs = torch.softmax(logits, -1)[:, predicted]
-        answer = vlm.tokenizer.decode([predicted]).strip()
-        for (k, name, n), p, new in zip(meta, probs.tolist(), logits.argmax(-1).tolist()):
-            rows.append({"sample": sample.id, "question_type": sample.question_type, "drop_layer": k, "dropped": name,
-                         "n_image": len(image), "n_dropped": n, "answer": answer, "p_base": p_base, "p_new": p,
-                         "change": 100.0 * (p - p_base) / p_base, "correct_base": correct_base,
-                         "correct": _correct(vlm, prepared, sample, new), "same_prediction": new == predicted,
-                         "chance": chance, "flops_saved": _drop_from(vlm, prepared.length, n, k)})
+        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+            if not sample.boxes:
+                raise InputError(f"sample {sample.id!r} has no boxes; drop_region needs the question's ground-truth "
+                                 "region")
+            prepared = vlm.prepare(sample.image, sample.question)
+            image = prepared.image_positions
+            related = prepared.related_positions(sample.boxes)
+            patch = _patch_positions(prepared)
+            others = patch[~torch.isin(patch, related)]
+            if len(related) == 0 or len(others) == 0:
+                skipped.append(sample.id)
+                continue
+            other = others[torch.from_numpy(_rng(seed, index).permutation(len(others))[: len(related)])]
+            predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
+            configs, meta = [], []
+            for k in drop_layers:
+                for name, dropped in (("related", related), ("other", other)):
+                    configs.append([drop_edges(prepared, dropped, range(k, vlm.n_layers))])
+                    meta.append((k, name, len(dropped)))
+            logits = drop_logits(vlm, prepared, configs, batch_size=batch_size)
+            probs = torch.softmax(logits, -1)[:, predicted]
+            answer = vlm.tokenizer.decode([predicted]).strip()
+            for (k, name, n), p, new in zip(meta, probs.tolist(), logits.argmax(-1).tolist()):
+                rows.append({"sample": sample.id, "question_type": sample.question_type, "drop_layer": k,
+                             "dropped": name,
+                             "n_image": len(image), "n_dropped": n, "answer": answer, "p_base": p_base, "p_new": p,
+                             "change": 100.0 * (p - p_base) / p_base, "correct_base": correct_base,
+                             "correct": _correct(vlm, prepared, sample, new), "same_prediction": new == predicted,
+                             "chance": chance, "flops_saved": _drop_from(vlm, prepared.length, n, k)})
     if not rows:
         raise InputError("no sample has both related and other image patches (the objects cover no patch or "
                          "every patch); use other samples")
@@ -760,34 +786,40 @@ def pyramid_drop(
     chances = _chances(raw)
     rows = []
     for sample, chance in tqdm(list(zip(as_samples(raw), chances)), desc="PyramidDrop", disable=not progress):
-        prepared = vlm.prepare(sample.image, sample.question)
-        predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
-        image = prepared.image_positions
-        schedules = []
-        for ratio in ratios:
-            edges, remaining, dropped_per_layer = [], image, [0] * vlm.n_layers
-            for b in stages:
-                attention = last_attention_scores(vlm, prepared, [b - 1], edges)[b - 1]
-                scores = attention[torch.isin(image, remaining).numpy()]
-                order = _order(scores, remaining)
-                n_kept = n_to_keep(ratio, len(remaining))
-                if n_kept < len(remaining):
-                    edges.append(drop_edges(prepared, order[n_kept:], range(b, vlm.n_layers)))
-                    for layer in range(b, vlm.n_layers):
-                        dropped_per_layer[layer] += len(remaining) - n_kept
-                remaining = order[:n_kept].sort().values
-            schedules.append((ratio, edges, len(remaining), dropped_per_layer))
-        logits = drop_logits(vlm, prepared, [s[1] for s in schedules], batch_size=batch_size)
-        probs = torch.softmax(logits, -1)[:, predicted]
-        answer = vlm.tokenizer.decode([predicted]).strip()
-        for (ratio, _, n_final, dropped), p, new in zip(schedules, probs.tolist(), logits.argmax(-1).tolist()):
-            rows.append({"sample": sample.id, "question_type": sample.question_type, "ratio": ratio,
-                         "stages": ",".join(map(str, stages)), "n_image": len(image), "n_kept_final": n_final,
-                         "kept_mean": float(np.mean([1 - d / len(image) for d in dropped])), "answer": answer,
-                         "p_base": p_base, "p_new": p, "change": 100.0 * (p - p_base) / p_base,
-                         "correct_base": correct_base, "correct": _correct(vlm, prepared, sample, new),
-                         "same_prediction": new == predicted, "chance": chance,
-                         "flops_saved": flops_saved(vlm, prepared.length, dropped)})
+        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+            prepared = vlm.prepare(sample.image, sample.question)
+            predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
+            image = prepared.image_positions
+            schedules, unblocked = [], {}  # unblocked: recordings without drops, the same for every ratio
+            for ratio in ratios:
+                edges, remaining, dropped_per_layer = [], image, [0] * vlm.n_layers
+                for b in stages:
+                    if edges:
+                        attention = last_attention_scores(vlm, prepared, [b - 1], edges)[b - 1]
+                    else:
+                        if b not in unblocked:
+                            unblocked[b] = last_attention_scores(vlm, prepared, [b - 1])[b - 1]
+                        attention = unblocked[b]
+                    scores = attention[torch.isin(image, remaining).numpy()]
+                    order = _order(scores, remaining)
+                    n_kept = n_to_keep(ratio, len(remaining))
+                    if n_kept < len(remaining):
+                        edges.append(drop_edges(prepared, order[n_kept:], range(b, vlm.n_layers)))
+                        for layer in range(b, vlm.n_layers):
+                            dropped_per_layer[layer] += len(remaining) - n_kept
+                    remaining = order[:n_kept].sort().values
+                schedules.append((ratio, edges, len(remaining), dropped_per_layer))
+            logits = drop_logits(vlm, prepared, [s[1] for s in schedules], batch_size=batch_size)
+            probs = torch.softmax(logits, -1)[:, predicted]
+            answer = vlm.tokenizer.decode([predicted]).strip()
+            for (ratio, _, n_final, dropped), p, new in zip(schedules, probs.tolist(), logits.argmax(-1).tolist()):
+                rows.append({"sample": sample.id, "question_type": sample.question_type, "ratio": ratio,
+                             "stages": ",".join(map(str, stages)), "n_image": len(image), "n_kept_final": n_final,
+                             "kept_mean": float(np.mean([1 - d / len(image) for d in dropped])), "answer": answer,
+                             "p_base": p_base, "p_new": p, "change": 100.0 * (p - p_base) / p_base,
+                             "correct_base": correct_base, "correct": _correct(vlm, prepared, sample, new),
+                             "same_prediction": new == predicted, "chance": chance,
+                             "flops_saved": flops_saved(vlm, prepared.length, dropped)})
     return pd.DataFrame(rows, columns=PYRAMID_COLUMNS)
 
 
@@ -822,31 +854,32 @@ def permute_image_tokens(
     rows = []
     for index, (sample, chance) in enumerate(tqdm(list(zip(as_samples(raw), chances)), desc="permute image tokens",
                                                   disable=not progress)):
-        prepared = vlm.prepare(sample.image, sample.question)
-        predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
-        patch = torch.as_tensor(prepared.patches.loc[prepared.patches["kind"] == "patch", "position"].to_numpy().copy())
-        rng = _rng(seed, index)
-        perms = [patch[torch.from_numpy(rng.permutation(len(patch)))] for _ in range(n_permutations)]
-        logits = []
-        for start in range(0, n_permutations, batch_size):
-            chunk = perms[start: start + batch_size]
+        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+            prepared = vlm.prepare(sample.image, sample.question)
+            predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
+            patch = _patch_positions(prepared)
+            rng = _rng(seed, index)
+            perms = [patch[torch.from_numpy(rng.permutation(len(patch)))] for _ in range(n_permutations)]
+            logits = []
+            for start in range(0, n_permutations, batch_size):
+                chunk = perms[start: start + batch_size]
 
-            def shuffle(state: torch.Tensor, chunk=chunk) -> torch.Tensor:
-                out = state.clone()
-                for b, source in enumerate(chunk):
-                    out[b, patch.to(state.device)] = state[b, source.to(state.device)]
-                return out
+                def shuffle(state: torch.Tensor, chunk=chunk) -> torch.Tensor:
+                    out = state.clone()
+                    for b, source in enumerate(chunk):
+                        out[b, patch.to(state.device)] = state[b, source.to(state.device)]
+                    return out
 
-            with torch.no_grad(), editing(vlm, {"embed": shuffle}):
-                out = vlm.model(**vlm.adapter.repeat(prepared.inputs, len(chunk)), logits_to_keep=1).logits
-            logits.append(out[:, -1].float().cpu())
-        logits = torch.cat(logits)
-        probs = torch.softmax(logits, -1)[:, predicted]
-        answer = vlm.tokenizer.decode([predicted]).strip()
-        for j, (p, new) in enumerate(zip(probs.tolist(), logits.argmax(-1).tolist())):
-            rows.append({"sample": sample.id, "question_type": sample.question_type, "permutation": j,
-                         "n_permuted": len(patch), "answer": answer, "p_base": p_base, "p_new": p,
-                         "change": 100.0 * (p - p_base) / p_base, "correct_base": correct_base,
-                         "correct": _correct(vlm, prepared, sample, new), "same_prediction": new == predicted,
-                         "chance": chance})
+                with torch.no_grad(), editing(vlm, {"embed": shuffle}):
+                    out = vlm.model(**vlm.adapter.repeat(prepared.inputs, len(chunk)), logits_to_keep=1).logits
+                logits.append(out[:, -1].float().cpu())
+            logits = torch.cat(logits)
+            probs = torch.softmax(logits, -1)[:, predicted]
+            answer = vlm.tokenizer.decode([predicted]).strip()
+            for j, (p, new) in enumerate(zip(probs.tolist(), logits.argmax(-1).tolist())):
+                rows.append({"sample": sample.id, "question_type": sample.question_type, "permutation": j,
+                             "n_permuted": len(patch), "answer": answer, "p_base": p_base, "p_new": p,
+                             "change": 100.0 * (p - p_base) / p_base, "correct_base": correct_base,
+                             "correct": _correct(vlm, prepared, sample, new), "same_prediction": new == predicted,
+                             "chance": chance})
     return pd.DataFrame(rows, columns=PERMUTE_COLUMNS)
