@@ -3,14 +3,18 @@
 ``python -m analysis families [--format markdown|json] [--no-checks]`` lists every model type
 that transformers maps to ``AutoModelForImageTextToText`` with its status:
 
-* ``full``: an adapter (all probes, patch geometry); with checks, its tiny model's conformance
+* ``full``: a family adapter (all probes, patch geometry); with checks, its tiny model's conformance
   (``analysis.conformance``: idle = stock, recorded = eager, knockout = plain reference, each to
   1e-5, and the knockout's smallest effect) is measured and shown;
-* ``not adapted yet``: no adapter yet; the reason and the nearest supported family
-  (``analysis.models.adapters.NOT_SUPPORTED``);
-* ``refused``: structurally outside what the probes measure (cross-attention to the image,
-  Q-Former queries, VQ image tokens, encoder-decoders), with the reason;
-* ``unclassified``: no adapter and not yet examined.
+* ``token-level``: no adapter, but the generic path (``analysis.models.adapters.generic``) takes it:
+  every probe that needs no patch geometry. Its structure is checked on a model built from the
+  default config on the ``meta`` device (no weights): an image placeholder token in the config, a
+  decoder stack, attention through ``AttentionInterface`` with ``layer_idx`` and no other token
+  mixers; where ``analysis.testing`` has a tiny model of it, the same conformance as ``full``;
+* ``refused``: with the reason and the nearest supported family: listed in
+  ``analysis.models.adapters.NOT_SUPPORTED`` (cross-attention to the image, Q-Former queries, VQ
+  image tokens, encoder-decoders, linear-attention layers, a missing dependency, ...), or failing
+  the generic path's structure checks (which name what fails).
 
 The README's table of families is this command's Markdown output; a test keeps the two in sync.
 """
@@ -18,18 +22,20 @@ The README's table of families is this command's Markdown output; a test keeps t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import warnings
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from analysis.models.adapters import ADAPTERS, NOT_SUPPORTED
+from analysis.models.adapters import ADAPTERS, NOT_SUPPORTED, structure_problems
 
-__all__ = ["STATUSES", "TOLERANCE", "family_table", "main", "markdown"]
+__all__ = ["STATUSES", "TOLERANCE", "family_table", "main", "markdown", "structure"]
 
 TOLERANCE = 1e-5  # idle, recorded and knockout differences for a "pass" (fp32 tiny models)
-STATUSES = ("full", "not adapted yet", "refused", "unclassified")
+STATUSES = ("full", "token-level", "refused")
 
 
 def _model_types() -> list[str]:
@@ -55,11 +61,45 @@ def _checks(family: str) -> dict:
             "knockout": result.knockout, "effect": result.effect}
 
 
+@functools.cache
+def structure(model_type: str) -> list[str]:
+    """The generic path's structure problems (``structure_problems``) of ``model_type``'s default config, built on the
+    ``meta`` device (no weights, no memory); a config or model that does not build gives that as the problem."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = CONFIG_MAPPING[model_type]()
+            with torch.device("meta"):
+                model = AutoModelForImageTextToText.from_config(config)
+    except Exception as err:  # noqa: BLE001 - any failure to build is the finding
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return [f"its default config does not build here ({type(err).__name__}: {message[:120]})"]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return structure_problems(model)
+
+
+def _token_level_tiny() -> set[str]:
+    """Model types without an adapter that ``analysis.testing`` builds a tiny model of."""
+    from analysis.testing import SUPPORTED_TINY_FAMILIES
+
+    return set(SUPPORTED_TINY_FAMILIES) - {t for a in ADAPTERS for t in a.model_types}
+
+
 def family_table(checks: bool = True) -> list[dict]:
     """Return one record per model type of the installed transformers' image-text-to-text mapping:
-    ``model_type``, ``status``, ``family`` (the adapter's, or the nearest supported one), ``reason``,
-    and with ``checks`` the conformance numbers of supported families' tiny models."""
+    ``model_type``, ``status``, ``family`` (the adapter's, ``generic path``, or the nearest supported one for a
+    refusal), ``reason``, and with ``checks`` the conformance numbers of full and token-level tiny models."""
     adapters = {t: a for a in ADAPTERS for t in a.model_types}
+    titles = {a.family: a.title for a in ADAPTERS}
+    tiny = _token_level_tiny()
     rows = []
     for model_type in _model_types():
         if model_type in adapters:
@@ -68,11 +108,15 @@ def family_table(checks: bool = True) -> list[dict]:
                 row |= _checks(adapters[model_type].family)
         elif model_type in NOT_SUPPORTED:
             nearest, reason = NOT_SUPPORTED[model_type]
-            status, _, why = reason.partition(": ")
-            title = next(a.title for a in ADAPTERS if a.family == nearest)
-            row = {"model_type": model_type, "status": status, "family": f"nearest: {title}", "reason": why}
+            row = {"model_type": model_type, "status": "refused", "family": f"nearest: {titles[nearest]}",
+                   "reason": reason.removeprefix("refused: ")}
+        elif problems := structure(model_type):
+            row = {"model_type": model_type, "status": "refused", "family": "", "reason": "; ".join(problems)}
         else:
-            row = {"model_type": model_type, "status": "unclassified", "family": "", "reason": "no adapter; not examined"}
+            row = {"model_type": model_type, "status": "token-level", "family": "generic path", "reason": "",
+                   "tiny": model_type in tiny}
+            if checks and model_type in tiny:
+                row |= _checks(model_type)
         rows.append(row)
     return rows
 
@@ -80,13 +124,21 @@ def family_table(checks: bool = True) -> list[dict]:
 def markdown(rows: Sequence[dict]) -> str:
     """Return ``rows`` as the README's Markdown table (a count line, then one line per model type)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    lines = [", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)} model types.", "",
+    n_tiny = sum(bool(r.get("tiny")) for r in rows)
+    summary = ", ".join(f"{n} {s}" + (f" ({n_tiny} with a tiny model)" if s == "token-level" else "")
+                        for s, n in counts.items())
+    lines = [summary + f" of {len(rows)} model types.", "",
              "| model_type | status | family | reason / checks |", "|---|---|---|---|"]
     for r in rows:
         detail = r["reason"]
         if "checks" in r:  # the numbers are in the JSON; the table states what passed (stable across machines)
             detail = (f"tiny model {r['checks']}: idle = stock, recorded = eager, knockout = reference (each <= "
                       f"{TOLERANCE:g}), smallest knockout effect >= {100 * TOLERANCE:g}")
+            if r["status"] == "token-level":
+                detail += "; image tokens in sequence order, no patch geometry"
+        elif r["status"] == "token-level":
+            detail = ("structure checks pass on the default config (image placeholder token, decoder stack, "
+                      "attention through AttentionInterface with layer_idx); no tiny model yet")
         lines.append(f"| `{r['model_type']}` | {r['status']} | {r['family']} | {detail} |")
     return "\n".join(lines)
 

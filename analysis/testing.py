@@ -46,10 +46,29 @@ internvl       GOT-OCR2 tiling, 224 px tiles (real 448), <= 6 tiles +      448
 qwen3_vl       patch 16, merge 2x2, interleaved M-RoPE, DeepStack          30
 video_llava    CLIP 224 px, patch 14, centre crop, CLS dropped             256
 glm4v          as qwen2_vl, GLM-4 decoder (partial rotary M-RoPE)          35
+qwen3_vl_moe   as qwen3_vl, MoE MLPs (4 experts, 2 per token)              30
+glm4v_moe      as glm4v, dense layer 0 then MoE (4 routed + 1 shared)      35
+glm46v         as glm4v, GLM-4.6V processor classes                        35
+aya_vision     as internvl (GOT-OCR2 tiles, SigLIP 224 px, shuffle 2),     448
+               Cohere2 decoder (parallel blocks, sliding + global,
+               logit_scale 0.5)
+cohere2_vision tiles by its own rule (least up-scaling; here 1 tile),      64
+               8 x 8 tokens + a line break per tile, Cohere2 decoder
+got_ocr2       SAM ViT 512 px (real 1024), patch 16, 2 stride-2 convs      64
+               -> 8 x 8 (adapter waits on the backend: see NOT_SUPPORTED)
+idefics2       perceiver -> 64 latents (token-level, generic path)         64
+glmga          as glm46v under its own config                              35
+glm_ocr        as glm4v, GLM-OCR's config and model classes                35
+lighton_ocr    Pixtral patch 14, merge 2, longest edge 448, no break       35
+               tokens, Qwen3 decoder
+janus          longest side 384, padded to a centred square, patch 16      576
+               -> 24 x 24 (VQ generation parts built tiny, unused)
+deepseek_vl    as janus, SigLIP tower, no begin / end markers              576
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
-are checked once each in ``tests/test_families_conformance.py``.
+are checked once each in ``tests/test_families_conformance.py`` (families without an adapter, such as
+idefics2, through the generic token-level path).
 
 Tokenizers are ``tokenizers`` WordLevel models over a few hundred English words
 (lower case and Capitalised), the digits 0-20 and punctuation, with the family's
@@ -93,18 +112,39 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForImageTextToText,
+    AyaVisionConfig,
+    AyaVisionProcessor,
+    Cohere2VisionConfig,
+    Cohere2VisionImageProcessor,
+    Cohere2VisionProcessor,
     CLIPImageProcessor,
     CLIPVisionConfig,
     Gemma3Config,
     Gemma3ImageProcessor,
     Gemma3Processor,
     Gemma3TextConfig,
+    DeepseekVLConfig,
+    DeepseekVLImageProcessor,
+    DeepseekVLProcessor,
     GemmaConfig,
     Glm4vConfig,
+    Glm4vMoeConfig,
+    Glm46VConfig,
+    Glm46VImageProcessor,
+    Glm46VProcessor,
+    Glm46VVideoProcessor,
+    GlmgaConfig,
+    GlmOcrConfig,
     Glm4vImageProcessor,
     Glm4vProcessor,
     Glm4vVideoProcessor,
+    GotOcr2Config,
     GotOcr2ImageProcessor,
+    GotOcr2Processor,
+    GotOcr2VisionConfig,
+    Idefics2Config,
+    Idefics2ImageProcessor,
+    Idefics2Processor,
     Idefics3Config,
     Idefics3ImageProcessor,
     Idefics3Processor,
@@ -113,6 +153,11 @@ from transformers import (
     InternVLProcessor,
     InternVLVideoProcessor,
     InternVLVisionConfig,
+    JanusConfig,
+    JanusImageProcessor,
+    JanusProcessor,
+    LightOnOcrConfig,
+    LightOnOcrProcessor,
     LlamaConfig,
     Mistral3Config,
     MistralConfig,
@@ -141,6 +186,7 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen3VLConfig,
+    Qwen3VLMoeConfig,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
     Qwen2VLImageProcessor,
@@ -736,9 +782,10 @@ def _build_internvl(real: str | None = None) -> _Recipe:
     return config, processor
 
 
-def _build_qwen3_vl(real: str | None = None) -> _Recipe:
+def _build_qwen3_vl(real: str | None = None, moe: bool = False) -> _Recipe:
     """Qwen3-VL: 16 px patches, temporal 2, merge 2 x 2 (32 px per token), interleaved M-RoPE, DeepStack (vision
-    features of 2 tower layers added to the first 2 decoder layers' image positions); at most 256 tokens."""
+    features of 2 tower layers added to the first 2 decoder layers' image positions); at most 256 tokens.
+    ``moe``: Qwen3-VL-MoE (Qwen3-VL-30B-A3B), every decoder MLP a mixture of 4 experts, 2 per token (real: 128, 8)."""
     specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
                      real=real)
@@ -758,6 +805,9 @@ def _build_qwen3_vl(real: str | None = None) -> _Recipe:
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    if moe:
+        text |= dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+        return Qwen3VLMoeConfig(text_config=text, vision_config=vision, **ids), processor
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids), processor
 
 
@@ -795,16 +845,25 @@ _GLM4V_TEMPLATE = (
 )
 
 
-def _build_glm4v(real: str | None = None) -> _Recipe:
+def _build_glm4v(real: str | None = None, variant: str = "glm4v") -> _Recipe:
     """GLM-4.1V: Qwen2-VL's geometry (14 px patches, temporal 2, merge 2 x 2, ``image_grid_thw``) with a GLM-4 decoder
-    (M-RoPE on half of each head: partial rotary 0.5, sections [1, 1, 2] of 4 (GLM-4.1V: [8, 12, 12] of 32))."""
+    (M-RoPE on half of each head: partial rotary 0.5, sections [1, 1, 2] of 4 (GLM-4.1V: [8, 12, 12] of 32)).
+
+    ``variant``: ``"glm4v_moe"`` (GLM-4.5V: layer 0 dense, then a mixture of 4 routed experts, 2 per token, plus a
+    shared one; real: 128 and 8), ``"glm46v"`` (GLM-4.6V: GLM-4.1V's model with its own processor classes),
+    ``"glmga"`` (GLM-4.6V's model under its own config) or ``"glm_ocr"`` (GLM-OCR: its own config and model classes,
+    GLM-4.6V's processor)."""
     specials = ["[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|image|>", "<|end_of_image|>",
                 "<|begin_of_video|>", "<|video|>", "<|end_of_video|>"]
     tok = _tokenizer(bos=None, eos="<|endoftext|>", pad="<|pad|>", specials=specials, chat_template=_GLM4V_TEMPLATE,
                      real=real)
     size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
-    processor = Glm4vProcessor(image_processor=Glm4vImageProcessor(size=size), tokenizer=tok,
-                               video_processor=Glm4vVideoProcessor(), chat_template=_GLM4V_TEMPLATE)
+    if variant in ("glm46v", "glmga", "glm_ocr"):
+        processor = Glm46VProcessor(image_processor=Glm46VImageProcessor(size=size), tokenizer=tok,
+                                    video_processor=Glm46VVideoProcessor(), chat_template=_GLM4V_TEMPLATE)
+    else:
+        processor = Glm4vProcessor(image_processor=Glm4vImageProcessor(size=size), tokenizer=tok,
+                                   video_processor=Glm4vVideoProcessor(), chat_template=_GLM4V_TEMPLATE)
     text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
                                  "partial_rotary_factor": 0.5})
@@ -814,7 +873,185 @@ def _build_glm4v(real: str | None = None) -> _Recipe:
         ("image_token_id", "<|image|>"), ("video_token_id", "<|video|>"), ("image_start_token_id", "<|begin_of_image|>"),
         ("image_end_token_id", "<|end_of_image|>"), ("video_start_token_id", "<|begin_of_video|>"),
         ("video_end_token_id", "<|end_of_video|>")]}
+    if variant == "glm4v_moe":
+        text |= dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                     first_k_dense_replace=1)
+        return Glm4vMoeConfig(text_config=text, vision_config=vision, **ids), processor
+    if variant == "glm_ocr":
+        return GlmOcrConfig(text_config=text, vision_config=vision, **ids), processor
+    if variant in ("glm46v", "glmga"):
+        return (Glm46VConfig if variant == "glm46v" else GlmgaConfig)(text_config={**text, "model_type": "glm4v_text"},
+                            vision_config={**vision, "model_type": "glm4v_vision"}, **ids), processor
     return Glm4vConfig(text_config=text, vision_config=vision, **ids), processor
+
+
+# Aya Vision / Cohere2-Vision (CohereLabs/aya-vision-8b, command-a-vision): Cohere turns.
+_COHERE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|START_OF_TURN_TOKEN|>' + ('<|USER_TOKEN|>' if message['role'] == 'user' else '<|CHATBOT_TOKEN|>') }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|END_OF_TURN_TOKEN|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>' }}{% endif %}"
+)
+_COHERE_SPECIALS = ["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>",
+                    "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"]
+
+
+def _cohere2(tok: PreTrainedTokenizerFast) -> dict:
+    """A tiny Cohere2 decoder over ``tok``: parallel attention and MLP blocks, LayerNorm, a sliding-window layer
+    (window 128, shorter than the prompt) then a global one, logits scaled by ``logit_scale`` (0.5 here; Aya
+    Vision's is 0.0625, which would flatten a tiny random model's distribution below what the tests can see)."""
+    return dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, model_type="cohere2", logit_scale=0.5, sliding_window=128,
+                layer_types=["sliding_attention", "full_attention"])
+
+
+def _build_aya_vision(real: str | None = None) -> _Recipe:
+    """Aya Vision: GOT-OCR2 tiling (at most 6 tiles of 224 px + a global tile; real: 12 of 364 px), SigLIP patch 14 ->
+    16 x 16 pixel-shuffled to 8 x 8 = 64 ``<|IMG_PATCH|>`` tokens per tile (real: 169), each tile led by ``TILE_i``
+    (the global one by ``TILE_GLOBAL``); a Cohere2 decoder."""
+    tiles = ["TILE", "TILE_GLOBAL", *(f"TILE_{i}" for i in range(1, 7))]
+    tok = _tokenizer(bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>", specials=[*_COHERE_SPECIALS, "<image>",
+                     *tiles], chat_template=_COHERE_TEMPLATE, real=real)
+    image_processor = GotOcr2ImageProcessor(size={"height": 224, "width": 224}, crop_to_patches=True, min_patches=1,
+                                            max_patches=6, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = AyaVisionProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, downsample_factor=2,
+                                   img_size=224, chat_template=_COHERE_TEMPLATE)
+    config = AyaVisionConfig(
+        vision_config=SiglipVisionConfig(**_VISION, image_size=224, patch_size=14, vision_use_head=False),
+        text_config=_cohere2(tok), downsample_factor=2, image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+    )
+    return config, processor
+
+
+def _build_cohere2_vision(real: str | None = None) -> _Recipe:
+    """Cohere2-Vision: tiles of 224 px (real: SigLIP2 512 px / patch 16) arranged by the processor's own rule (at most
+    6, then a thumbnail), SigLIP patch 14 -> 16 x 16 pixel-shuffled to 8 x 8 = 64 ``<|IMG_PATCH|>`` tokens per tile
+    (real: 256), each tile followed by ``<|IMG_LINE_BREAK|>``; a Cohere2 decoder."""
+    named = {"boi_token": "<|START_OF_IMG|>", "eoi_token": "<|END_OF_IMG|>", "image_token": "<|IMG_PATCH|>",
+             "img_line_break_token": "<|IMG_LINE_BREAK|>"}
+    template = _COHERE_TEMPLATE.replace("'<image>'", "'<|IMG_PATCH|>'")
+    tok = _tokenizer(bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>", specials=_COHERE_SPECIALS,
+                     chat_template=template, real=real, named=named)
+    image_processor = Cohere2VisionImageProcessor(size={"height": 224, "width": 224}, patch_size=8,
+                                                  crop_to_patches=True, min_patches=1, max_patches=6)
+    processor = Cohere2VisionProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    config = Cohere2VisionConfig(
+        vision_config=SiglipVisionConfig(**_VISION, image_size=224, patch_size=14, vision_use_head=False),
+        text_config=_cohere2(tok), downsample_factor=2, image_token_id=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        alignment_intermediate_size=64,
+    )
+    return config, processor
+
+
+def _build_got_ocr2(real: str | None = None) -> _Recipe:
+    """GOT-OCR2: a SAM-style ViT (windowed + global attention, relative positions) on the whole image resized to one
+    512 px tile (real: 1024), patch 16 -> 32 x 32, two stride-2 convolutions -> 8 x 8 = 64 ``<imgpad>`` tokens (real:
+    256) between ``<img>`` and ``</img>``; a Qwen2 decoder; a ChatML template with a system prompt (the checkpoints have
+    none: the adapter then writes GOT's own ChatML)."""
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<img><imgpad></img>\n")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", "<img>", "</img>",
+                     "<imgpad>"], chat_template=template, real=real)
+    image_processor = GotOcr2ImageProcessor(size={"height": 512, "width": 512}, crop_to_patches=False)
+    processor = GotOcr2Processor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    vision = GotOcr2VisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=4,
+                                 mlp_dim=64, image_size=512, patch_size=16, window_size=14, global_attn_indexes=[1])
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    config = GotOcr2Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
+                           image_seq_length=64)
+    return config, processor
+
+
+def _build_idefics2(real: str | None = None) -> _Recipe:
+    """Idefics2 (token-level: the generic path): the image resized to 224 px at most (real: 980, shortest edge 378),
+    SigLIP-style patches of 14 resampled by a perceiver into 64 learned latents (real: 64), the ``<image>`` tokens
+    between ``<fake_token_around_image>``s; no patch grid. A Mistral decoder, Idefics' "User:" / "Assistant:" turns."""
+    template = "{{ bos_token }}" + _IDEFICS_BODY
+    tok = _tokenizer(bos="<s>", eos="<end_of_utterance>", pad="<unk>" if real else "<pad>",
+                     specials=["<fake_token_around_image>", "<image>"], chat_template=template, real=real)
+    image_processor = Idefics2ImageProcessor(size={"shortest_edge": 112, "longest_edge": 224}, do_image_splitting=False)
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=64, chat_template=template)
+    text = MistralConfig(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, sliding_window=None)
+    perceiver = dict(hidden_size=_TEXT["hidden_size"], resampler_n_latents=64, resampler_depth=2, resampler_n_heads=4,
+                     resampler_head_dim=16, num_key_value_heads=2)
+    config = Idefics2Config(vision_config=dict(**_VISION, image_size=224, patch_size=14), perceiver_config=perceiver,
+                            text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    return config, processor
+
+
+def _build_lighton_ocr(real: str | None = None) -> _Recipe:
+    """LightOnOCR: Pixtral's vision (the image at its own aspect ratio, longest edge 448 here, real 1540; 14 px patches
+    merged 2 x 2) without break tokens: ``rows x cols`` ``<|image_pad|>`` tokens, row-major; a Qwen3 decoder, ChatML."""
+    named = {"image_token": "<|image_pad|>", "image_break_token": "<|vision_pad|>", "image_end_token": "<|vision_end|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
+                     chat_template=template, real=real, named=named)
+    image_processor = PixtralImageProcessor(size={"longest_edge": 448}, patch_size={"height": 14, "width": 14})
+    processor = LightOnOcrProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14, spatial_merge_size=2,
+                                    chat_template=template)
+    vision = PixtralVisionConfig(**_VISION, head_dim=8, image_size=448, patch_size=14)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen3", sliding_window=None)
+    config = LightOnOcrConfig(vision_config=vision, text_config=text, spatial_merge_size=2,
+                              image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"))
+    return config, processor
+
+
+# Janus (deepseek-community/Janus-Pro-1B): DeepSeek's "<|User|>:" / "<|Assistant|>:" turns.
+_JANUS_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|User|>: ' if message['role'] == 'user' else '<|Assistant|>: ' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image_placeholder>\n' }}{% elif item['type'] == 'text' %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}{{ '\n\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Assistant|>:' }}{% endif %}"
+)
+
+
+def _build_janus(real: str | None = None) -> _Recipe:
+    """Janus: the image resized to a longest side of 384 px and padded to a square (centred), SigLIP-style patch 16 ->
+    24 x 24 = 576 ``<image_placeholder>`` tokens between ``<begin_of_image>`` and ``<end_of_image>``; a Llama decoder.
+    The image-generation VQ model is built tiny (unused by the probes)."""
+    named = {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+    tok = _tokenizer(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>",
+                     specials=list(named.values()), chat_template=_JANUS_TEMPLATE, real=real, named=named,
+                     extra_tokens=("<|User|>:", "<|Assistant|>:"))
+    image_processor = JanusImageProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = JanusProcessor(image_processor=image_processor, tokenizer=tok, chat_template=_JANUS_TEMPLATE,
+                               num_image_tokens=576)
+    vision = dict(**_VISION, image_size=384, patch_size=16, projection_dim=_TEXT["hidden_size"], depth=2,
+                  num_image_tokens=576)
+    vq = dict(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32, channel_multiplier=[1, 1],
+              num_res_blocks=1, projection_dim=_TEXT["hidden_size"], image_token_embed_dim=_TEXT["hidden_size"],
+              num_hidden_layers=1, num_patches=8)
+    config = JanusConfig(text_config=_llama(tok).to_dict(), vision_config=vision, vq_config=vq,
+                         image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"))
+    return config, processor
+
+
+def _build_deepseek_vl(real: str | None = None) -> _Recipe:
+    """DeepSeek-VL: Janus's image path (longest side 384 px, padded to a centred square, SigLIP patch 16 -> 24 x 24 =
+    576 ``<image_placeholder>`` tokens, no begin / end markers); a Llama decoder, DeepSeek's turns."""
+    named = {"image_token": "<image_placeholder>"}
+    tok = _tokenizer(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>",
+                     specials=list(named.values()), chat_template=_JANUS_TEMPLATE, real=real, named=named,
+                     extra_tokens=("<|User|>:", "<|Assistant|>:"))
+    image_processor = DeepseekVLImageProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
+                                               image_std=[0.5] * 3)
+    processor = DeepseekVLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=_JANUS_TEMPLATE,
+                                    num_image_tokens=576)
+    vision = SiglipVisionConfig(**_VISION, image_size=384, patch_size=16, vision_use_head=False)
+    config = DeepseekVLConfig(text_config=_llama(tok).to_dict(), vision_config=vision.to_dict(),
+                              image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"))
+    return config, processor
 
 
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
@@ -834,13 +1071,29 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "qwen3_vl": _build_qwen3_vl,
     "video_llava": _build_video_llava,
     "glm4v": _build_glm4v,
+    "qwen3_vl_moe": lambda real: _build_qwen3_vl(real, moe=True),
+    "glm4v_moe": lambda real: _build_glm4v(real, "glm4v_moe"),
+    "glm46v": lambda real: _build_glm4v(real, "glm46v"),
+    "glmga": lambda real: _build_glm4v(real, "glmga"),
+    "glm_ocr": lambda real: _build_glm4v(real, "glm_ocr"),
+    "aya_vision": _build_aya_vision,
+    "cohere2_vision": _build_cohere2_vision,
+    "got_ocr2": _build_got_ocr2,
+    "idefics2": _build_idefics2,
+    "lighton_ocr": _build_lighton_ocr,
+    "janus": _build_janus,
+    "deepseek_vl": _build_deepseek_vl,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
                   "idefics3": "llama3", "smolvlm": "llama3", "paligemma": "gemma3", "gemma3": "gemma3",
                   "vipllava": "llama2", "llava_next_video": "llama2", "llava_onevision": "qwen3",
                   "mistral3": "llama2", "internvl": "qwen3", "qwen3_vl": "qwen3",
-                  "video_llava": "llama2", "glm4v": "qwen3"}
+                  "video_llava": "llama2", "glm4v": "qwen3", "qwen3_vl_moe": "qwen3", "glm4v_moe": "qwen3",
+                  "glm46v": "qwen3", "aya_vision": "llama3", "cohere2_vision": "llama3", "got_ocr2": "qwen3",
+                  "idefics2": "llama2", "glmga": "qwen3", "glm_ocr": "qwen3",
+                  "lighton_ocr": "qwen3", "janus": "llama3",
+                  "deepseek_vl": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

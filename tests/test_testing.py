@@ -40,6 +40,18 @@ EXPECTED_IMAGE_TOKENS = {
     "qwen3_vl": 30,  # smart_resize to 192 x 160 -> 12 x 10 patches of 16 px -> 6 x 5 merged
     "video_llava": 256,  # 16 x 16 patches of a 224 px centre crop
     "glm4v": 35,  # as qwen2_vl
+    "qwen3_vl_moe": 30,  # as qwen3_vl
+    "glm4v_moe": 35,  # as qwen2_vl
+    "glm46v": 35,
+    "aya_vision": 448,  # as internvl: 3 x 2 tiles + global tile, 8 x 8 each
+    "cohere2_vision": 64,  # one 224 px tile (the least up-scaling), 8 x 8
+    "got_ocr2": 64,  # one 512 px tile, 32 x 32 patches -> two stride-2 convolutions -> 8 x 8
+    "idefics2": 64,  # the perceiver's latents (token-level: no patch grid)
+    "glmga": 35,  # as qwen2_vl
+    "glm_ocr": 35,
+    "lighton_ocr": 35,  # 200 x 150 rounded up to 14 px: 210 x 154 -> 7 x 5 tokens of 28 px (the rest dropped)
+    "janus": 576,  # 24 x 24 patches of the 384 px padded square
+    "deepseek_vl": 576,
 }
 
 

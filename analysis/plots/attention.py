@@ -122,6 +122,8 @@ def _overlay_grid(prepared: PreparedInputs, values: np.ndarray, titles: list[str
         values = (values - low) / np.maximum(np.nanmax(values, axis=1, keepdims=True) - low, np.finfo(float).tiny)
     norm = Normalize(vmin=np.nanmin(values), vmax=np.nanmax(values))
     boxes = patches.loc[drawn, ["x0", "y0", "x1", "y1"]].to_numpy(dtype=float)
+    if np.isnan(boxes).all():  # the generic token-level path: tokens in sequence order, no boxes
+        return _sequence_grid(values, titles, label, title, norm, ncols)
     quads = np.stack([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [2, 3]], boxes[:, [0, 3]]], axis=1)
     x0, y0 = boxes[:, :2].min(axis=0)
     x1, y1 = boxes[:, 2:].max(axis=0)
@@ -144,6 +146,33 @@ def _overlay_grid(prepared: PreparedInputs, values: np.ndarray, titles: list[str
     fig.supxlabel(f"image tokens of tile {names}, each drawn over the image region it covers", fontsize="small")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=SEQUENTIAL_CMAP), ax=axes[:, -1].tolist(), label=label,
                  alpha=0.75, shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def _sequence_grid(values: np.ndarray, titles: list[str], label: str, title: str, norm: Normalize,
+                   ncols: int) -> Figure:
+    """Draw ``values`` ``(n_panels, I)`` token by token in sequence order, wrapped into rows: for a model whose
+    patch geometry is unknown (the generic token-level path), which the figure says."""
+    n = values.shape[1]
+    width = max(1, math.ceil(math.sqrt(n)))
+    padded = np.full((len(values), math.ceil(n / width) * width), np.nan)
+    padded[:, :n] = values
+    ncols = min(ncols, len(values))
+    nrows = math.ceil(len(values) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * COLUMN_WIDTH, nrows * (2 * COLUMN_WIDTH - 0.8) / ncols + 0.9),
+                             squeeze=False)
+    for ax, panel_values, panel_title in zip(axes.flat, padded, titles):
+        ax.imshow(panel_values.reshape(-1, width), cmap=SEQUENTIAL_CMAP, norm=norm, interpolation="nearest")
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(panel_title, fontsize="small")
+        ax.grid(False)
+    for ax in axes.flat[len(values):]:
+        ax.remove()
+    fig.supxlabel(f"{n} image tokens in sequence order, {width} per row: the patch geometry of this model is unknown "
+                  "(generic token-level path), so the map is not drawn over the image", fontsize="small")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=SEQUENTIAL_CMAP), ax=axes[:, -1].tolist(), label=label,
+                 shrink=0.9)
     fig.suptitle(title)
     return fig
 

@@ -76,6 +76,8 @@ class Adapter(ABC):
         token_inputs: the processor outputs with one value per position besides ``input_ids``,
             each with ``(pad value, appended-token value)``.
         image_inputs: the processor outputs that carry the image (not per position).
+        geometry: True when the layout maps image tokens to patches of the image (every family adapter);
+            False for the generic token-level path (tokens in sequence order, boxes NaN).
 
     Every per-family input operation (repeat a batch, slice a suffix for a cached prefix, pad a
     batch, append generated tokens) is a method here; probes never look at input keys.
@@ -88,6 +90,7 @@ class Adapter(ABC):
     bidirectional_prompt: ClassVar[bool] = False
     token_inputs: ClassVar[dict[str, tuple[int, int]]] = {"attention_mask": (0, 1)}
     image_inputs: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    geometry: ClassVar[bool] = True
 
     def __init__(self, model, processor):
         self.model = model

@@ -20,6 +20,7 @@ class InternVLAdapter(Adapter):
     family = "internvl"
     model_types = ("internvl",)
     title = "InternVL"
+    strategy = "default"  # the vision_feature_select_strategy whose token count the layout gives
 
     def tokens_per_side(self) -> int:
         """Tokens per tile side: ``image_size / patch_size * downsample_ratio``."""
@@ -28,8 +29,8 @@ class InternVLAdapter(Adapter):
 
     def layout(self, inputs, image_size):
         vision = self.vision_config()
-        if getattr(self.model.config, "vision_feature_select_strategy", "default") != "default":
-            raise UnsupportedModelError(f"{self.title}: only vision_feature_select_strategy='default' is mapped")
+        if getattr(self.model.config, "vision_feature_select_strategy", self.strategy) != self.strategy:
+            raise UnsupportedModelError(f"{self.title}: only vision_feature_select_strategy={self.strategy!r} is mapped")
         side = self.tokens_per_side()
         cell = _side(vision.image_size) / side
         out = Layout()

@@ -30,3 +30,12 @@ class Mistral3Adapter(Adapter):
         out = Layout()
         out.add_grid(0, "image", height // cell, width // cell, cell, cell, resize_to(*image_size, width, height))
         return out
+
+
+class LightOnOcrAdapter(Mistral3Adapter):
+    """LightOnOCR: Mistral 3's Pixtral geometry (``image_sizes``, 14 px patches merged 2 x 2), but the processor writes
+    no break or end tokens: the ``rows x cols`` image tokens follow each other row-major."""
+
+    family = "lighton_ocr"
+    model_types = ("lighton_ocr",)
+    title = "LightOnOCR"

@@ -45,3 +45,43 @@ class Glm4vAdapter(Qwen2VLAdapter):
     family = "glm4v"
     model_types = ("glm4v",)
     title = "GLM-4.1V"
+
+
+class Qwen3VLMoeAdapter(Qwen3VLAdapter):
+    """Qwen3-VL-MoE: Qwen3-VL's geometry and DeepStack; a mixture-of-experts MLP (no effect on the layout)."""
+
+    family = "qwen3_vl_moe"
+    model_types = ("qwen3_vl_moe",)
+    title = "Qwen3-VL-MoE"
+
+
+class Glm4vMoeAdapter(Glm4vAdapter):
+    """GLM-4.5V: GLM-4.1V's geometry; a mixture-of-experts decoder after its first dense layer."""
+
+    family = "glm4v_moe"
+    model_types = ("glm4v_moe",)
+    title = "GLM-4.5V (MoE)"
+
+
+class Glm46VAdapter(Glm4vAdapter):
+    """GLM-4.6V: GLM-4.1V's model and geometry with its own processor classes."""
+
+    family = "glm46v"
+    model_types = ("glm46v",)
+    title = "GLM-4.6V"
+
+
+class GlmgaAdapter(Glm4vAdapter):
+    """GLM-4.6V's model and geometry under its own config (``glmga``)."""
+
+    family = "glmga"
+    model_types = ("glmga",)
+    title = "GLM (glmga)"
+
+
+class GlmOcrAdapter(Glm4vAdapter):
+    """GLM-OCR: GLM-4.1V's geometry (14 px patches merged 2 x 2, ``image_grid_thw``) with its own model classes."""
+
+    family = "glm_ocr"
+    model_types = ("glm_ocr",)
+    title = "GLM-OCR"

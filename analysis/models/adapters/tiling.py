@@ -1,4 +1,5 @@
-"""GOT-OCR2-style tiling (``GotOcr2ImageProcessor``, used by InternVL, Aya Vision and GOT-OCR2).
+"""GOT-OCR2-style tiling (``GotOcr2ImageProcessor``, used by InternVL, Aya Vision and GOT-OCR2; Cohere2-Vision's
+processor tiles the same way with its own choice of arrangement).
 
 With ``crop_to_patches`` the image is resized to a ``cols x rows`` canvas of square tiles (the
 arrangement of at most ``max_patches`` tiles whose aspect ratio is closest to the image's) and cut
@@ -7,6 +8,8 @@ tile) follows them. Without it, the whole image is resized to one tile.
 """
 
 from __future__ import annotations
+
+import sys
 
 from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 
@@ -25,8 +28,9 @@ def tiles(image_processor, width: int, height: int) -> list[tuple[str, Affine]]:
     tile_h, tile_w = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
     if not getattr(image_processor, "crop_to_patches", False) or image_processor.max_patches <= 1:
         return [("image", resize_to(width, height, tile_w, tile_h))]
-    cols, rows = get_optimal_tiled_canvas((height, width), (tile_h, tile_w), image_processor.min_patches,
-                                          image_processor.max_patches)
+    # The arrangement the processor's own module picks (Cohere2-Vision has its own rule), else GOT-OCR2's.
+    canvas_of = getattr(sys.modules[type(image_processor).__module__], "get_optimal_tiled_canvas", get_optimal_tiled_canvas)
+    cols, rows = canvas_of((height, width), (tile_h, tile_w), image_processor.min_patches, image_processor.max_patches)
     canvas = resize_to(width, height, tile_w * cols, tile_h * rows)
     out = [(f"row {r + 1} col {c + 1}", Affine(tx=c * tile_w, ty=r * tile_h).then(canvas))
            for r in range(rows) for c in range(cols)]
