@@ -173,15 +173,17 @@ def run_notebook(
 
     notebook = Path(notebook).resolve()
     figures_dir = Path(figures_dir).resolve()
-    executed_dir = Path(executed_dir)
+    executed_dir = Path(executed_dir).resolve()
     executed_dir.mkdir(parents=True, exist_ok=True)
     start, start_ns = time.perf_counter(), time.time_ns()
     error = detail = None
     try:
         values = notebook_params(notebook, {**params, FIGURES_PARAM: str(figures_dir)})
+        # The kernel starts in the notebook's folder (nbclient's resources path), without papermill's
+        # cwd=, which changes the whole process's directory: notebooks run side by side from threads.
         papermill.execute_notebook(
             str(notebook), str(executed_dir / notebook.name), parameters=values, kernel_name=kernel,
-            cwd=str(notebook.parent), progress_bar=progress, log_output=False)
+            resources={"metadata": {"path": str(notebook.parent)}}, progress_bar=progress, log_output=False)
     except papermill.PapermillExecutionError as err:
         error = f"In [{err.exec_count}]: {err.ename}: {_first_line(err.evalue)}"
         detail = (f"--- {notebook.stem}: failing cell In [{err.exec_count}] ---\n{err.source}\n--- traceback ---\n"
@@ -227,6 +229,7 @@ def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed
     is set), longest first by ``last_duration``; ``report(line)`` is called when the run starts
     and as each notebook ends.
     """
+    notebooks = [Path(p).resolve() for p in notebooks]
     n = len(notebooks)
     label = {path: f"[{i}/{n}] {path.stem}" for i, path in enumerate(notebooks, 1)}
 

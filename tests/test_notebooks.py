@@ -139,7 +139,8 @@ def test_answer_helpers(tiny, photo):
 
 
 def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys):
-    """``--jobs 2``: both notebooks run, each in its own kernel with OMP_NUM_THREADS = cores // 2,
+    """``--jobs 2``: both notebooks run, each in its own kernel (started in the notebooks' folder)
+    with OMP_NUM_THREADS = cores // 2,
     the one that took longest last time first (never run: first of all); results come back in
     notebook order."""
     from nbformat.v4 import new_code_cell, new_notebook
@@ -154,7 +155,8 @@ def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys)
         body = new_code_cell("import json, os, pathlib\n"
                              f"out = pathlib.Path(figures_dir, '{name}'); out.mkdir(parents=True)\n"
                              "(out / 'env.png').write_bytes(b'png')\n"
-                             "(out / 'env.json').write_text(json.dumps({'threads': os.environ.get('OMP_NUM_THREADS')}))")
+                             "(out / 'env.json').write_text(json.dumps({'threads': os.environ.get('OMP_NUM_THREADS'), "
+                             "'cwd': os.getcwd()}))")
         nbformat.write(new_notebook(cells=[cell, body], metadata={"kernelspec": {
             "name": KERNEL, "display_name": "Python (vlm-probes)", "language": "python"}}), notebooks / f"{name}.ipynb")
     executed = tmp_path / "executed"
@@ -164,13 +166,16 @@ def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys)
         copy.metadata["papermill"] = {"duration": seconds}
         nbformat.write(copy, executed / f"{name}.ipynb")
     (tmp_path / "p.yaml").write_text("model: tiny:llava\ndevice: cpu\n")
+    start = Path.cwd()
     status = main(["--notebooks", str(notebooks), "--params", str(tmp_path / "p.yaml"), "--jobs", "2",
                    "--executed", str(executed), "--figures", str(tmp_path / "figures")])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "2 at a time" in out and "in this order: 01_second, 00_first" in out
     threads = str(max(1, (os.cpu_count() or 1) // 2))
-    for name in ("00_first", "01_second"):
-        assert json.loads((tmp_path / "figures" / name / "env.json").read_text())["threads"] == threads
+    for name in ("00_first", "01_second"):  # each kernel in the notebooks' folder, as in JupyterLab
+        seen = json.loads((tmp_path / "figures" / name / "env.json").read_text())
+        assert seen == {"threads": threads, "cwd": str(notebooks.resolve())}
+    assert Path.cwd() == start  # the runner's own directory never changes
     table = [line.split()[:4] for line in out.splitlines() if line.startswith(("00_first ", "01_second "))]
     assert table == [["00_first", "ok", table[0][2], "1"], ["01_second", "ok", table[1][2], "1"]]

@@ -65,7 +65,7 @@ from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.flow import knockout_logits
 from analysis.probes.runners import unmodified
-from analysis.probes.sharing import sharing
+from analysis.probes.sharing import model_key, shared, sharing
 
 RANKINGS: tuple[str, ...] = ("last_attention", "cls_attention", "attribution", "random", "oracle")
 DEFAULT_KEEP: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -254,9 +254,16 @@ def _base(vlm, prepared: PreparedInputs, sample: Sample) -> tuple[int, float, fl
 
 
 def _correct(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> float:
+    """Return 1.0 / 0.0: whether ``predicted`` answers ``sample`` correctly (NaN without an answer).
+
+    The answer's tokens are read once per input inside a ``sharing()`` block (a sweep asks for
+    every configuration).
+    """
     if sample.answer is None:
         return math.nan
-    return float(is_correct(vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted))
+    gold = shared(("answer tokens", *model_key(vlm.model, prepared), sample.answer),
+                  lambda: answer_tokens(vlm, prepared.prompt, sample.answer))
+    return float(is_correct(vlm, gold, predicted=predicted))
 
 
 def drop_edges(prepared: PreparedInputs, dropped, layers: Iterable[int]) -> Edges:
