@@ -104,12 +104,20 @@ def test_knockout_computes_only_the_layers_and_positions_a_configuration_changes
     question = block_positions(prepared, "image->question")
     unmodified = unmodified_run(vlm, prepared, int(question[1].min()) if family != "paligemma" else 0)
     configs = [[Edges.make(*last, [top])], [Edges.make(*question, [1, top])], [Edges.make(*last, [top])]]
-    calls = _attention_calls(vlm, lambda: knockout_logits(vlm, prepared, configs, batch_size=2, unmodified=unmodified))
-    if family == "paligemma":  # sorted by first layer: [question @1, last @top], then [last @top]
+    if family == "paligemma":
+        calls = _attention_calls(vlm, lambda: knockout_logits(vlm, prepared, configs, batch_size=2,
+                                                              unmodified=unmodified))
+        # sorted by first layer: [question @1, last @top], then [last @top]
         assert calls == [(layer, 2, prepared.length) for layer in range(1, vlm.n_layers)] + [(top, 1, prepared.length)]
-    else:  # by first position: the question one, then the two ->last configurations together
+    else:
+        configs.append([Edges.make(*last, [0])])
+        calls = _attention_calls(vlm, lambda: knockout_logits(vlm, prepared, configs, batch_size=2,
+                                                              unmodified=unmodified))
+        # by first position: the question one from layer 1; then the ->last ones (one position each, so
+        # merged across first layers): [last @0, last @top] from layer 0, then [last @top]
         n_question = prepared.length - int(question[1].min())
-        assert calls == [(layer, 1, n_question) for layer in range(1, vlm.n_layers)] + [(top, 2, 1)]
+        assert calls == ([(layer, 1, n_question) for layer in range(1, vlm.n_layers)]
+                         + [(layer, 2, 1) for layer in range(vlm.n_layers)] + [(top, 1, 1)])
     assert torch.allclose(knockout_logits(vlm, prepared, configs, reuse_prefix=False, batch_size=1),
                           knockout_logits(vlm, prepared, configs, unmodified=unmodified), atol=1e-5, rtol=0)
     if family != "paligemma":  # states kept from too late a position cannot serve the question block

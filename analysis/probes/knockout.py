@@ -16,8 +16,10 @@ and computing only what a configuration changes:
   sets). Not for prefix-LM families (PaliGemma), whose prompt attends bidirectionally, nor when
   ``p`` lies inside the image: there every position is recomputed, still from layer ``s`` on,
   by the language model alone (the vision tower does not run again);
-* **batching**: configurations with the same ``(p, s)`` run together, in batches of
-  ``batch_size`` (merging different ``s`` would compute layers some members do not need).
+* **batching**: configurations with the same ``p`` run together, in batches of ``batch_size``
+  starting at the lowest ``s`` among them, as long as no member computes more than
+  ``MERGE_TOKEN_LAYERS`` (positions x layers) that it does not need: one short forward's worth.
+  A layer below a member's own ``s`` is an unmodified layer applied to unmodified states.
 
 Memory: the kept cache (one copy: ``2 x layers x T x kv width``), the kept residual stream
 (``layers x (T - p) x hidden``), and per batch the keys/values of one layer at a time
@@ -88,6 +90,13 @@ class _SharedPrefix(DynamicLayer):
         n = key_states.shape[0]
         return (torch.cat([self.keys.expand(n, -1, -1, -1), key_states], dim=-2),
                 torch.cat([self.values.expand(n, -1, -1, -1), value_states], dim=-2))
+
+
+# Configurations with the same first position share a batch, starting at the lowest first layer among
+# them, while each member runs at most this many token x layer units it does not need (its positions
+# times the layers below its own first layer): less than the fixed cost of one more forward for short
+# suffixes (the ->last edge sets: one position), nothing for long ones (they batch by first layer).
+MERGE_TOKEN_LAYERS = 64
 
 
 def _first_layer(config: Sequence[Edges]) -> int | None:
@@ -193,7 +202,8 @@ def knockout_logits(
     plans.sort()
     while plans:
         position, layer = plans[0][:2]
-        chunk = [p for p in plans[:batch_size] if p[:2] == (position, layer)]
+        waste = MERGE_TOKEN_LAYERS // (prepared.length - position)  # layers a member may run that it does not need
+        chunk = [p for p in plans[:batch_size] if p[0] == position and p[1] - layer <= waste]
         plans = plans[len(chunk):]
         logits = _resume(vlm, prepared, unmodified, [configs[i] for _, _, i in chunk], position, layer)
         for (_, _, index), row in zip(chunk, logits):
