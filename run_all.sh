@@ -81,6 +81,6 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TOKENIZERS_PARALLELISM=false
 case "$mode" in
     setup) ;;
-    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) exec "$VENV/bin/python" -m pytest -n auto "$@" ;;  # one worker per core (pytest-xdist); -n 0: one process
     run) exec "$VENV/bin/python" -m analysis "$@" ;;
 esac

@@ -21,6 +21,11 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # ./run_all.sh --test: one worker per core, so one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # (and for the notebook kernels and subprocesses they start)
+    import torch
+
+    torch.set_num_threads(1)
 
 from analysis.testing import CORE_FAMILIES  # noqa: E402
 
