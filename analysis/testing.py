@@ -52,8 +52,8 @@ glm46v         as glm4v, GLM-4.6V processor classes                        35
 aya_vision     as internvl (GOT-OCR2 tiles, SigLIP 224 px, shuffle 2),     448
                Cohere2 decoder (parallel blocks, sliding + global,
                logit_scale 0.5)
-cohere2_vision tiles by its own rule (least up-scaling; here 1 tile),      64
-               8 x 8 tokens + a line break per tile, Cohere2 decoder
+cohere2_       tiles by its own rule (least up-scaling; here 1 tile),      64
+vision         8 x 8 tokens + a line break per tile, Cohere2 decoder
 got_ocr2       SAM ViT 512 px (real 1024), patch 16, 2 stride-2 convs      64
                -> 8 x 8 (adapter waits on the backend: see NOT_SUPPORTED)
 idefics2       perceiver -> 64 latents (token-level, generic path)         64
@@ -64,6 +64,9 @@ lighton_ocr    Pixtral patch 14, merge 2, longest edge 448, no break       35
 janus          longest side 384, padded to a centred square, patch 16      576
                -> 24 x 24 (VQ generation parts built tiny, unused)
 deepseek_vl    as janus, SigLIP tower, no begin / end markers              576
+paddleocr_vl   as qwen2_vl (one frame), NaViT SigLIP, ERNIE-4.5 M-RoPE     35
+deepseek_vl_   as deepseek_vl, plus a SAM tower at 256 px (real 1024)     576
+hybrid         interpolated onto the same 24 x 24 grid
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -124,6 +127,9 @@ from transformers import (
     Gemma3Processor,
     Gemma3TextConfig,
     DeepseekVLConfig,
+    DeepseekVLHybridConfig,
+    DeepseekVLHybridImageProcessor,
+    DeepseekVLHybridProcessor,
     DeepseekVLImageProcessor,
     DeepseekVLProcessor,
     GemmaConfig,
@@ -173,6 +179,9 @@ from transformers import (
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
     LlavaProcessor,
+    PaddleOCRVLConfig,
+    PaddleOCRVLImageProcessor,
+    PaddleOCRVLProcessor,
     PaliGemmaConfig,
     PaliGemmaProcessor,
     PretrainedConfig,
@@ -1054,6 +1063,62 @@ def _build_deepseek_vl(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+# PaddleOCR-VL (PaddlePaddle/PaddleOCR-VL), without its system turn.
+_PADDLE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ 'User: ' if message['role'] == 'user' else 'Assistant: ' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+
+def _build_paddleocr_vl(real: str | None = None) -> _Recipe:
+    """PaddleOCR-VL: Qwen2-VL's geometry (smart_resize, 14 px patches, no temporal patches, merged 2 x 2,
+    ``image_grid_thw``; at most 256 tokens here, real 1536 x 1536 px) with a NaViT-style SigLIP tower and an ERNIE-4.5
+    decoder with 3-D M-RoPE."""
+    named = {"image_token": "<|IMAGE_PLACEHOLDER|>"}
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<unk>" if real else "<pad>", specials=["<|IMAGE_START|>",
+                     "<|IMAGE_END|>", "<|VIDEO_PLACEHOLDER|>", *named.values()], chat_template=_PADDLE_TEMPLATE,
+                     real=real, named=named, extra_tokens=("User:", "Assistant:"))
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
+    processor = PaddleOCRVLProcessor(image_processor=PaddleOCRVLImageProcessor(size=size), tokenizer=tok,
+                                     chat_template=_PADDLE_TEMPLATE)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(**_VISION, image_size=224, patch_size=14, spatial_merge_size=2)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|IMAGE_PLACEHOLDER|>"), ("video_token_id", "<|VIDEO_PLACEHOLDER|>"),
+        ("vision_start_token_id", "<|IMAGE_START|>"), ("vision_end_token_id", "<|IMAGE_END|>")]}
+    return PaddleOCRVLConfig(text_config=text, vision_config=vision, **ids), processor
+
+
+def _build_deepseek_vl_hybrid(real: str | None = None) -> _Recipe:
+    """DeepSeek-VL hybrid: DeepSeek-VL's layout (384 px padded square, SigLIP patch 16 -> 24 x 24 = 576 tokens) plus a
+    SAM-style high-resolution tower on the same padded square (256 px here, real 1024) whose features are interpolated
+    to the same 24 x 24 grid and concatenated."""
+    named = {"image_token": "<image_placeholder>"}
+    tok = _tokenizer(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>",
+                     specials=list(named.values()), chat_template=_JANUS_TEMPLATE, real=real, named=named,
+                     extra_tokens=("<|User|>:", "<|Assistant|>:"))
+    image_processor = DeepseekVLHybridImageProcessor(size={"height": 384, "width": 384}, image_mean=[0.5] * 3,
+                                                     image_std=[0.5] * 3, high_res_size={"height": 256, "width": 256})
+    processor = DeepseekVLHybridProcessor(image_processor=image_processor, tokenizer=tok,
+                                          chat_template=_JANUS_TEMPLATE, num_image_tokens=576)
+    vision = SiglipVisionConfig(**_VISION, image_size=384, patch_size=16, vision_use_head=False)
+    high_res = dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=64,
+                    image_size=256, patch_size=16, window_size=14, global_attn_indexes=[1])
+    config = DeepseekVLHybridConfig(text_config=_llama(tok).to_dict(), vision_config=vision.to_dict(),
+                                    high_res_vision_config=high_res,
+                                    image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"))
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1083,6 +1148,8 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "lighton_ocr": _build_lighton_ocr,
     "janus": _build_janus,
     "deepseek_vl": _build_deepseek_vl,
+    "paddleocr_vl": _build_paddleocr_vl,
+    "deepseek_vl_hybrid": _build_deepseek_vl_hybrid,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1093,7 +1160,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "glm46v": "qwen3", "aya_vision": "llama3", "cohere2_vision": "llama3", "got_ocr2": "qwen3",
                   "idefics2": "llama2", "glmga": "qwen3", "glm_ocr": "qwen3",
                   "lighton_ocr": "qwen3", "janus": "llama3",
-                  "deepseek_vl": "llama3"}
+                  "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
+                  "deepseek_vl_hybrid": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -52,6 +52,8 @@ EXPECTED_IMAGE_TOKENS = {
     "lighton_ocr": 35,  # 200 x 150 rounded up to 14 px: 210 x 154 -> 7 x 5 tokens of 28 px (the rest dropped)
     "janus": 576,  # 24 x 24 patches of the 384 px padded square
     "deepseek_vl": 576,
+    "paddleocr_vl": 35,  # as qwen2_vl
+    "deepseek_vl_hybrid": 576,  # as janus
 }
 
 
@@ -86,7 +88,10 @@ def prompt_for(processor, question: str = QUESTION) -> str:
 
 
 def encode(processor, image: Image.Image) -> dict[str, torch.Tensor]:
-    inputs = processor(images=image, text=prompt_for(processor), return_tensors="pt")
+    # GOT-OCR2's processor takes the tokens per tile as a call argument (256 by default; its adapter passes the
+    # model's count, as here)
+    extra = {"num_image_tokens": EXPECTED_IMAGE_TOKENS["got_ocr2"]} if type(processor).__name__ == "GotOcr2Processor" else {}
+    inputs = processor(images=image, text=prompt_for(processor), return_tensors="pt", **extra)
     inputs.pop("labels", None)  # PaliGemma returns training labels (all -100 without a suffix)
     return dict(inputs)
 

@@ -8,7 +8,7 @@ from analysis.models.adapters.aya_vision import AyaVisionAdapter, Cohere2VisionA
 from analysis.models.adapters.gemma3 import Gemma3Adapter
 from analysis.models.adapters.generic import TokenLevelAdapter, structure_problems
 from analysis.models.adapters.internvl import InternVLAdapter
-from analysis.models.adapters.janus import DeepseekVLAdapter, JanusAdapter
+from analysis.models.adapters.janus import DeepseekVLAdapter, DeepseekVLHybridAdapter, JanusAdapter
 from analysis.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from analysis.models.adapters.llava import LlavaAdapter
 from analysis.models.adapters.llava_next import LlavaNextAdapter
@@ -16,7 +16,7 @@ from analysis.models.adapters.llava_onevision import LlavaNextVideoAdapter, Llav
 from analysis.models.adapters.mistral3 import LightOnOcrAdapter, Mistral3Adapter
 from analysis.models.adapters.paligemma import PaliGemmaAdapter
 from analysis.models.adapters.qwen2_vl import (Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter, GlmgaAdapter, GlmOcrAdapter,
-                                               Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter)
+                                               PaddleOCRVLAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter)
 from analysis.models.adapters.video_llava import VideoLlavaAdapter
 from analysis.models.adapters.vipllava import VipLlavaAdapter
 
@@ -47,6 +47,8 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     LightOnOcrAdapter,
     JanusAdapter,
     DeepseekVLAdapter,
+    PaddleOCRVLAdapter,
+    DeepseekVLHybridAdapter,
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 

@@ -43,3 +43,13 @@ class DeepseekVLAdapter(JanusAdapter):
     family = "deepseek_vl"
     model_types = ("deepseek_vl",)
     title = "DeepSeek-VL"
+
+
+class DeepseekVLHybridAdapter(JanusAdapter):
+    """DeepSeek-VL hybrid: DeepSeek-VL's layout; a high-resolution SAM tower sees the same padded square and its
+    features are interpolated onto the same grid (``high_res_pixel_values``)."""
+
+    family = "deepseek_vl_hybrid"
+    model_types = ("deepseek_vl_hybrid",)
+    title = "DeepSeek-VL (hybrid)"
+    image_inputs = ("pixel_values", "high_res_pixel_values")

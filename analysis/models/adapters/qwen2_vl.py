@@ -85,3 +85,11 @@ class GlmOcrAdapter(Glm4vAdapter):
     family = "glm_ocr"
     model_types = ("glm_ocr",)
     title = "GLM-OCR"
+
+
+class PaddleOCRVLAdapter(Qwen2VLAdapter):
+    """PaddleOCR-VL: Qwen2-VL's patch geometry (``image_grid_thw``, 14 px patches merged 2 x 2, one frame)."""
+
+    family = "paddleocr_vl"
+    model_types = ("paddleocr_vl",)
+    title = "PaddleOCR-VL"
