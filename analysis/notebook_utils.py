@@ -87,3 +87,19 @@ def next_token_table(vlm: VLM, logits: torch.Tensor, k: int = 5) -> pd.DataFrame
     top = torch.topk(probs, k)
     return pd.DataFrame({"token": vlm.tokenizer.convert_ids_to_tokens(top.indices.tolist()),
                          "probability": top.values.cpu().numpy()})
+
+
+SMALL_MODEL_PARAMETERS = 100_000_000
+
+
+def threads_for(vlm: VLM) -> int:
+    """Run a small model on the CPU with one torch thread; return the threads in use.
+
+    Below ``SMALL_MODEL_PARAMETERS`` (the zoo, tiny models) operations are too small to gain from
+    threads inside them, and lose to thread synchronisation when other jobs share the cores (the
+    zoo's knockout sweep: 10x slower with two threads on two busy cores). Larger models and other
+    devices keep torch's setting.
+    """
+    if vlm.device.type == "cpu" and sum(p.numel() for p in vlm.model.parameters()) < SMALL_MODEL_PARAMETERS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

@@ -165,3 +165,20 @@ def test_papermill_runs_are_not_interactive(tmp_path):
                                progress_bar=False)
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert "".join(o.get("text", "") for o in out.cells[-1].outputs).strip() == "False"
+
+
+def test_threads_for_small_models_on_the_cpu(tiny, monkeypatch):
+    import torch
+
+    from analysis import notebook_utils
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        vlm = tiny("llava")
+        monkeypatch.setattr(notebook_utils, "SMALL_MODEL_PARAMETERS", 10)  # the tiny model counts as large
+        assert notebook_utils.threads_for(vlm) == 2
+        monkeypatch.undo()
+        assert notebook_utils.threads_for(vlm) == 1
+    finally:
+        torch.set_num_threads(before)
