@@ -144,3 +144,52 @@ def test_alignment_vs_accuracy_across_checkpoints(tiny, samples):
     plt.close(fig)
     with pytest.raises(InputError, match="at least 3"):
         alignment_vs_accuracy(dict(list(models.items())[:2]), samples[:2], progress=False)
+    with pytest.raises(InputError, match="candidate answers"):
+        alignment_vs_accuracy(models, samples[:2], accuracy="options", progress=False)
+    with pytest.raises(InputError, match="'first_token', 'options' or a mapping"):
+        alignment_vs_accuracy(models, samples[:2], accuracy="greedy", progress=False)
+
+
+def test_alignment_vs_options_accuracy_over_the_zoo_trajectory():
+    """The correlation over the zoo's trajectory checkpoints with the options-restricted accuracy
+    (14 questions, so it stays fast): stage-1 checkpoints, which describe instead of answering,
+    score 0 by the first token but above 0 on the options; the correlated accuracy is the zoo
+    evaluation's rule "options" on the same questions."""
+    from analysis import load_vlm
+    from analysis.data.shapes import make_samples
+    from analysis.zoo import trajectory
+    from analysis.zoo.evaluate import predict
+
+    names = trajectory()
+    questions = make_samples(14, seed=3)
+    result = alignment_vs_accuracy(names, questions, accuracy="options", n_boot=200, batch_size=14,
+                                   device="cpu", progress=False)
+    table = result.table.set_index("checkpoint")
+    assert result.accuracy_rule == "options" and list(table.index) == names
+    assert (table["accuracy"] == table["accuracy_options"]).all()
+    assert table["chance"].iloc[0] == pytest.approx(np.mean([1 / len(q.options) for q in questions]))
+    stage1 = table.loc[["zoo:shapes-llava-step0", "zoo:shapes-llava-frozen"]]
+    assert (stage1["accuracy_first_token"] == 0).all() and (stage1["accuracy_options"] > 0).all()
+    assert table.loc["zoo:shapes-llava", "accuracy_options"] >= 0.9
+    zoo = predict(load_vlm("zoo:shapes-llava-step300", device="cpu"), questions, progress=False)
+    assert table.loc["zoo:shapes-llava-step300", "accuracy_options"] == pytest.approx(zoo["correct_options"].mean())
+    for row in result.correlations.itertuples():
+        assert row.n_checkpoints == len(names) and np.isfinite(row.r) and row.ci_low <= row.ci_high
+
+
+def test_alignment_vs_options_accuracy_runs_over_twenty_checkpoints():
+    """Twenty checkpoints (randomly initialised zoo-architecture models, 7 questions): every one
+    scored, the correlation and its bootstrap interval over all twenty."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import VLM
+    from analysis.zoo import ModelSpec, build_model, build_processor
+
+    spec = ModelSpec(vision_hidden=32, vision_layers=1, vision_mlp=64, text_hidden=32, text_layers=2, text_mlp=64)
+    processor = build_processor(spec)
+    models = {f"init {k}": VLM.from_parts(build_model(spec, seed=k), processor, name=f"init {k}") for k in range(20)}
+    questions = make_samples(7, seed=3)
+    result = alignment_vs_accuracy(models, questions, accuracy="options", n_boot=200, batch_size=7, progress=False)
+    assert len(result.table) == 20 and result.table["accuracy"].between(0, 1).all()
+    assert result.table["accuracy"].nunique() > 1 and (result.table["accuracy_first_token"] == 0).all()
+    for row in result.correlations.itertuples():
+        assert row.n_checkpoints == 20 and np.isfinite(row.r) and row.ci_low <= row.ci_high and row.n_boot > 150

@@ -1,17 +1,20 @@
 """The toy model zoo: tokenizer/processor, training recipe, registry and the committed checkpoints."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, LlamaForCausalLM
 
-from analysis.data.shapes import COLORS, QUESTION_TYPES, make_samples, random_scene
-from analysis.zoo import checkpoint_path, evaluate, evaluate_text, list_checkpoints, trajectory
+from analysis.data.shapes import COLORS, QUESTION_TYPES, chance_level, chance_levels, make_samples, random_scene
+from analysis.probes import wilson_interval
+from analysis.zoo import EVAL_SEED, checkpoint_path, evaluate, evaluate_text, list_checkpoints, trajectory
 from analysis.zoo.build import Encoder, ModelSpec, build_model, build_processor
 from analysis.zoo.registry import MODELS_DIR
-from analysis.zoo.train import Recipe, conversation, fit, keywords, make_local, patch_labels, qa_batch
+from analysis.zoo.train import (NotReproduced, Recipe, conversation, fit, keywords, make_local, patch_labels, qa_batch,
+                                train_snapshots)
 
 MINI = ModelSpec(vision_hidden=32, vision_layers=1, vision_mlp=64, text_hidden=32, text_layers=2, text_mlp=64)
 HELD_OUT = 20_000  # training streams use seeds < 1000
@@ -58,6 +61,37 @@ def test_mini_training_lowers_loss_deterministically():
     losses, again = run(), run()
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     assert losses == again
+
+
+def test_snapshots_are_added_only_after_the_retrained_checkpoints_match(tmp_path):
+    """``--snapshots`` retrains into a scratch folder, checks every checkpoint the zoo already holds
+    and copies only the missing snapshots; one differing tensor stops it with nothing written."""
+    recipe = Recipe(spec=MINI, batch_size=4, lm_steps=2, vision_steps=2, stage1_steps=2, stage2_steps=4,
+                    snapshots=(0, 3))
+    zoo = tmp_path / "zoo"
+    first = train_snapshots(recipe, zoo, tmp_path / "work1")
+    assert first["added"] == ["shapes-llava-step0", "shapes-llava-step3"] and first["verified"] == []
+    before = {p: p.read_bytes() for p in zoo.rglob("*") if p.is_file()}
+    more = replace(recipe, snapshots=(0, 1, 3, 4))
+    second = train_snapshots(more, zoo, tmp_path / "work2")
+    assert second["verified"] == second["same_bytes"] == ["shapes-llava-step0", "shapes-llava-step3"]
+    assert second["added"] == ["shapes-llava-step1", "shapes-llava-step4"]
+    assert all(p.read_bytes() == data for p, data in before.items()), "existing snapshots are never rewritten"
+    assert list_checkpoints(zoo) == ["shapes-llava-step0", "shapes-llava-step1", "shapes-llava-step3",
+                                     "shapes-llava-step4"]
+
+    # a committed snapshot that the retraining does not reproduce: stop, write nothing
+    from safetensors.torch import load_file, save_file
+
+    weights = zoo / "shapes-llava-step3" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    (zoo / "shapes-llava-step4").rename(tmp_path / "step4")
+    with pytest.raises(NotReproduced, match=f"shapes-llava-step3 differs .* {name}"):
+        train_snapshots(more, zoo, tmp_path / "work3")
+    assert not (zoo / "shapes-llava-step4").exists()
 
 
 def test_local_tower_does_not_mix_patches():
@@ -179,4 +213,48 @@ def test_local_checkpoint_has_no_vision_attention():
 def test_cards_report_accuracy_per_question_type():
     index = json.loads((MODELS_DIR / "zoo.json").read_text())
     for name in VLMS:
-        assert [r["question_type"] for r in index["tables"][name]] == list(QUESTION_TYPES) + ["overall"]
+        records = index["tables"][name]
+        assert [r["question_type"] for r in records] == list(QUESTION_TYPES) + ["overall"]
+        # one-token answers: the greedy token is the gold's only if the gold is the best option too
+        assert all(r["accuracy_options"] >= r["accuracy"] for r in records), name
+        assert index["summary_options"][name] == pytest.approx(records[-1]["accuracy_options"], abs=1e-4)
+    assert index["chance"] == pytest.approx(chance_levels())
+    readme = (MODELS_DIR / "README.md").read_text()
+    assert "| chance |" in readme and all(f"| {name} |" in readme for name in VLMS)
+
+
+def test_trajectory_snapshots_load_and_have_cards():
+    """Every ``shapes-llava-step<N>`` snapshot is a loadable checkpoint at global step N, with a card
+    that shows the options-restricted accuracy beside the first-token one."""
+    snapshots = [n for n in VLMS if n.startswith("shapes-llava-step")]
+    assert snapshots
+    for name in snapshots:
+        k = int(name.rsplit("step", 1)[1])
+        model, processor = _load(name)
+        assert model.config.zoo["steps"]["stage1"] + model.config.zoo["steps"].get("stage2", 0) == k
+        assert processor.tokenizer.decode(processor.tokenizer("is there a red cross ?").input_ids[1:]) == \
+            "is there a red cross ?"
+        card = (MODELS_DIR / name / "README.md").read_text()
+        assert "| accuracy (first token) | accuracy (options) |" in card, card
+
+
+def test_chance_levels_match_the_options_of_the_held_out_questions():
+    samples = make_samples(1400, EVAL_SEED)
+    for question_type in QUESTION_TYPES:
+        share = np.mean([1 / len(s.options) for s in samples if s.question_type == question_type])
+        assert share == pytest.approx(chance_level(question_type), abs=0.02), question_type
+    assert chance_levels()["overall"] == pytest.approx(np.mean([1 / len(s.options) for s in samples]), abs=0.01)
+    with pytest.raises(ValueError, match="unknown question type"):
+        chance_level("Describe")
+
+
+def test_options_rule_puts_the_untrained_checkpoint_at_chance():
+    """shapes-llava-step0 (random projector) describes instead of answering: 0 by the first token;
+    restricted to each question's options it is at chance (Wilson 95% interval), overall and per type."""
+    n = 280
+    table = evaluate(_load("shapes-llava-step0"), n=n, seed=HELD_OUT, progress=False).set_index("question_type")
+    assert (table["accuracy"] == 0).all(), table
+    chance = chance_levels()
+    for question_type, row in table.iterrows():
+        low, high = wilson_interval(row["accuracy_options"] * row["n"], int(row["n"]))
+        assert low <= chance[question_type] <= high, (question_type, row)

@@ -24,10 +24,15 @@ Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bar
 
 Instruction data are multi-turn conversations about one scene (LLaVA style): a balanced question
 first, follow-up questions of every type after it, then the caption. Stage k reads the data stream of
-seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. Given the seed,
-torch version and thread count, a run is deterministic. ``--snapshots`` relies on it: it retrains
-stages 1-4 into a scratch folder, checks every retrained checkpoint that ``models/`` already holds
-tensor for tensor, and only then copies the snapshots ``models/`` lacks (see :func:`train_snapshots`).
+seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. On one machine
+(same torch, thread count and CPU) a run repeats bit for bit; on another it need not: the same
+initial weights and the same first-step gradients (checked under transformers 5.23 and 5.24, with 1
+and 2 threads) drift apart through float rounding over hundreds of steps, and on a 2-core AMD EPYC
+with torch 2.14.1 the retrained ``shapes-lm`` differs from the committed one (cosine 0.86-0.98 per
+weight matrix). ``--snapshots`` therefore trusts nothing: it retrains stages 1-4 into a scratch
+folder, checks every retrained checkpoint that ``models/`` already holds tensor for tensor, stops at
+the first difference, and only when all match copies the snapshots ``models/`` lacks (see
+:func:`train_snapshots`).
 """
 
 from __future__ import annotations
@@ -82,7 +87,9 @@ class Recipe:
     stage1_lr: float = 3e-3
     stage2_lr: float = 2e-3
     ft_lr: float = 5e-4
-    # global steps over stages 1 + 2 (stage 1 ends at ``stage1_steps``, where ``shapes-llava-frozen`` is saved)
+    # global steps over stages 1 + 2 (stage 1 ends at ``stage1_steps``, where ``shapes-llava-frozen`` is saved).
+    # The committed zoo was built with the first 7 (0, 100, 300, 600, 900, 1300, 1700; its configs record
+    # its recipe); ``--snapshots`` adds the others where retraining reproduces it (see train_snapshots).
     snapshots: tuple[int, ...] = (0, 50, 100, 150, 250, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200,
                                   1300, 1500, 1700, 1900, 2100)
 
