@@ -67,6 +67,9 @@ deepseek_vl    as janus, SigLIP tower, no begin / end markers              576
 paddleocr_vl   as qwen2_vl (one frame), NaViT SigLIP, ERNIE-4.5 M-RoPE     35
 deepseek_vl_   as deepseek_vl, plus a SAM tower at 256 px (real 1024)     576
 hybrid         interpolated onto the same 24 x 24 grid
+video_llama_3  as qwen2_vl without merging images (merge size 1), Qwen2      154
+qwen2_5_omni_  as qwen2_5_vl, tiny audio encoder (token-level: the generic    35
+thinker        path tests an M-RoPE model without an adapter)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -191,6 +194,8 @@ from transformers import (
     PixtralProcessor,
     PixtralVisionConfig,
     ProcessorMixin,
+    Qwen2_5OmniProcessor,
+    Qwen2_5OmniThinkerConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
@@ -208,11 +213,16 @@ from transformers import (
     SmolVLMProcessor,
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
+    VideoLlama3Config,
+    VideoLlama3ImageProcessor,
+    VideoLlama3Processor,
+    VideoLlama3VideoProcessor,
     VideoLlavaConfig,
     VideoLlavaImageProcessor,
     VideoLlavaProcessor,
     VideoLlavaVideoProcessor,
     VipLlavaConfig,
+    WhisperFeatureExtractor,
 )
 
 from analysis.published import PUBLISHED
@@ -1119,6 +1129,55 @@ def _build_deepseek_vl_hybrid(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+def _build_video_llama_3(real: str | None = None) -> _Recipe:
+    """VideoLLaMA3: dynamic resolution (smart_resize, 14 px patches; images are not merged: ``image_merge_sizes`` 1),
+    ``image_grid_thw``; at most 256 tokens here (real: 1280 x 2 x 2 patches of 14 px); a Qwen2 decoder, ChatML."""
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
+                     real=real)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 14 * 14}
+    processor = VideoLlama3Processor(image_processor=VideoLlama3ImageProcessor(size=size), tokenizer=tok,
+                                     video_processor=VideoLlama3VideoProcessor(), chat_template=_QWEN_TEMPLATE)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    vision = dict(**_VISION, patch_size=14)
+    config = VideoLlama3Config(text_config=text, vision_config=vision,
+                               image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                               video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"))
+    return config, processor
+
+
+def _build_qwen2_5_omni_thinker(real: str | None = None) -> _Recipe:
+    """Qwen2.5-Omni's thinker (the text-generating part; images, audio, video in, text out): Qwen2.5-VL's image geometry
+    (14 px patches merged 2 x 2, ``image_grid_thw``, window attention in the tower) in ChatML with
+    ``<|vision_bos|>`` / ``<|vision_eos|>``; a tiny audio encoder (unused by the image probes)."""
+    named = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
+                     chat_template=template, real=real, named=named)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
+    processor = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(size=size),
+                                     video_processor=Qwen2VLVideoProcessor(size=size),
+                                     feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
+                                     chat_template=template)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=_TEXT["hidden_size"],
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+    audio = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                 output_dim=_TEXT["hidden_size"])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_index", "<|IMAGE|>"), ("video_token_index", "<|VIDEO|>"), ("audio_token_index", "<|AUDIO|>"),
+        ("audio_start_token_id", "<|audio_bos|>"), ("audio_end_token_id", "<|audio_eos|>"),
+        ("user_token_id", "<|im_start|>"), ("vision_start_token_id", "<|vision_bos|>")]}
+    # transformers 5.24's thinker reads vision_start_token_id from its own config for M-RoPE, but only the whole
+    # Qwen2.5-Omni config declares it: given here, as a thinker checkpoint exported from the whole model must
+    return Qwen2_5OmniThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1150,6 +1209,8 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "deepseek_vl": _build_deepseek_vl,
     "paddleocr_vl": _build_paddleocr_vl,
     "deepseek_vl_hybrid": _build_deepseek_vl_hybrid,
+    "video_llama_3": _build_video_llama_3,
+    "qwen2_5_omni_thinker": _build_qwen2_5_omni_thinker,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1161,7 +1222,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "idefics2": "llama2", "glmga": "qwen3", "glm_ocr": "qwen3",
                   "lighton_ocr": "qwen3", "janus": "llama3",
                   "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
-                  "deepseek_vl_hybrid": "llama3"}
+                  "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
+                  "qwen2_5_omni_thinker": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

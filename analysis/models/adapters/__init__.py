@@ -16,7 +16,8 @@ from analysis.models.adapters.llava_onevision import LlavaNextVideoAdapter, Llav
 from analysis.models.adapters.mistral3 import LightOnOcrAdapter, Mistral3Adapter
 from analysis.models.adapters.paligemma import PaliGemmaAdapter
 from analysis.models.adapters.qwen2_vl import (Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter, GlmgaAdapter, GlmOcrAdapter,
-                                               PaddleOCRVLAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter)
+                                               PaddleOCRVLAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter,
+                                               VideoLlama3Adapter)
 from analysis.models.adapters.video_llava import VideoLlavaAdapter
 from analysis.models.adapters.vipllava import VipLlavaAdapter
 
@@ -49,6 +50,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     DeepseekVLAdapter,
     PaddleOCRVLAdapter,
     DeepseekVLHybridAdapter,
+    VideoLlama3Adapter,
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 

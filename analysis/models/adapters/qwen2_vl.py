@@ -16,7 +16,8 @@ class Qwen2VLAdapter(Adapter):
 
     def layout(self, inputs, image_size):
         ip = self.processor.image_processor
-        merge = int(getattr(ip, "merge_size", None) or self.vision_config().spatial_merge_size)
+        merge = int(inputs["image_merge_sizes"][0]) if "image_merge_sizes" in inputs else int(
+            getattr(ip, "merge_size", None) or self.vision_config().spatial_merge_size)
         patch = int(getattr(ip, "patch_size", None) or self.vision_config().patch_size)
         t, gh, gw = (int(v) for v in inputs["image_grid_thw"][0])
         affine = resize_to(*image_size, gw * patch, gh * patch)
@@ -93,3 +94,13 @@ class PaddleOCRVLAdapter(Qwen2VLAdapter):
     family = "paddleocr_vl"
     model_types = ("paddleocr_vl",)
     title = "PaddleOCR-VL"
+
+
+class VideoLlama3Adapter(Qwen2VLAdapter):
+    """VideoLLaMA3: Qwen2-VL's patch geometry (``image_grid_thw``, 14 px patches) with the merge size given per image
+    (``image_merge_sizes``: images are not merged, videos are)."""
+
+    family = "video_llama_3"
+    model_types = ("video_llama_3",)
+    title = "VideoLLaMA3"
+    image_inputs = ("pixel_values", "image_grid_thw", "image_merge_sizes")
