@@ -70,6 +70,8 @@ hybrid         interpolated onto the same 24 x 24 grid
 video_llama_3  as qwen2_vl without merging images (merge size 1), Qwen2      154
 qwen2_5_omni_  as qwen2_5_vl, tiny audio encoder (token-level: the generic    35
 thinker        path tests an M-RoPE model without an adapter)
+qwen3_omni_    as qwen3_vl (DeepStack), MoE decoder, tiny audio encoder       30
+moe_thinker    (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -201,6 +203,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen3VLConfig,
     Qwen3VLMoeConfig,
+    Qwen3OmniMoeProcessor,
+    Qwen3OmniMoeThinkerConfig,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
     Qwen2VLImageProcessor,
@@ -1178,6 +1182,38 @@ def _build_qwen2_5_omni_thinker(real: str | None = None) -> _Recipe:
     return Qwen2_5OmniThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
 
 
+def _build_qwen3_omni_moe_thinker(real: str | None = None) -> _Recipe:
+    """Qwen3-Omni's thinker (MoE): Qwen3-VL's image path (16 px patches merged 2 x 2, DeepStack) in ChatML with
+    ``<|vision_bos|>`` / ``<|vision_eos|>``, a mixture-of-experts decoder (4 experts, 2 per token; real 128, 8) and a
+    tiny audio encoder (unused by the image probes). Token-level: the generic path."""
+    named = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
+                     chat_template=template, real=real, named=named)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 32 * 32}
+    processor = Qwen3OmniMoeProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3),
+        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok, chat_template=template)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=_TEXT["hidden_size"], num_position_embeddings=256,
+                  deepstack_visual_indexes=[0, 1])
+    audio = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                 output_dim=_TEXT["hidden_size"], downsample_hidden_size=16)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|IMAGE|>"), ("video_token_id", "<|VIDEO|>"), ("audio_token_id", "<|AUDIO|>"),
+        ("audio_start_token_id", "<|audio_bos|>"), ("user_token_id", "<|im_start|>"),
+        ("vision_start_token_id", "<|vision_bos|>")]}  # read by the thinker, declared only on the whole Omni config
+    return Qwen3OmniMoeThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1211,6 +1247,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "deepseek_vl_hybrid": _build_deepseek_vl_hybrid,
     "video_llama_3": _build_video_llama_3,
     "qwen2_5_omni_thinker": _build_qwen2_5_omni_thinker,
+    "qwen3_omni_moe_thinker": _build_qwen3_omni_moe_thinker,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1223,7 +1260,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "lighton_ocr": "qwen3", "janus": "llama3",
                   "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
                   "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
-                  "qwen2_5_omni_thinker": "qwen3"}
+                  "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for
