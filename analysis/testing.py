@@ -72,6 +72,8 @@ qwen2_5_omni_  as qwen2_5_vl, tiny audio encoder (token-level: the generic    35
 thinker        path tests an M-RoPE model without an adapter)
 qwen3_omni_    as qwen3_vl (DeepStack), MoE decoder, tiny audio encoder       30
 moe_thinker    (token-level)
+ovis2          one 224 px tile (real 448), patch 14 -> 256 visual-vocabulary  256
+               atoms (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -184,6 +186,9 @@ from transformers import (
     LlavaOnevisionProcessor,
     LlavaOnevisionVideoProcessor,
     LlavaProcessor,
+    Ovis2Config,
+    Ovis2ImageProcessor,
+    Ovis2Processor,
     PaddleOCRVLConfig,
     PaddleOCRVLImageProcessor,
     PaddleOCRVLProcessor,
@@ -1214,6 +1219,27 @@ def _build_qwen3_omni_moe_thinker(real: str | None = None) -> _Recipe:
     return Qwen3OmniMoeThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
 
 
+def _build_ovis2(real: str | None = None) -> _Recipe:
+    """Ovis2 (token-level: the generic path): the image resized to one 224 px tile (real: 448, optionally tiled), patch
+    14 -> 16 x 16 = 256 ``<IMG_ATOM>`` tokens, each a softmax-weighted mix of a visual vocabulary (64 visual words
+    here, real 16384) between ``<IMG_START>`` / ``<IMG_GRID>`` and ``<IMG_END>`` (indicator tokens with visual
+    embeddings); a Qwen2 decoder, ChatML with ``<image>``."""
+    indicators = ["<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>"]
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", "<image>", "<IMG_ATOM>",
+                     *indicators], chat_template=template, real=real)
+    image_processor = Ovis2ImageProcessor(size={"height": 224, "width": 224}, crop_to_patches=False)
+    processor = Ovis2Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=256,
+                               chat_template=template)
+    vision = dict(**_VISION, image_size=224, patch_size=14, vocab_size=64, hidden_stride=1, num_visual_indicator_tokens=5)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    config = Ovis2Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<IMG_ATOM>"),
+                         visual_indicator_token_ids=tok.convert_tokens_to_ids(indicators), vocab_size=len(tok),
+                         hidden_size=_TEXT["hidden_size"])
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1248,6 +1274,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "video_llama_3": _build_video_llama_3,
     "qwen2_5_omni_thinker": _build_qwen2_5_omni_thinker,
     "qwen3_omni_moe_thinker": _build_qwen3_omni_moe_thinker,
+    "ovis2": _build_ovis2,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1260,7 +1287,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "lighton_ocr": "qwen3", "janus": "llama3",
                   "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
                   "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
-                  "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3"}
+                  "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3",
+                  "ovis2": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -57,6 +57,7 @@ EXPECTED_IMAGE_TOKENS = {
     "video_llama_3": 154,  # smart_resize to 196 x 154 -> 11 x 14 patches of 14 px, not merged
     "qwen2_5_omni_thinker": 35,  # as qwen2_5_vl (token-level: the generic path)
     "qwen3_omni_moe_thinker": 30,  # as qwen3_vl (token-level)
+    "ovis2": 256,  # one 224 px tile, 16 x 16 visual-vocabulary atoms (token-level)
 }
 
 
