@@ -173,10 +173,10 @@ def test_pixel_perturbation_batched_equals_unbatched(family, tiny, photo):
     vlm = tiny(family)
     prepared = vlm.prepare(photo, QUESTION)
     rows, cols = prepared.grids[prepared.reference_tile()]
-    cells = grid_segments(prepared, block=max(1, -(-max(rows, cols) // 3)))  # at most 3 x 3 cells
-    for method, options in (("occlusion", {}), ("kernel_shap", {"n_samples": 12})):
+    cells = grid_segments(prepared, block=max(1, -(-max(rows, cols) // 2)))  # at most 2 x 2 cells
+    for method, options in (("occlusion", {}), ("kernel_shap", {"n_samples": 6})):
         single = attribute(vlm, prepared, method=method, features=cells, batch_size=1, **options)
-        batched = attribute(vlm, prepared, method=method, features=cells, batch_size=8, **options)
+        batched = attribute(vlm, prepared, method=method, features=cells, batch_size=4, **options)
         assert single.perturb == batched.perturb == "pixels" and len(single.group_scores) >= 2
         np.testing.assert_allclose(batched.group_scores, single.group_scores, rtol=0, atol=TOL)
     assert_detectable(single.group_scores[np.argsort(-np.abs(single.group_scores))[:1]], TOL,

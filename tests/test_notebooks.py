@@ -35,6 +35,19 @@ ABOUT_THE_ZOO = {("06_model_zoo", "zoo_accuracy"), ("06_model_zoo", "training_tr
 STANDARD_PARAMS = {"model", "seed", "device", "dtype", "interactive", "figures_dir"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_kernels():
+    """Kernels on one thread (OMP_NUM_THREADS, as the runner gives each of two side-by-side kernels):
+    tiny models run as fast, and far faster when other jobs share the two cores."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    if before is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
+
+
 def _notebooks() -> list[Path]:
     return find_notebooks(NOTEBOOKS)
 
@@ -138,7 +151,7 @@ def test_answer_helpers(tiny, photo):
     assert table["probability"].is_monotonic_decreasing and table["probability"].sum() <= 1
 
 
-def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys):
+def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys, monkeypatch):
     """``--jobs 2``: both notebooks run, each in its own kernel (started in the notebooks' folder)
     with OMP_NUM_THREADS = cores // 2,
     the one that took longest last time first (never run: first of all); results come back in
@@ -166,6 +179,7 @@ def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys)
         copy.metadata["papermill"] = {"duration": seconds}
         nbformat.write(copy, executed / f"{name}.ipynb")
     (tmp_path / "p.yaml").write_text("model: tiny:llava\ndevice: cpu\n")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the runner sets cores // jobs when unset
     start = Path.cwd()
     status = main(["--notebooks", str(notebooks), "--params", str(tmp_path / "p.yaml"), "--jobs", "2",
                    "--executed", str(executed), "--figures", str(tmp_path / "figures")])
@@ -173,6 +187,7 @@ def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys)
     assert status == 0, out
     assert "2 at a time" in out and "in this order: 01_second, 00_first" in out
     threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert "OMP_NUM_THREADS" not in os.environ  # set for the kernels only, while they run
     for name in ("00_first", "01_second"):  # each kernel in the notebooks' folder, as in JupyterLab
         seen = json.loads((tmp_path / "figures" / name / "env.json").read_text())
         assert seen == {"threads": threads, "cwd": str(notebooks.resolve())}
