@@ -6,19 +6,27 @@ and the whole VLM on masked images, each batched.
   ``analysis.probes.sharing.sharing()`` it runs once per (model, input) for every method.
 - ``EmbeddingRunner``: the language model alone, from ``inputs_embeds`` with some positions
   replaced; ``(B, N, hidden)`` replacements -> ``(B,)`` log-probabilities in one forward.
-- ``PixelRunner``: the whole VLM on ``B`` copies of the image with some pixel segments filled
-  with a colour, in one forward. The ``B`` masked images are built with one gather, and their
-  model inputs come from one of two exact paths:
+- ``PixelRunner``: the VLM on ``B`` copies of the image with some pixel segments filled with a
+  colour, in one forward. The ``B`` masked images are built with one gather, and the fastest of
+  three exact ways runs them (chosen once per input; the first two are checked bit for bit):
 
+  * **local**: processing is pixel-wise (below) and each image token's embedding entering the
+    language model depends only on its own patch (a patch-local vision tower, as
+    ``zoo:shapes-llava-local``'s): a masked image's embeddings are the original's for tokens of
+    kept groups and the fully filled image's for tokens of filled groups, and only the language
+    model reruns. Checked on two complementary random masks: the VLM's own embeddings (and
+    every other language-model input) must equal the construction;
   * **pixel-wise** (no processor call per batch): when the image processor treats every pixel on
     its own (no resize, crop, padding or tiling: the image already has the model's input size,
     as the zoo's 64 px scenes), a masked image's ``pixel_values`` are the original image's where
-    a pixel is kept and the fully filled image's where it is filled. The runner checks this once
-    per input: the processor's output for two complementary random masks must equal that
-    construction bit for bit (a resize or a per-image normalisation would blend the masks'
-    borders or shift every value), else it uses
+    a pixel is kept and the fully filled image's where it is filled. Checked on the same two
+    masks: the processor's output must equal the construction (a resize or a per-image
+    normalisation would blend the masks' borders or shift every value);
   * **the processor**, called once per batch on the ``B`` images; the text inputs must come out as
     the input's own (the number of image tokens does not depend on the pixels).
+
+  Memory: ``B`` masked images (``B x H x W x 3`` bytes) and one batch of model inputs at a time;
+  the local mode keeps two ``(N, hidden)`` embedding sets per input.
 """
 
 from __future__ import annotations
