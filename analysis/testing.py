@@ -65,15 +65,17 @@ janus          longest side 384, padded to a centred square, patch 16      576
                -> 24 x 24 (VQ generation parts built tiny, unused)
 deepseek_vl    as janus, SigLIP tower, no begin / end markers              576
 paddleocr_vl   as qwen2_vl (one frame), NaViT SigLIP, ERNIE-4.5 M-RoPE     35
-deepseek_vl_   as deepseek_vl, plus a SAM tower at 256 px (real 1024)     576
+deepseek_vl_   as deepseek_vl, plus a SAM tower at 256 px (real 1024)      576
 hybrid         interpolated onto the same 24 x 24 grid
-video_llama_3  as qwen2_vl without merging images (merge size 1), Qwen2      154
-qwen2_5_omni_  as qwen2_5_vl, tiny audio encoder (token-level: the generic    35
-thinker        path tests an M-RoPE model without an adapter)
-qwen3_omni_    as qwen3_vl (DeepStack), MoE decoder, tiny audio encoder       30
-moe_thinker    (token-level)
-ovis2          one 224 px tile (real 448), patch 14 -> 256 visual-vocabulary  256
-               atoms (token-level)
+video_llama_3  as qwen2_vl, images not merged (merge size 1), Qwen2        154
+qwen2_5_omni_  as qwen2_5_vl, tiny audio encoder (token-level: the         35
+thinker        generic path on an M-RoPE model)
+qwen3_omni_    as qwen3_vl (DeepStack), MoE decoder, tiny audio            30
+moe_thinker    encoder (token-level)
+ovis2          one 224 px tile (real 448), patch 14 -> 256 visual-         256
+               vocabulary atoms (token-level)
+aria           980 px square, 70 px patches (real 14) -> 196,              16
+               cross-attended by 16 queries; MoE decoder (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -121,6 +123,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import (
+    AriaConfig,
+    AriaImageProcessor,
+    AriaProcessor,
     AutoModelForImageTextToText,
     AyaVisionConfig,
     AyaVisionProcessor,
@@ -1240,6 +1245,24 @@ def _build_ovis2(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+def _build_aria(real: str | None = None) -> _Recipe:
+    """Aria (token-level: the generic path): the image padded to a 980 px square (Aria's default; also 490), cut into
+    70 px patches (real: 14, so 4900) -> 14 x 14 = 196, cross-attended by 16 learned queries (real: 256): no patch
+    grid; a mixture-of-experts decoder (4 experts, 2 per token, 1 shared); ChatML-like turns with ``<|img|>``."""
+    named = {"image_token": "<|img|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<fim_prefix><|img|><fim_suffix>")
+    tok = _tokenizer(bos="<s>", eos="<|im_end|>", pad="<pad>", specials=["<|im_start|>", "<fim_prefix>",
+                     "<fim_suffix>", *named.values()], chat_template=template, real=real, named=named)
+    image_processor = AriaImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = AriaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template,
+                              size_conversion={490: 16, 980: 16})
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1)
+    config = AriaConfig(vision_config=dict(**_VISION, image_size=980, patch_size=70), text_config=text,
+                        projector_patch_to_query_dict={196: 16}, image_token_index=tok.convert_tokens_to_ids("<|img|>"))
+    return config, processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1275,6 +1298,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "qwen2_5_omni_thinker": _build_qwen2_5_omni_thinker,
     "qwen3_omni_moe_thinker": _build_qwen3_omni_moe_thinker,
     "ovis2": _build_ovis2,
+    "aria": _build_aria,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1288,7 +1312,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
                   "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
                   "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3",
-                  "ovis2": "qwen3"}
+                  "ovis2": "qwen3", "aria": "llama2"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

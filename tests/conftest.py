@@ -5,8 +5,9 @@ Which families a test runs on (the split that keeps the suite fast):
 * the ``family`` fixture: ``CORE_FAMILIES`` (``analysis.testing``), the seven families every
   per-family test of the suite is parametrised over (each probe, its edge cases, numerics, real
   tokenizers, full-width architectures);
-* ``tests/test_families_conformance.py``: every fully supported family (``SUPPORTED_FAMILIES``),
-  each once: the exactness checks, the whole probe battery, and a ``save_pretrained`` ->
+* ``tests/test_families_conformance.py``: every fully supported family (``SUPPORTED_FAMILIES``)
+  and every token-level family with a tiny model (``TOKEN_LEVEL_FAMILIES`` there: the generic
+  path), each once: the exactness checks, the whole probe battery, and a ``save_pretrained`` ->
   ``load_vlm(folder)`` round trip. A new family joins there, not in the per-probe tests.
 """
 

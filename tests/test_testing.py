@@ -58,6 +58,7 @@ EXPECTED_IMAGE_TOKENS = {
     "qwen2_5_omni_thinker": 35,  # as qwen2_5_vl (token-level: the generic path)
     "qwen3_omni_moe_thinker": 30,  # as qwen3_vl (token-level)
     "ovis2": 256,  # one 224 px tile, 16 x 16 visual-vocabulary atoms (token-level)
+    "aria": 16,  # the projector's learned queries (token-level)
 }
 
 
