@@ -216,3 +216,20 @@ def test_padded_square_layout(family, tiny, photo):
     p = prepared.patches
     empty = ((p["x1"] - p["x0"]) * (p["y1"] - p["y0"]) == 0).to_numpy()
     assert empty.sum() == 2 * 3 * 24 and np.array_equal(empty, (flat == 0).numpy())
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_generic_path_agrees_with_the_family_adapter(family, tiny, photo):
+    """Bound to a model that has an adapter, the generic token-level path finds the same image, question and last
+    positions and gives the same logits; only the geometry is missing (one 1 x n tile, NaN boxes)."""
+    from analysis.models import VLM
+    from analysis.models.adapters import TokenLevelAdapter
+
+    vlm = tiny(family)
+    generic = VLM(model=vlm.model, processor=vlm.processor, adapter=TokenLevelAdapter(vlm.model, vlm.processor),
+                  name=f"generic:{family}")
+    a, b = vlm.prepare(photo, QUESTION), generic.prepare(photo, QUESTION)
+    assert generic.family == family and not generic.adapter.geometry and vlm.adapter.geometry
+    assert torch.equal(a.input_ids, b.input_ids) and (a.roles == b.roles).all()
+    assert b.grids == {0: (1, len(b.image_positions))} and b.patches["x0"].isna().all()
+    assert torch.equal(next_token_logits(vlm, a), next_token_logits(generic, b))
