@@ -248,6 +248,31 @@ def test_methods_share_one_forward_and_one_gradient_with_the_same_results(tiny, 
         np.testing.assert_array_equal(alone[method].scores, expected.astype(float))
 
 
+def test_sharing_blocks():
+    """Outside a block nothing is kept; nested blocks share the outer store unless fresh; a block
+    keeps the objects its keys name alive (an id cannot be reused meanwhile)."""
+    from analysis.probes.sharing import model_key, shared
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert shared("k", compute) == 1 and shared("k", compute) == 2
+    model, inputs = object(), object()
+    with sharing() as store:
+        key = ("k", *model_key(model, inputs))
+        assert shared(key, compute) == 3
+        with sharing():
+            assert shared(key, compute) == 3
+        with sharing(fresh=True):
+            assert shared(key, compute) == 4
+        assert shared(key, compute) == 3
+        del model, inputs
+        assert any(key[1:] == (id(m), id(i)) for m, i in store["__alive__"].values())
+
+
 def test_kernel_shap_is_seeded_and_covers_segments(tiny, photo):
     vlm = tiny("qwen2_vl")
     prepared = vlm.prepare(photo, QUESTION)

@@ -133,6 +133,21 @@ def test_methods_of_a_sample_share_forwards_with_the_same_maps(tiny, samples):
         attribution_method("occlusion", block=2, features="patches")
 
 
+def test_randomisation_inside_an_outer_sharing_block_recomputes_every_stage(tiny, samples):
+    """The cascade changes weights in place: each stage x sample opens a fresh block, so a block
+    the caller holds open cannot hand a later stage an earlier stage's forward."""
+    from analysis.probes.sharing import sharing
+
+    vlm = tiny("qwen2_vl")
+    methods = [attention_method(0), attribution_method("saliency"), attribution_method("input_x_gradient")]
+    maps = compute_maps(vlm, samples[:1], methods, only_correct=False, progress=False)
+    alone = randomisation(vlm, maps, progress=False)
+    with sharing():
+        inside = randomisation(vlm, maps, progress=False)
+    np.testing.assert_array_equal(inside["rho"].to_numpy(), alone["rho"].to_numpy())
+    assert alone.groupby("stage_index")["rho"].mean().nunique() > 1  # the stages do differ
+
+
 def test_localisation_of_an_oracle_map(tiny, samples):
     vlm = tiny("llava")
     prepared = vlm.prepare(samples[0]["image"], QUESTION)

@@ -602,7 +602,7 @@ def token_redundancy(
     rows, skipped, n_kept_samples = [], [], 0
     for index, (sample, chance) in enumerate(tqdm(list(zip(samples, chances)), desc="token redundancy",
                                                   disable=not progress)):
-        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+        with sharing(fresh=True):  # one unmodified forward per sample: the answer, the ranking, the drops
             prepared = vlm.prepare(sample.image, sample.question)
             predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
             if only_correct and correct_base != 1.0:
@@ -707,7 +707,7 @@ def drop_region(
     rows, skipped = [], []
     for index, (sample, chance) in enumerate(tqdm(list(zip(samples, chances)), desc="region drop",
                                                   disable=not progress)):
-        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+        with sharing(fresh=True):  # one unmodified forward per sample: the answer, the ranking, the drops
             if not sample.boxes:
                 raise InputError(f"sample {sample.id!r} has no boxes; drop_region needs the question's ground-truth "
                                  "region")
@@ -793,7 +793,7 @@ def pyramid_drop(
     chances = _chances(raw)
     rows = []
     for sample, chance in tqdm(list(zip(as_samples(raw), chances)), desc="PyramidDrop", disable=not progress):
-        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+        with sharing(fresh=True):  # one unmodified forward per sample: the answer, the ranking, the drops
             prepared = vlm.prepare(sample.image, sample.question)
             predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
             image = prepared.image_positions
@@ -861,7 +861,7 @@ def permute_image_tokens(
     rows = []
     for index, (sample, chance) in enumerate(tqdm(list(zip(as_samples(raw), chances)), desc="permute image tokens",
                                                   disable=not progress)):
-        with sharing():  # one unmodified forward per sample: the answer, the ranking, the drops
+        with sharing(fresh=True):  # one unmodified forward per sample: the answer, the ranking, the drops
             prepared = vlm.prepare(sample.image, sample.question)
             predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
             patch = _patch_positions(prepared)

@@ -232,7 +232,7 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
     seconds = []
     for sample in tqdm(samples, desc="maps", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        with sharing():  # one unmodified forward per sample serves the answer and every method
+        with sharing(fresh=True):  # one unmodified forward per sample serves the answer and every method
             token = int(unmodified(vlm, prepared).logits.argmax())
             if only_correct:
                 if sample.answer is None:
@@ -406,7 +406,7 @@ def randomisation(vlm: VLM, maps: MapSet, stages: Sequence[str] | None = None, s
         if stages is not None and name not in stages:
             continue
         for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
-            with sharing():  # this stage's weights and this sample only
+            with sharing(fresh=True):  # this stage's weights and this sample only
                 computed = [_compute(method, randomised, prepared, token) for method in maps.methods]
             for method, scores in zip(maps.methods, computed):
                 rows.append({"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
