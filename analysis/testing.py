@@ -76,6 +76,8 @@ ovis2          one 224 px tile (real 448), patch 14 -> 256 visual-         256
                vocabulary atoms (token-level)
 aria           980 px square, 70 px patches (real 14) -> 196,              16
                cross-attended by 16 queries; MoE decoder (token-level)
+gemma4         16 px patches at the image's aspect ratio, pooled 2 x 2,    63
+               at most 70 soft tokens; sliding + global (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -144,6 +146,11 @@ from transformers import (
     DeepseekVLHybridProcessor,
     DeepseekVLImageProcessor,
     DeepseekVLProcessor,
+    Gemma4AudioFeatureExtractor,
+    Gemma4Config,
+    Gemma4ImageProcessor,
+    Gemma4Processor,
+    Gemma4VideoProcessor,
     GemmaConfig,
     Glm4vConfig,
     Glm4vMoeConfig,
@@ -1263,6 +1270,33 @@ def _build_aria(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+def _build_gemma4(real: str | None = None) -> _Recipe:
+    """Gemma 4 (token-level: the generic path): the image at its own aspect ratio in 16 px patches (at most 280),
+    pooled 2 x 2 into at most 70 soft tokens (Gemma 4's smallest budget; real: up to 1120) between
+    ``<start_of_image>`` and ``<end_of_image>``; a Gemma 4 decoder alternating a sliding-window (128) and a global
+    layer; audio tokens declared (the processor requires them), no audio tower."""
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
+             "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
+    template = _GEMMA3_TEMPLATE.replace("<start_of_image>", "<image_soft_token>")
+    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<start_of_turn>", "<end_of_turn>",
+                     *named.values()], chat_template=template, extra_tokens=("model",) if real is None else (),
+                     real=real, named=named)
+    processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                                image_processor=Gemma4ImageProcessor(patch_size=16, max_soft_tokens=70,
+                                                                     pooling_kernel_size=2),
+                                tokenizer=tok, video_processor=Gemma4VideoProcessor(), chat_template=template,
+                                image_seq_length=70)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=8, patch_size=16, pooling_kernel_size=2)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("boi_token_id", "<start_of_image>"), ("eoi_token_id", "<end_of_image>"), ("image_token_id", "<image_soft_token>"),
+        ("video_token_id", "<|video|>"), ("audio_token_id", "<audio_soft_token>"), ("boa_token_id", "<start_of_audio>"),
+        ("eoa_token_index", "<end_of_audio>")]}
+    return Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **ids), processor
+
+
 _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -1299,6 +1333,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "qwen3_omni_moe_thinker": _build_qwen3_omni_moe_thinker,
     "ovis2": _build_ovis2,
     "aria": _build_aria,
+    "gemma4": _build_gemma4,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -1312,7 +1347,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "deepseek_vl": "llama3", "paddleocr_vl": "qwen3",
                   "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
                   "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3",
-                  "ovis2": "qwen3", "aria": "llama2"}
+                  "ovis2": "qwen3", "aria": "llama2",
+                  "gemma4": "gemma3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for
