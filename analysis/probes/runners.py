@@ -170,6 +170,7 @@ class PixelRunner:
         self._mode: str | None = None
         self._pixel_values: tuple[torch.Tensor, torch.Tensor] | None = None  # original, fully filled
         self._local: _Local | None = None
+        self._language_model: EmbeddingRunner | None = None  # local mode: the language model alone
 
     @property
     def mode(self) -> str:
@@ -213,8 +214,7 @@ class PixelRunner:
         """Return ``(B,)`` fp32 log-probabilities for a ``(B, G)`` presence matrix (0 = filled)."""
         absent = (present == 0).cpu().numpy()
         if self.mode == "local":
-            return EmbeddingRunner(self.vlm, self.prepared, self.token).logprob(
-                self.prepared.image_positions, self._local_embeds(absent))
+            return self._language_model.logprob(self.prepared.image_positions, self._local_embeds(absent))
         batch = {k: v.to(self.vlm.device) if torch.is_tensor(v) else v for k, v in self.inputs(absent).items()}
         logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         return torch.log_softmax(finite(self.vlm, logits, "attribution logits"), dim=-1)[:, self.token]
@@ -294,6 +294,7 @@ class PixelRunner:
         same_kwargs = all(_same_batch(captured.get(k), v) for k, v in run.kwargs.items() if k != "use_cache")
         if not (same_text and same_kwargs and torch.equal(constructed, embeds[1:, image])):
             return None
+        self._language_model = EmbeddingRunner(self.vlm, self.prepared, self.token)
         return local
 
 
