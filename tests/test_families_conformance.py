@@ -189,14 +189,7 @@ def test_sites_add_up(family, tiny, photo):
             assert torch.equal(got["resid_post", i][text], got["resid_pre", i + 1][text])
 
 
-_NO_SCALE = pytest.mark.xfail(strict=True, reason=(
-    "transformers 5.24's AyaVision / Cohere2Vision ForConditionalGeneration do not multiply their logits by the text "
-    "config's logit_scale (only Cohere2ForCausalLM does), but VLM.unembed applies it whenever the config has one: "
-    "the fix is in analysis/models/vlm.py (apply the scale the model applies, e.g. getattr(model, 'logit_scale'))"))
-
-
-@pytest.mark.parametrize("family", [pytest.param(f, marks=_NO_SCALE) if f in ("aya_vision", "cohere2_vision") else f
-                                    for f in NEW_FAMILIES + TOKEN_LEVEL_FAMILIES])
+@pytest.mark.parametrize("family", NEW_FAMILIES + TOKEN_LEVEL_FAMILIES)
 def test_logit_lens_of_final_is_the_logits(family, tiny, photo):
     """The logit lens (``VLM.unembed``) of the ``final`` site is the model's own logits at every position
     (final soft-capping, Cohere2's logit scale: whatever the model applies)."""

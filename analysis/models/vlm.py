@@ -132,16 +132,14 @@ class VLM:
                 information-flow reference code skips it for intermediate layers).
 
         Returns:
-            ``(..., vocab_size)`` logits in fp32, with the family's logit scale (Cohere) and final
-            logit soft-capping.
+            ``(..., vocab_size)`` logits in fp32, with the family's final logit soft-capping (the
+            model's own logits: Aya Vision / Cohere2-Vision in transformers 5.24 do not apply their
+            text config's ``logit_scale``; a test checks every family).
         """
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         if final_norm:
             hidden = self.final_norm(hidden)
         logits = self.lm_head(hidden).float()
-        scale = getattr(self.text_config, "logit_scale", None)  # Cohere decoders scale their logits
-        if scale:
-            logits = logits * scale
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -6,7 +6,8 @@ Aya Vision (SigLIP 364 px / patch 14 -> 26 x 26, shuffled to 13 x 13 = 169 token
 ``<|END_OF_IMG|>``. Cohere2-Vision (SigLIP2 512 px / patch 16 -> 32 x 32, shuffled to 16 x 16 = 256): each tile's
 ``<|IMG_PATCH|>`` tokens are followed by ``<|IMG_LINE_BREAK|>``, and its processor picks the tile arrangement by its
 own rule (the least up-scaling). The markers are text tokens (role ``other``). The Cohere2 decoder scales its logits
-by ``logit_scale`` (``VLM.unembed`` applies it) and alternates sliding-window and global layers (left to the model).
+by ``logit_scale`` in its own causal LM only (the VLM of transformers 5.24 does not, so neither does
+``VLM.unembed``) and alternates sliding-window and global layers (left to the model).
 """
 
 from __future__ import annotations
