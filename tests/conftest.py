@@ -22,11 +22,13 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # ./run_all.sh --test: one worker per core, so one thread each
-    os.environ["OMP_NUM_THREADS"] = "1"  # (and for the notebook kernels and subprocesses they start)
-    import torch
+# The tests run tiny models: one torch thread per process is as fast, and far faster when other jobs share the
+# cores (./run_all.sh --test runs one pytest-xdist worker per core). OMP_NUM_THREADS reaches the notebook kernels
+# and subprocesses the tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
 
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
 
 from analysis.testing import CORE_FAMILIES  # noqa: E402
 

@@ -27,15 +27,6 @@ from analysis.probes.runners import EmbeddingRunner, PixelRunner, unmodified
 from analysis.probes.sharing import sharing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @contextlib.contextmanager
 def replaced_embeddings(vlm, positions, value=0.0):
     """Plain-forward reference: overwrite the language model's input embeddings at ``positions``

@@ -37,15 +37,6 @@ from conftest import QUESTION
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- the reference: dropped tokens' keys and values physically removed -------------------------
 _REMOVED: dict = {}
 REFERENCE = "redundancy_removal_reference"
