@@ -1168,16 +1168,23 @@ def _build_video_llama_3(real: str | None = None) -> _Recipe:
     return config, processor
 
 
-def _build_qwen2_5_omni_thinker(real: str | None = None) -> _Recipe:
-    """Qwen2.5-Omni's thinker (the text-generating part; images, audio, video in, text out): Qwen2.5-VL's image geometry
-    (14 px patches merged 2 x 2, ``image_grid_thw``, window attention in the tower) in ChatML with
-    ``<|vision_bos|>`` / ``<|vision_eos|>``; a tiny audio encoder (unused by the image probes)."""
+def _omni_tokenizer(real: str | None) -> tuple:
+    """The Qwen Omni thinkers' tokenizer: ChatML with ``<|vision_bos|><|IMAGE|><|vision_eos|>`` and audio/video
+    placeholders; returns ``(tokenizer, chat template)``."""
     named = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
              "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
              "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
     template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
     tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
                      chat_template=template, real=real, named=named)
+    return tok, template
+
+
+def _build_qwen2_5_omni_thinker(real: str | None = None) -> _Recipe:
+    """Qwen2.5-Omni's thinker (the text-generating part; images, audio, video in, text out): Qwen2.5-VL's image geometry
+    (14 px patches merged 2 x 2, ``image_grid_thw``, window attention in the tower) in ChatML with
+    ``<|vision_bos|>`` / ``<|vision_eos|>``; a tiny audio encoder (unused by the image probes)."""
+    tok, template = _omni_tokenizer(real)
     size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
     processor = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(size=size),
                                      video_processor=Qwen2VLVideoProcessor(size=size),
@@ -1203,12 +1210,7 @@ def _build_qwen3_omni_moe_thinker(real: str | None = None) -> _Recipe:
     """Qwen3-Omni's thinker (MoE): Qwen3-VL's image path (16 px patches merged 2 x 2, DeepStack) in ChatML with
     ``<|vision_bos|>`` / ``<|vision_eos|>``, a mixture-of-experts decoder (4 experts, 2 per token; real 128, 8) and a
     tiny audio encoder (unused by the image probes). Token-level: the generic path."""
-    named = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
-    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
-    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
-                     chat_template=template, real=real, named=named)
+    tok, template = _omni_tokenizer(real)
     size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 32 * 32}
     processor = Qwen3OmniMoeProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, image_mean=[0.5] * 3,
