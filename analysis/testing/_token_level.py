@@ -1,0 +1,180 @@
+"""Tiny-model builders of the token-level families: no adapter, the generic path
+(``analysis.models.adapters.generic``)."""
+
+from __future__ import annotations
+
+from transformers import (
+    AriaConfig,
+    AriaImageProcessor,
+    AriaProcessor,
+    Gemma4AudioFeatureExtractor,
+    Gemma4Config,
+    Gemma4ImageProcessor,
+    Gemma4Processor,
+    Gemma4VideoProcessor,
+    Idefics2Config,
+    Idefics2ImageProcessor,
+    Idefics2Processor,
+    MistralConfig,
+    Ovis2Config,
+    Ovis2ImageProcessor,
+    Ovis2Processor,
+    Qwen2_5OmniProcessor,
+    Qwen2_5OmniThinkerConfig,
+    Qwen3OmniMoeProcessor,
+    Qwen3OmniMoeThinkerConfig,
+    Qwen3VLVideoProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    WhisperFeatureExtractor,
+)
+
+from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
+
+
+def _build_idefics2(real: str | None = None) -> _Recipe:
+    """Idefics2 (token-level: the generic path): the image resized to 224 px at most (real: 980, shortest edge 378),
+    SigLIP-style patches of 14 resampled by a perceiver into 64 learned latents (real: 64), the ``<image>`` tokens
+    between ``<fake_token_around_image>``s; no patch grid. A Mistral decoder, Idefics' "User:" / "Assistant:" turns."""
+    template = "{{ bos_token }}" + _IDEFICS_BODY
+    tok = _tokenizer(bos="<s>", eos="<end_of_utterance>", pad="<unk>" if real else "<pad>",
+                     specials=["<fake_token_around_image>", "<image>"], chat_template=template, real=real)
+    image_processor = Idefics2ImageProcessor(size={"shortest_edge": 112, "longest_edge": 224}, do_image_splitting=False)
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=64, chat_template=template)
+    text = MistralConfig(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, sliding_window=None)
+    perceiver = dict(hidden_size=_TEXT["hidden_size"], resampler_n_latents=64, resampler_depth=2, resampler_n_heads=4,
+                     resampler_head_dim=16, num_key_value_heads=2)
+    config = Idefics2Config(vision_config=dict(**_VISION, image_size=224, patch_size=14), perceiver_config=perceiver,
+                            text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    return config, processor
+
+def _omni_tokenizer(real: str | None) -> tuple:
+    """The Qwen Omni thinkers' tokenizer: ChatML with ``<|vision_bos|><|IMAGE|><|vision_eos|>`` and audio/video
+    placeholders; returns ``(tokenizer, chat template)``."""
+    named = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+             "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+             "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_bos|><|IMAGE|><|vision_eos|>")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *named.values()],
+                     chat_template=template, real=real, named=named)
+    return tok, template
+
+
+def _build_qwen2_5_omni_thinker(real: str | None = None) -> _Recipe:
+    """Qwen2.5-Omni's thinker (the text-generating part; images, audio, video in, text out): Qwen2.5-VL's image geometry
+    (14 px patches merged 2 x 2, ``image_grid_thw``, window attention in the tower) in ChatML with
+    ``<|vision_bos|>`` / ``<|vision_eos|>``; a tiny audio encoder (unused by the image probes)."""
+    tok, template = _omni_tokenizer(real)
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
+    processor = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(size=size),
+                                     video_processor=Qwen2VLVideoProcessor(size=size),
+                                     feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
+                                     chat_template=template)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=_TEXT["hidden_size"],
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+    audio = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                 output_dim=_TEXT["hidden_size"])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_index", "<|IMAGE|>"), ("video_token_index", "<|VIDEO|>"), ("audio_token_index", "<|AUDIO|>"),
+        ("audio_start_token_id", "<|audio_bos|>"), ("audio_end_token_id", "<|audio_eos|>"),
+        ("user_token_id", "<|im_start|>"), ("vision_start_token_id", "<|vision_bos|>")]}
+    # transformers 5.24's thinker reads vision_start_token_id from its own config for M-RoPE, but only the whole
+    # Qwen2.5-Omni config declares it: given here, as a thinker checkpoint exported from the whole model must
+    return Qwen2_5OmniThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
+
+
+def _build_qwen3_omni_moe_thinker(real: str | None = None) -> _Recipe:
+    """Qwen3-Omni's thinker (MoE): Qwen3-VL's image path (16 px patches merged 2 x 2, DeepStack) in ChatML with
+    ``<|vision_bos|>`` / ``<|vision_eos|>``, a mixture-of-experts decoder (4 experts, 2 per token; real 128, 8) and a
+    tiny audio encoder (unused by the image probes). Token-level: the generic path."""
+    tok, template = _omni_tokenizer(real)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 32 * 32}
+    processor = Qwen3OmniMoeProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3),
+        video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok, chat_template=template)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=_TEXT["hidden_size"], num_position_embeddings=256,
+                  deepstack_visual_indexes=[0, 1])
+    audio = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                 output_dim=_TEXT["hidden_size"], downsample_hidden_size=16)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|IMAGE|>"), ("video_token_id", "<|VIDEO|>"), ("audio_token_id", "<|AUDIO|>"),
+        ("audio_start_token_id", "<|audio_bos|>"), ("user_token_id", "<|im_start|>"),
+        ("vision_start_token_id", "<|vision_bos|>")]}  # read by the thinker, declared only on the whole Omni config
+    return Qwen3OmniMoeThinkerConfig(text_config=text, vision_config=vision, audio_config=audio, **ids), processor
+
+
+def _build_ovis2(real: str | None = None) -> _Recipe:
+    """Ovis2 (token-level: the generic path): the image resized to one 224 px tile (real: 448, optionally tiled), patch
+    14 -> 16 x 16 = 256 ``<IMG_ATOM>`` tokens, each a softmax-weighted mix of a visual vocabulary (64 visual words
+    here, real 16384) between ``<IMG_START>`` / ``<IMG_GRID>`` and ``<IMG_END>`` (indicator tokens with visual
+    embeddings); a Qwen2 decoder, ChatML with ``<image>``."""
+    indicators = ["<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>"]
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", "<image>", "<IMG_ATOM>",
+                     *indicators], chat_template=template, real=real)
+    image_processor = Ovis2ImageProcessor(size={"height": 224, "width": 224}, crop_to_patches=False)
+    processor = Ovis2Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=256,
+                               chat_template=template)
+    vision = dict(**_VISION, image_size=224, patch_size=14, vocab_size=64, hidden_stride=1, num_visual_indicator_tokens=5)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="qwen2")
+    config = Ovis2Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<IMG_ATOM>"),
+                         visual_indicator_token_ids=tok.convert_tokens_to_ids(indicators), vocab_size=len(tok),
+                         hidden_size=_TEXT["hidden_size"])
+    return config, processor
+
+
+def _build_aria(real: str | None = None) -> _Recipe:
+    """Aria (token-level: the generic path): the image padded to a 980 px square (Aria's default; also 490), cut into
+    70 px patches (real: 14, so 4900) -> 14 x 14 = 196, cross-attended by 16 learned queries (real: 256): no patch
+    grid; a mixture-of-experts decoder (4 experts, 2 per token, 1 shared); ChatML-like turns with ``<|img|>``."""
+    named = {"image_token": "<|img|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<fim_prefix><|img|><fim_suffix>")
+    tok = _tokenizer(bos="<s>", eos="<|im_end|>", pad="<pad>", specials=["<|im_start|>", "<fim_prefix>",
+                     "<fim_suffix>", *named.values()], chat_template=template, real=real, named=named)
+    image_processor = AriaImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = AriaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template,
+                              size_conversion={490: 16, 980: 16})
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1)
+    config = AriaConfig(vision_config=dict(**_VISION, image_size=980, patch_size=70), text_config=text,
+                        projector_patch_to_query_dict={196: 16}, image_token_index=tok.convert_tokens_to_ids("<|img|>"))
+    return config, processor
+
+
+def _build_gemma4(real: str | None = None) -> _Recipe:
+    """Gemma 4 (token-level: the generic path): the image at its own aspect ratio in 16 px patches (at most 280),
+    pooled 2 x 2 into at most 70 soft tokens (Gemma 4's smallest budget; real: up to 1120) between
+    ``<start_of_image>`` and ``<end_of_image>``; a Gemma 4 decoder alternating a sliding-window (128) and a global
+    layer; audio tokens declared (the processor requires them), no audio tower."""
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
+             "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
+    template = _GEMMA3_TEMPLATE.replace("<start_of_image>", "<image_soft_token>")
+    tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<start_of_turn>", "<end_of_turn>",
+                     *named.values()], chat_template=template, extra_tokens=("model",) if real is None else (),
+                     real=real, named=named)
+    processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                                image_processor=Gemma4ImageProcessor(patch_size=16, max_soft_tokens=70,
+                                                                     pooling_kernel_size=2),
+                                tokenizer=tok, video_processor=Gemma4VideoProcessor(), chat_template=template,
+                                image_seq_length=70)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=8, patch_size=16, pooling_kernel_size=2)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("boi_token_id", "<start_of_image>"), ("eoi_token_id", "<end_of_image>"), ("image_token_id", "<image_soft_token>"),
+        ("video_token_id", "<|video|>"), ("audio_token_id", "<audio_soft_token>"), ("boa_token_id", "<start_of_audio>"),
+        ("eoa_token_index", "<end_of_audio>")]}
+    return Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **ids), processor
