@@ -141,6 +141,7 @@ def _build_llava_next(real: str | None = None) -> _Recipe:
     )
     return config, processor
 
+
 def _build_idefics(family: str, real: str | None = None) -> _Recipe:
     """Idefics3 (224/14, scale 2) or SmolVLM (512/16, scale 4): 64 tokens per tile, 2x2 tiles at most + global."""
     tile, patch, scale = (224, 14, 2) if family == "idefics3" else (512, 16, 4)
@@ -218,6 +219,7 @@ def _build_paligemma(real: str | None = None) -> _Recipe:
         hidden_size=_TEXT["hidden_size"],
     )
     return config, processor
+
 
 def _build_gemma3(real: str | None = None) -> _Recipe:
     """Gemma 3: SigLIP 448/14 -> 32 x 32 patches, average-pooled 2 x 2 to 16 x 16 = 256 image tokens.
@@ -390,6 +392,7 @@ def _build_internvl(real: str | None = None) -> _Recipe:
                             vision_feature_select_strategy="default")
     return config, processor
 
+
 def _build_video_llava(real: str | None = None) -> _Recipe:
     """Video-LLaVA (LanguageBind/Video-LLaVA-7B-hf): LLaVA's layout on a 224 px CLIP image (patch 14 -> 16 x 16 = 256
     tokens, CLS dropped), Vicuna prompt; a ``<video>`` token (unused by the image probes)."""
@@ -409,6 +412,7 @@ def _build_video_llava(real: str | None = None) -> _Recipe:
         vision_feature_layer=-2,
     )
     return config, processor
+
 
 # Aya Vision / Cohere2-Vision (CohereLabs/aya-vision-8b, command-a-vision): Cohere turns.
 _COHERE_TEMPLATE = (
@@ -490,6 +494,7 @@ def _build_got_ocr2(real: str | None = None) -> _Recipe:
     config = GotOcr2Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
                            image_seq_length=64)
     return config, processor
+
 
 def _build_lighton_ocr(real: str | None = None) -> _Recipe:
     """LightOnOCR: Pixtral's vision (the image at its own aspect ratio, longest edge 448 here, real 1540; 14 px patches

@@ -86,6 +86,7 @@ def _build_qwen(family: str, real: str | None = None) -> _Recipe:
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     return config, processor
 
+
 def _build_qwen3_vl(real: str | None = None, moe: bool = False) -> _Recipe:
     """Qwen3-VL: 16 px patches, temporal 2, merge 2 x 2 (32 px per token), interleaved M-RoPE, DeepStack (vision
     features of 2 tower layers added to the first 2 decoder layers' image positions); at most 256 tokens.
@@ -113,6 +114,7 @@ def _build_qwen3_vl(real: str | None = None, moe: bool = False) -> _Recipe:
         text |= dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
         return Qwen3VLMoeConfig(text_config=text, vision_config=vision, **ids), processor
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids), processor
+
 
 # GLM-4.1V (zai-org/GLM-4.1V-9B-Thinking), without its thinking instructions.
 _GLM4V_TEMPLATE = (
@@ -166,6 +168,7 @@ def _build_glm4v(real: str | None = None, variant: str = "glm4v") -> _Recipe:
                             vision_config={**vision, "model_type": "glm4v_vision"}, **ids), processor
     return Glm4vConfig(text_config=text, vision_config=vision, **ids), processor
 
+
 # PaddleOCR-VL (PaddlePaddle/PaddleOCR-VL), without its system turn.
 _PADDLE_TEMPLATE = (
     "{{ bos_token }}"
@@ -199,6 +202,7 @@ def _build_paddleocr_vl(real: str | None = None) -> _Recipe:
         ("image_token_id", "<|IMAGE_PLACEHOLDER|>"), ("video_token_id", "<|VIDEO_PLACEHOLDER|>"),
         ("vision_start_token_id", "<|IMAGE_START|>"), ("vision_end_token_id", "<|IMAGE_END|>")]}
     return PaddleOCRVLConfig(text_config=text, vision_config=vision, **ids), processor
+
 
 def _build_video_llama_3(real: str | None = None) -> _Recipe:
     """VideoLLaMA3: dynamic resolution (smart_resize, 14 px patches; images are not merged: ``image_merge_sizes`` 1),

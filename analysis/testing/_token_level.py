@@ -49,6 +49,7 @@ def _build_idefics2(real: str | None = None) -> _Recipe:
                             text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"))
     return config, processor
 
+
 def _omni_tokenizer(real: str | None) -> tuple:
     """The Qwen Omni thinkers' tokenizer: ChatML with ``<|vision_bos|><|IMAGE|><|vision_eos|>`` and audio/video
     placeholders; returns ``(tokenizer, chat template)``."""
