@@ -60,6 +60,8 @@ EXPECTED_IMAGE_TOKENS = {
     "ovis2": 256,  # one 224 px tile, 16 x 16 visual-vocabulary atoms (token-level)
     "aria": 16,  # the projector's learned queries (token-level)
     "gemma4": 63,  # 16 px patches of the image at its aspect ratio, pooled 2 x 2, within 70 (token-level)
+    "cosmos3_omni": 30,  # as qwen3_vl (token-level)
+    "qianfan_ocr": 448,  # as internvl (token-level)
 }
 
 

@@ -58,6 +58,9 @@ from transformers import (
     PixtralImageProcessor,
     PixtralProcessor,
     PixtralVisionConfig,
+    QianfanOCRConfig,
+    QianfanOCRProcessor,
+    QianfanOCRVisionConfig,
     SiglipImageProcessor,
     SiglipVisionConfig,
     SmolVLMConfig,
@@ -371,26 +374,32 @@ def _build_mistral3(real: str | None = None) -> _Recipe:
 _INTERNVL_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
 
 
-def _build_internvl(real: str | None = None) -> _Recipe:
+def _build_internvl(real: str | None = None, qianfan: bool = False) -> _Recipe:
     """InternVL: GOT-OCR2 tiling (closest aspect ratio of at most 6 tiles + a thumbnail; InternVL3 allows 12),
     224 px tiles here (InternVL3's are 448 px: 256 tokens each) -> 16 x 16 patches pixel-shuffled to 8 x 8 = 64
-    ``<IMG_CONTEXT>`` tokens per tile between ``<img>`` and ``</img>``; a Qwen2 decoder."""
+    ``<IMG_CONTEXT>`` tokens per tile between ``<img>`` and ``</img>``; a Qwen2 decoder.
+
+    ``qianfan``: Qianfan-OCR (baidu/Qianfan-OCR; token-level): the same tiling and tower under its own config and
+    processor classes, whose template writes ``<image>`` for the processor to expand; a Qwen3 decoder."""
     image_tokens = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                     "video_token": "<video>"}
-    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *image_tokens.values()],
-                     chat_template=_INTERNVL_TEMPLATE, real=real, named=image_tokens)
+    template = _INTERNVL_TEMPLATE.replace("<IMG_CONTEXT>", "<image>") if qianfan else _INTERNVL_TEMPLATE
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *image_tokens.values(),
+                     *(["<image>"] if qianfan else [])], chat_template=template, real=real, named=image_tokens)
     image_processor = GotOcr2ImageProcessor(size={"height": 224, "width": 224}, crop_to_patches=True, min_patches=1,
                                             max_patches=6)
-    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
-                                  video_processor=InternVLVideoProcessor(), image_seq_length=64,
-                                  chat_template=_INTERNVL_TEMPLATE)
-    vision = InternVLVisionConfig(**_VISION, image_size=[224, 224], patch_size=[14, 14])
+    vision = dict(**_VISION, image_size=[224, 224], patch_size=[14, 14])
     text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
-                eos_token_id=tok.eos_token_id, model_type="qwen2")
-    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(
-        "<IMG_CONTEXT>"), image_seq_length=64, downsample_ratio=0.5, vision_feature_layer=-1,
-                            vision_feature_select_strategy="default")
-    return config, processor
+                eos_token_id=tok.eos_token_id, model_type="qwen3" if qianfan else "qwen2")
+    common = dict(text_config=text, image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=64,
+                  downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    if qianfan:
+        processor = QianfanOCRProcessor(image_processor=image_processor, tokenizer=tok, image_seq_length=64,
+                                        chat_template=template)
+        return QianfanOCRConfig(vision_config=QianfanOCRVisionConfig(**vision), **common), processor
+    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
+                                  video_processor=InternVLVideoProcessor(), image_seq_length=64, chat_template=template)
+    return InternVLConfig(vision_config=InternVLVisionConfig(**vision), **common), processor
 
 
 def _build_video_llava(real: str | None = None) -> _Recipe:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from transformers import (
+    Cosmos3OmniConfig,
     AriaConfig,
     AriaImageProcessor,
     AriaProcessor,
@@ -30,6 +31,18 @@ from transformers import (
 )
 
 from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
+from analysis.testing._qwen_like import _build_qwen3_vl
+
+# Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
+_CLASS_FIELDS = ("model_type", "transformers_version", "dtype", "architectures")
+
+
+def _recast(recipe: _Recipe, config_class, **changes) -> _Recipe:
+    """Return ``recipe`` with its config re-made as ``config_class`` (the same fields, then ``changes``): a family whose
+    config subclasses an adapted family's and whose checkpoints ship that family's processor."""
+    config, processor = recipe
+    fields = {k: v for k, v in config.to_dict().items() if k not in _CLASS_FIELDS}
+    return config_class(**(fields | changes)), processor
 
 
 def _build_idefics2(real: str | None = None) -> _Recipe:
@@ -179,3 +192,9 @@ def _build_gemma4(real: str | None = None) -> _Recipe:
         ("video_token_id", "<|video|>"), ("audio_token_id", "<audio_soft_token>"), ("boa_token_id", "<start_of_audio>"),
         ("eoa_token_index", "<end_of_audio>")]}
     return Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **ids), processor
+
+
+def _build_cosmos3_omni(real: str | None = None) -> _Recipe:
+    """Cosmos3-Omni's reasoner (nvidia/Cosmos3-Nano): Qwen3-VL's model and processor under its own config (16 px
+    patches merged 2 x 2, DeepStack); the generator, sound and action towers of the unified checkpoint are not built."""
+    return _recast(_build_qwen3_vl(real), Cosmos3OmniConfig)
