@@ -62,6 +62,7 @@ EXPECTED_IMAGE_TOKENS = {
     "gemma4": 63,  # 16 px patches of the image at its aspect ratio, pooled 2 x 2, within 70 (token-level)
     "cosmos3_omni": 30,  # as qwen3_vl (token-level)
     "qianfan_ocr": 448,  # as internvl (token-level)
+    "exaone4_5": 35,  # as qwen2_5_vl, EXAONE 4 decoder (post-norms, sliding + global), 1-D positions (token-level)
 }
 
 

@@ -81,6 +81,8 @@ gemma4         16 px patches at the image's aspect ratio, pooled 2 x 2,    63
 cosmos3_omni   as qwen3_vl, Cosmos3-Omni's config (token-level)            30
 qianfan_ocr    as internvl, Qwen3 decoder, ``<image>`` expanded by the     448
                processor (token-level)
+exaone4_5      as qwen2_5_vl, EXAONE 4 decoder (post-norms, sliding +      35
+               global), 1-D positions (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -144,7 +146,7 @@ from analysis.testing._qwen_like import (
     _build_glm4v, _build_paddleocr_vl, _build_qwen, _build_qwen3_vl, _build_video_llama_3,
 )
 from analysis.testing._token_level import (
-    _build_aria, _build_cosmos3_omni, _build_gemma4, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
+    _build_aria, _build_cosmos3_omni, _build_exaone4_5, _build_gemma4, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
     _build_qwen3_omni_moe_thinker,
 )
 
@@ -194,6 +196,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "gemma4": _build_gemma4,
     "cosmos3_omni": _build_cosmos3_omni,
     "qianfan_ocr": lambda real: _build_internvl(real, qianfan=True),
+    "exaone4_5": _build_exaone4_5,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -208,7 +211,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "deepseek_vl_hybrid": "llama3", "video_llama_3": "qwen3",
                   "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3",
                   "ovis2": "qwen3", "aria": "llama2",
-                  "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3"}
+                  "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3",
+                  "exaone4_5": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

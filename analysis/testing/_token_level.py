@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from transformers import (
     Cosmos3OmniConfig,
+    Exaone4_5_Config,
+    Exaone4_5_Processor,
     AriaConfig,
     AriaImageProcessor,
     AriaProcessor,
@@ -31,18 +33,22 @@ from transformers import (
 )
 
 from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
-from analysis.testing._qwen_like import _build_qwen3_vl
+from analysis.testing._qwen_like import _build_qwen, _build_qwen3_vl
 
 # Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
 _CLASS_FIELDS = ("model_type", "transformers_version", "dtype", "architectures")
+
+
+def _fields(config) -> dict:
+    """The fields of ``config`` without those naming its class or the writing version."""
+    return {k: v for k, v in config.to_dict().items() if k not in _CLASS_FIELDS}
 
 
 def _recast(recipe: _Recipe, config_class, **changes) -> _Recipe:
     """Return ``recipe`` with its config re-made as ``config_class`` (the same fields, then ``changes``): a family whose
     config subclasses an adapted family's and whose checkpoints ship that family's processor."""
     config, processor = recipe
-    fields = {k: v for k, v in config.to_dict().items() if k not in _CLASS_FIELDS}
-    return config_class(**(fields | changes)), processor
+    return config_class(**(_fields(config) | changes)), processor
 
 
 def _build_idefics2(real: str | None = None) -> _Recipe:
@@ -198,3 +204,19 @@ def _build_cosmos3_omni(real: str | None = None) -> _Recipe:
     """Cosmos3-Omni's reasoner (nvidia/Cosmos3-Nano): Qwen3-VL's model and processor under its own config (16 px
     patches merged 2 x 2, DeepStack); the generator, sound and action towers of the unified checkpoint are not built."""
     return _recast(_build_qwen3_vl(real), Cosmos3OmniConfig)
+
+
+def _build_exaone4_5(real: str | None = None) -> _Recipe:
+    """EXAONE 4.5 (LGAI-EXAONE/EXAONE-4.5-33B): Qwen2.5-VL's image path (14 px patches merged 2 x 2, window attention
+    in the tower, ``image_grid_thw``) and tokens, an EXAONE 4 decoder (a sliding-window layer (128) then a global one)
+    with 1-D positions (no M-RoPE)."""
+    config, qwen = _build_qwen("qwen2_5_vl", real)
+    tok = qwen.tokenizer
+    processor = Exaone4_5_Processor(image_processor=qwen.image_processor, tokenizer=tok,
+                                    video_processor=qwen.video_processor, chat_template=qwen.chat_template)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="exaone4", sliding_window=128,
+                layer_types=["sliding_attention", "full_attention"])
+    vision = {**_fields(config.vision_config), "num_key_value_heads": 2}
+    ids = {name: getattr(config, name) for name in ("image_token_id", "video_token_id")}
+    return Exaone4_5_Config(text_config=text, vision_config=vision, **ids), processor
