@@ -171,7 +171,11 @@ _POST_NORM = pytest.mark.xfail(strict=True, reason=(
     "post_feedforward_layernorm) without Gemma's pre_feedforward_layernorm, which analysis/models/sites.py's _SANDWICH "
     "requires as the marker: attn_out / mlp_out are read before those norms; the fix is in sites.py (the pair "
     "post_attention_layernorm + post_feedforward_layernorm marks a post-norm layer on its own)"))
-_SITES_XFAIL = {"gemma4": _PER_LAYER_INPUT, "exaone4_5": _POST_NORM}
+_RESIDUAL_MULTIPLIER = pytest.mark.xfail(strict=True, reason=(
+    "Granite decoder layers scale each block's write by residual_multiplier (0.263 in granite-docling) before the "
+    "residual add: resid_pre + attn_out + mlp_out != resid_post; the fix is in analysis/models/sites.py (read "
+    "attn_out / mlp_out as the scaled write)"))
+_SITES_XFAIL = {"gemma4": _PER_LAYER_INPUT, "exaone4_5": _POST_NORM, "granite_docling": _RESIDUAL_MULTIPLIER}
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=_SITES_XFAIL[f]) if f in _SITES_XFAIL else f
@@ -197,7 +201,15 @@ def test_sites_add_up(family, tiny, photo):
             assert torch.equal(got["resid_post", i][text], got["resid_pre", i + 1][text])
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES + TOKEN_LEVEL_FAMILIES)
+_LOGITS_SCALING = pytest.mark.xfail(strict=True, reason=(
+    "Granite's causal LM divides the logits by text_config.logits_scaling (4 in granite-docling); VLM.unembed "
+    "(analysis/models/vlm.py) does not, so the logit lens is 4x too sharp; the fix is in VLM.unembed (apply the "
+    "model's logits_scaling as its head does)"))
+_LENS_XFAIL = {"granite_docling": _LOGITS_SCALING}
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=_LENS_XFAIL[f]) if f in _LENS_XFAIL else f
+                                    for f in NEW_FAMILIES + TOKEN_LEVEL_FAMILIES])
 def test_logit_lens_of_final_is_the_logits(family, tiny, photo):
     """The logit lens (``VLM.unembed``) of the ``final`` site is the model's own logits at every position
     (final soft-capping, Cohere2's logit scale: whatever the model applies)."""

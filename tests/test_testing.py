@@ -63,6 +63,7 @@ EXPECTED_IMAGE_TOKENS = {
     "cosmos3_omni": 30,  # as qwen3_vl (token-level)
     "qianfan_ocr": 448,  # as internvl (token-level)
     "exaone4_5": 35,  # as qwen2_5_vl, EXAONE 4 decoder (post-norms, sliding + global), 1-D positions (token-level)
+    "granite_docling": 64,  # GOT-OCR2-style 512 px tiles (<= 4), patch 16, shuffle 4 -> 64 per tile (+ global if tiled), Idefics3 prompt, DeepStack, Granite decoder with MuP multipliers (token-level)
 }
 
 

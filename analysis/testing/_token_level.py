@@ -7,6 +7,9 @@ from transformers import (
     Cosmos3OmniConfig,
     Exaone4_5_Config,
     Exaone4_5_Processor,
+    GraniteDoclingConfig,
+    GraniteDoclingImageProcessor,
+    GraniteDoclingProcessor,
     AriaConfig,
     AriaImageProcessor,
     AriaProcessor,
@@ -32,7 +35,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
+from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
 from analysis.testing._qwen_like import _build_qwen, _build_qwen3_vl
 
 # Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
@@ -220,3 +223,36 @@ def _build_exaone4_5(real: str | None = None) -> _Recipe:
     vision = {**_fields(config.vision_config), "num_key_value_heads": 2}
     ids = {name: getattr(config, name) for name in ("image_token_id", "video_token_id")}
     return Exaone4_5_Config(text_config=text, vision_config=vision, **ids), processor
+
+
+# Granite (ibm-granite/granite-docling-258M): "<|start_of_role|>user<|end_of_role|>...<|end_of_text|>" turns.
+_GRANITE_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|end_of_text|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+)
+
+
+def _build_granite_docling(real: str | None = None) -> _Recipe:
+    """Granite-Docling (ibm-granite/granite-for-docling-500m): Idefics3's prompt layout (``<row_i_col_j>`` tiles, then
+    ``<global-img>``) over GOT-OCR2-style tiling of 512 px tiles (at most 4 here, real 32), patch 16 -> 32 x 32
+    pixel-shuffled by 4 to 8 x 8 = 64 ``<image>`` tokens per tile, DeepStack features of both tower layers added to the
+    first two decoder layers; a Granite decoder with its MuP multipliers (embeddings x 12, residual writes x 0.263,
+    attention 1 / head_dim, logits / 4: the 500M checkpoint's)."""
+    specials = ["<|start_of_role|>", "<|end_of_role|>", "<fake_token_around_image>", "<image>", "<global-img>",
+                *_IDEFICS_TILE_TOKENS]
+    tok = _tokenizer(bos="<|end_of_text|>", eos="<|end_of_text|>", pad="<|pad|>", specials=specials,
+                     chat_template=_GRANITE_TEMPLATE, real=real)
+    image_processor = GraniteDoclingImageProcessor(size={"height": 512, "width": 512}, max_patches=4)
+    processor = GraniteDoclingProcessor(image_processor=image_processor, tokenizer=tok, image_seq_len=64,
+                                        chat_template=_GRANITE_TEMPLATE)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, attention_multiplier=1 / 16)
+    vision = dict(**_VISION, image_size=512, patch_size=16, out_hidden_size=_TEXT["hidden_size"], scale_factor=4,
+                  deepstack_visual_indexes=[0, 1])
+    return GraniteDoclingConfig(text_config=text, vision_config=vision, image_token_id=tok.convert_tokens_to_ids(
+        "<image>"), pad_token_id=tok.pad_token_id), processor
