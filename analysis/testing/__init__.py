@@ -86,6 +86,9 @@ exaone4_5      as qwen2_5_vl, EXAONE 4 decoder (post-norms, sliding +      35
 granite_docli  GOT-OCR2-style 512 px tiles (<= 4), patch 16, shuffle 4 ->  64
 ng             64 per tile (+ global if tiled), Idefics3 prompt, DeepStack,
                Granite decoder with MuP multipliers (token-level)
+kimi_k25       MoonViT at the image's size padded to 28 px (224 x 168),    48
+               patch 14, merged 2 x 2, DeepSeek-V3 decoder (MLA, MoE)
+               (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -149,7 +152,7 @@ from analysis.testing._qwen_like import (
     _build_glm4v, _build_paddleocr_vl, _build_qwen, _build_qwen3_vl, _build_video_llama_3,
 )
 from analysis.testing._token_level import (
-    _build_aria, _build_cosmos3_omni, _build_exaone4_5, _build_gemma4, _build_granite_docling, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
+    _build_aria, _build_cosmos3_omni, _build_exaone4_5, _build_gemma4, _build_granite_docling, _build_kimi_k25, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
     _build_qwen3_omni_moe_thinker,
 )
 
@@ -201,6 +204,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "qianfan_ocr": lambda real: _build_internvl(real, qianfan=True),
     "exaone4_5": _build_exaone4_5,
     "granite_docling": _build_granite_docling,
+    "kimi_k25": _build_kimi_k25,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -216,7 +220,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "qwen2_5_omni_thinker": "qwen3", "qwen3_omni_moe_thinker": "qwen3",
                   "ovis2": "qwen3", "aria": "llama2",
                   "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3",
-                  "exaone4_5": "qwen3", "granite_docling": "llama3"}
+                  "exaone4_5": "qwen3", "granite_docling": "llama3",
+                  "kimi_k25": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

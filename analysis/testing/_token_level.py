@@ -19,6 +19,10 @@ from transformers import (
     Gemma4Processor,
     Gemma4VideoProcessor,
     Idefics2Config,
+    Kimi_K25Config,
+    Kimi_K25ImageProcessor,
+    Kimi_K25Processor,
+    Kimi_K25VideoProcessor,
     Idefics2ImageProcessor,
     Idefics2Processor,
     MistralConfig,
@@ -256,3 +260,46 @@ def _build_granite_docling(real: str | None = None) -> _Recipe:
                   deepstack_visual_indexes=[0, 1])
     return GraniteDoclingConfig(text_config=text, vision_config=vision, image_token_id=tok.convert_tokens_to_ids(
         "<image>"), pad_token_id=tok.pad_token_id), processor
+
+
+# Kimi K2.5 / K2.6 (moonshotai/Kimi-K2.6), without its system turn.
+_KIMI_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_user|>user<|im_middle|>' if message['role'] == 'user' else '<|im_assistant|>assistant<|im_middle|>' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|media_begin|>image<|media_content|><|media_pad|><|media_end|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_assistant|>assistant<|im_middle|>' }}{% endif %}"
+)
+
+
+def _deepseek_v3(tok) -> dict:
+    """A tiny DeepSeek-V3 decoder over ``tok``: multi-head latent attention (query rank 32, key/value rank 16, rotary 8 +
+    plain 8 dims per query/key head, value 16; the latent expands to every head: as many key/value heads as query
+    heads, as in DeepSeek-V3), layer 0 dense, then 4 routed experts (2 per token) + 1 shared."""
+    return dict(**(_TEXT | {"num_key_value_heads": _TEXT["num_attention_heads"]}), vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, model_type="deepseek_v3", q_lora_rank=32, kv_lora_rank=16,
+                qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+def _build_kimi_k25(real: str | None = None) -> _Recipe:
+    """Kimi K2.5 (moonshotai/Kimi-K2.6): MoonViT (the image at its own size, at most 1024 patches of 14 px here, real
+    16384; learned 2-D position embeddings interpolated) merged 2 x 2, ``image_grid_thw``, ``<|media_pad|>`` tokens
+    between ``<|media_begin|>image<|media_content|>`` and ``<|media_end|>``; a DeepSeek-V3 decoder (``_deepseek_v3``)."""
+    specials = ["<|im_user|>", "<|im_assistant|>", "<|im_middle|>", "<|media_begin|>", "<|media_content|>",
+                "<|media_pad|>", "<|media_end|>", "<|kimi_k25_video_placeholder|>"]
+    tok = _tokenizer(bos="[BOS]", eos="<|im_end|>", pad="[PAD]", specials=specials, chat_template=_KIMI_TEMPLATE,
+                     real=real)
+    size = {"max_height": 448, "max_width": 448}
+    processor = Kimi_K25Processor(image_processor=Kimi_K25ImageProcessor(size=size, max_patches=1024), tokenizer=tok,
+                                  video_processor=Kimi_K25VideoProcessor(), chat_template=_KIMI_TEMPLATE)
+    vision = dict(**_VISION, patch_size=14, merge_kernel_size=[2, 2])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|media_pad|>"), ("video_token_id", "<|kimi_k25_video_placeholder|>"),
+        ("vision_start_token_id", "<|media_begin|>"), ("vision_end_token_id", "<|media_end|>")]}
+    return Kimi_K25Config(text_config=_deepseek_v3(tok), vision_config=vision,
+                          projection_hidden_size=_VISION["hidden_size"], **ids), processor
