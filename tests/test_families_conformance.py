@@ -253,3 +253,33 @@ def test_generic_path_agrees_with_the_family_adapter(family, tiny, photo):
     assert torch.equal(a.input_ids, b.input_ids) and (a.roles == b.roles).all()
     assert b.grids == {0: (1, len(b.image_positions))} and b.patches["x0"].isna().all()
     assert torch.equal(next_token_logits(vlm, a), next_token_logits(generic, b))
+
+
+def test_attention_that_masks_by_implementation_name_is_refused():
+    """Sparse-attention indexers that become a mask only under eager / sdpa (Mistral Large 4, HY-V4-VL, dots3, MiniMax
+    M3) would attend to every key under the probes' backend: the generic path refuses them by structure, and the
+    refusal names the nearest family; the usual dispatch (``!= "eager"``) is not such a branch."""
+    from analysis.families import structure
+    from analysis.models.adapters import adapter_for
+    from analysis.models.adapters.generic import _masks_by_name
+    from analysis.errors import UnsupportedModelError
+
+    for model_type in ("mistral_large4", "hy_v4_vl", "dots3_note", "minimax_m3_vl"):
+        assert any("changes its mask by the attention implementation's name" in p for p in structure(model_type))
+    with pytest.raises(UnsupportedModelError, match=r"'mistral_large4'.*sparse attention.*nearest supported family is "
+                                                    r"Mistral 3"):
+        adapter_for("mistral_large4")
+
+    class Dispatch(torch.nn.Module):
+        def forward(self, x):
+            if self.config._attn_implementation != "eager":
+                return x
+            return x
+
+    class ByName(torch.nn.Module):
+        def forward(self, x):
+            if self.config._attn_implementation in ("eager", "sdpa"):
+                return x
+            return x
+
+    assert not _masks_by_name(Dispatch) and _masks_by_name(ByName)

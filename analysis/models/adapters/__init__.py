@@ -62,6 +62,10 @@ _ENC_DEC = "an encoder-decoder: the answer's decoder cross-attends to the encode
 _TIMM = "its vision tower is a timm model, and timm is not installed here (not a dependency of this project)"
 _HYBRID = ("linear-attention (Gated DeltaNet) layers, 3 of every 4, mix positions outside attention: knockout cannot "
            "block image -> last there and attention maps miss those layers")
+_SPARSE = ("its decoder's sparse attention (a {indexer} choosing the keys each query reads) is a mask only under the "
+           "eager / sdpa implementations; under a registered attention function (the probes' backend) the selection is "
+           "handed over as indices for a sparse kernel instead, so the idle backend would attend to every key (idle != "
+           "stock once the prompt exceeds the top-k)")
 # Image-text-to-text model types of transformers that neither have an adapter nor take the generic token-level path
 # (``generic.py``): (nearest supported family, why). "not adapted yet": could be, with the work named; "refused": a
 # structure the probes do not measure. Model types not listed here and not adapted go to the generic path, which
@@ -78,6 +82,11 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "got_ocr2": ("internvl", "not adapted yet: its SAM vision tower's attention bypasses AttentionInterface, and the "
                  "backend checks the whole model class, not its decoder's (the adapter, analysis/models/adapters/"
                  "got_ocr2.py, passes every check once the backend asks the decoder)"),
+    "mistral_large4": ("mistral3", "refused: " + _SPARSE.format(indexer="DSA indexer") + "; its indexer also keeps its "
+                       "own key cache, which the probes' prefix cache lacks"),
+    "hy_v4_vl": ("qwen2_vl", "refused: " + _SPARSE.format(indexer="DSA indexer")),
+    "dots3_note": ("glm_ocr", "refused: " + _SPARSE.format(indexer="DSA indexer")),
+    "minimax_m3_vl": ("llava", "refused: " + _SPARSE.format(indexer="block indexer")),
     "fuyu": ("llava", "refused: image patches enter the decoder by a linear projection, without a vision tower"),
     "git": ("llava", "refused: image features are prefixed to the text, without placeholder tokens"),
     **{t: ("idefics3", f"refused: {_CROSS}") for t in ("idefics", "mllama")},

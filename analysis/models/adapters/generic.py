@@ -8,7 +8,8 @@ A model qualifies when (``structure_problems`` returns nothing):
   is the unembedding (logit lens, sites);
 * every decoder layer mixes positions only by a self-attention module with a ``layer_idx`` whose
   module dispatches through transformers' ``AttentionInterface`` (no linear-attention, convolution,
-  state-space or cross-attention mixers the backend cannot see or mask).
+  state-space or cross-attention mixers the backend cannot see or mask) and does not change its mask by
+  the implementation's name (the sparse-attention indexers of DeepSeek-V3.2-style decoders do).
 
 Then every probe that needs no patch geometry works: knockout with image / question / last groups,
 logit lens, capture, implicit alignment, shift, steering, attributions over tokens. The image tokens'
@@ -20,6 +21,7 @@ probes that need boxes (localisation, related positions) have nothing to work wi
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import torch
@@ -57,13 +59,30 @@ def image_token_id(config, processor=None) -> int | None:
     return None
 
 
+def _forward_source(cls) -> str:
+    """The source of the class's forward ("" where it cannot be read)."""
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""
+
+
 def _dispatches(cls) -> bool:
     """Whether the attention class's forward dispatches through ``AttentionInterface`` (read from its source)."""
-    try:
-        source = inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return False
+    source = _forward_source(cls)
     return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
+
+
+# An attention forward that branches on the implementation's name, as the sparse-attention indexers (DeepSeek's DSA,
+# block indexers) do: their top-k selection becomes a mask only under "eager" / "sdpa"; under any other name (a
+# registered function such as the probes' backend) it is handed over as indices for a FlashMLA kernel instead.
+# (The usual dispatch, ``!= "eager"``, is not a branch on what is attended to.)
+_BY_NAME = re.compile(r"_attn_implementation\s+in\s*[(\[{]|_attn_implementation\s*==\s*[\"'](eager|sdpa)[\"']")
+
+
+def _masks_by_name(cls) -> bool:
+    """Whether the attention class's forward changes its mask by the attention implementation's name."""
+    return bool(_BY_NAME.search(_forward_source(cls)))
 
 
 def structure_problems(model, processor=None) -> list[str]:
@@ -92,8 +111,13 @@ def structure_problems(model, processor=None) -> list[str]:
         problems.append("decoder attention modules have no layer_idx")
     elif attentions:
         bypass = sorted({type(a).__name__ for a in attentions if not _dispatches(type(a))})
+        by_name = sorted({type(a).__name__ for a in attentions if _masks_by_name(type(a))})
         if bypass:
             problems.append(f"decoder attention ({', '.join(bypass)}) bypasses transformers' AttentionInterface")
+        elif by_name:
+            problems.append(f"decoder attention ({', '.join(by_name)}) changes its mask by the attention implementation's "
+                            "name (e.g. a sparse-attention indexer's top-k is a mask only under eager / sdpa): under a "
+                            "registered attention function (the probes' backend) it attends differently, so idle != stock")
         elif not model._can_set_attn_implementation():
             problems.append("another attention module of the model (e.g. the vision tower's) bypasses AttentionInterface, "
                             "so the probes' backend refuses the model class")
