@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from transformers import (
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeImageProcessor,
+    Cosmos3EdgeProcessor,
+    Cosmos3EdgeVideoProcessor,
     Cosmos3OmniConfig,
     Exaone4_5_Config,
     Exaone4_5_Processor,
@@ -303,3 +307,26 @@ def _build_kimi_k25(real: str | None = None) -> _Recipe:
         ("vision_start_token_id", "<|media_begin|>"), ("vision_end_token_id", "<|media_end|>")]}
     return Kimi_K25Config(text_config=_deepseek_v3(tok), vision_config=vision,
                           projection_hidden_size=_VISION["hidden_size"], **ids), processor
+
+
+def _build_cosmos3_edge(real: str | None = None) -> _Recipe:
+    """Cosmos3-Edge (nvidia/Cosmos3-Edge): a NaViT-style SigLIP2 tower on the image at its own aspect ratio (smart_resize
+    to 32 px multiples, at most 256 merged tokens here), 16 px patches merged 2 x 2, ``image_grid_thw``; Qwen3-VL's
+    ChatML and processor rules; a Llama-style decoder (squared-ReLU MLP) with M-RoPE sections [2, 3, 3]."""
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
+                     real=real)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 256 * 32 * 32}
+    processor = Cosmos3EdgeProcessor(image_processor=Cosmos3EdgeImageProcessor(size=size), tokenizer=tok,
+                                     video_processor=Cosmos3EdgeVideoProcessor(), chat_template=_QWEN_TEMPLATE)
+    # The model's M-RoPE needs mm_token_type_ids, which transformers 5.24's processor returns only when asked (its base,
+    # Qwen3VLProcessor, asks by default); a reloaded processor does not keep this, the generic adapter asks itself.
+    processor.return_mm_token_type_ids = True
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]})
+    vision = dict(**_VISION, patch_size=16, num_patches=256, spatial_merge_size=2)
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    return Cosmos3EdgeConfig(text_config=text, vision_config=vision, projector_hidden_size=128, **ids), processor

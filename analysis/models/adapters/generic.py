@@ -164,6 +164,16 @@ class TokenLevelAdapter(Adapter):
             return f"{placeholder}\n{question}"
         return super().build_prompt(question, template)
 
+    def process(self, prompt, image):
+        """The processor's inputs; with the multimodal token types where the processor names them as a model input
+        (Cosmos3-Edge's processor lists ``mm_token_type_ids`` but returns them only when asked, and its M-RoPE needs
+        them)."""
+        if "mm_token_type_ids" not in getattr(self.processor, "model_input_names", ()):
+            return super().process(prompt, image)
+        inputs = self.processor(text=[prompt], images=[image], return_tensors="pt", return_mm_token_type_ids=True)
+        inputs.pop("labels", None)
+        return inputs
+
     def layout(self, inputs, image_size):
         """One tile of ``1 x n`` cells: the image tokens in sequence order, boxes unknown (NaN)."""
         n = int((inputs["input_ids"][0] == self.image_token_id).sum())
