@@ -12,6 +12,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from analysis.errors import InputError, UnsupportedModelError
 from analysis.models.answers import next_token_logits
@@ -19,7 +20,9 @@ from analysis.probes.backend import probing
 from analysis.probes.redundancy import (
     RANKINGS,
     REDUNDANCY_COLUMNS,
+    _order,
     bootstrap_interval,
+    cls_attention_scores,
     drop_edges,
     drop_logits,
     drop_region,
@@ -32,6 +35,7 @@ from analysis.probes.redundancy import (
     token_redundancy,
     wilson_interval,
 )
+from analysis.probes.sharing import sharing
 from conftest import QUESTION
 
 TOLERANCE = 1e-5
@@ -138,13 +142,85 @@ def test_cls_attention_and_attribution_rankings(tiny, photo):
                               attribution={"method": "saliency"}, progress=False)
     assert set(result.frame["ranking"]) == {"cls_attention", "attribution"}
     assert result.frame["correct"].isna().all()  # no gold answer
-    for family in ("qwen2_vl", "paligemma"):
+    for family in ("qwen2_vl", "paligemma", "llava_onevision"):  # SigLIP-like towers: no CLS
         with pytest.raises(UnsupportedModelError, match="no \\[CLS\\] token"):
             token_redundancy(tiny(family), [{"image": photo, "question": QUESTION}], rank_by="cls_attention",
                              drop_layers=(0,), progress=False)
-    with pytest.raises(UnsupportedModelError, match="single-tile"):
-        token_redundancy(tiny("llava_next"), [{"image": photo, "question": QUESTION}], rank_by="cls_attention",
+    with pytest.raises(UnsupportedModelError, match="layout is not mapped"):  # CLIP, five layers concatenated
+        token_redundancy(tiny("vipllava"), [{"image": photo, "question": QUESTION}], rank_by="cls_attention",
                          drop_layers=(0,), progress=False)
+
+
+def _reference_cls_scores(vlm, prepared, feature_layer: int, tile_order=None) -> np.ndarray:
+    """[CLS] attention per image token, computed apart from the module: an eager copy of the vision
+    tower run on each tile alone, the head-averaged [CLS] row over the patches in ``feature_layer``,
+    placed at the image positions by the model's own packing (``pack_image_features``: overview, then
+    the unpadded tile grid with NaN for the newlines). ``tile_order`` permutes the tiles' rows (a
+    deliberately wrong mapping)."""
+    tower = copy.deepcopy(vlm.model.model.vision_tower)
+    tower.config._attn_implementation_internal = "eager"
+    pixel_values, image_sizes = prepared.inputs["pixel_values"], prepared.inputs["image_sizes"]
+    config = vlm.model.config
+    n_tiles = image_size_to_num_patches(image_sizes[0].tolist(), config.image_grid_pinpoints,
+                                        config.vision_config.image_size)
+    layer = config.vision_config.num_hidden_layers + feature_layer if feature_layer < 0 else feature_layer - 1
+    rows = []
+    with torch.no_grad():
+        for t in range(n_tiles):
+            attentions = tower(pixel_values[0, t:t + 1], output_attentions=True).attentions
+            assert len(attentions) == config.vision_config.num_hidden_layers
+            rows.append(attentions[layer][0, :, 0, 1:].double().mean(0))
+    rows = torch.stack(rows)
+    if tile_order is not None:
+        rows = rows[list(tile_order)]
+    packed, _ = vlm.model.model.pack_image_features([rows[..., None]], image_sizes, "default",
+                                                     image_newline=torch.tensor([math.nan], dtype=torch.float64))
+    return packed[0][:, 0].numpy()
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_next_video"])
+def test_cls_attention_on_any_res_tiles_equals_a_per_tile_reference(tiny, photo, family):
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    image = prepared.image_positions
+    scores = cls_attention_scores(vlm, prepared)
+    reference = _reference_cls_scores(vlm, prepared, vlm.model.config.vision_feature_layer)
+    newline = (prepared.patches["kind"] == "newline").to_numpy().copy()
+    assert scores.shape == reference.shape == (len(image),) and newline.sum() > 0
+    assert np.array_equal(np.isnan(scores), newline) and np.array_equal(np.isnan(reference), newline)
+    error = np.nanmax(np.abs(scores - reference))
+    assert error <= 1e-7, f"{family}: [CLS] scores differ from the per-tile reference by {error:.2e}"
+    assert torch.equal(_order(scores, image), _order(reference, image))
+    assert (_order(scores, image)[-newline.sum():] == image[torch.from_numpy(newline)]).all()  # unscored: last
+
+    # The reference notices a wrong mapping or a wrong layer: both change the scores and the ranking.
+    n_tiles = int(prepared.inputs["pixel_values"].shape[1])
+    assert n_tiles >= 3  # the photo gives an overview and two high-resolution tiles
+    swapped = list(range(n_tiles))
+    swapped[1], swapped[2] = 2, 1
+    for wrong in (_reference_cls_scores(vlm, prepared, vlm.model.config.vision_feature_layer, swapped),
+                  _reference_cls_scores(vlm, prepared, -1)):  # the tiny tower's 2 layers: -2 is the first
+        assert np.nanmax(np.abs(scores - wrong)) >= 100 * error + 1e-5
+        assert not torch.equal(_order(scores, image), _order(wrong, image))
+
+    # End to end: the sweep drops the lowest-scored tokens (newlines first), as the scores say.
+    sample = {"image": photo, "question": QUESTION}
+    result = token_redundancy(vlm, [sample], drop_layers=(0, 1), keep=(1.0, 0.25), rank_by=("cls_attention", "random"),
+                              progress=False)
+    frame = result.frame.set_index(["ranking", "drop_layer", "keep"])
+    assert len(frame) == 2 * 2 * 2 and (frame["n_image"] == len(image)).all()
+    assert np.allclose(frame.xs(1.0, level="keep")["p_new"], frame["p_base"].iloc[0], atol=1e-6, rtol=0)
+    order = _order(scores, image)
+    n_kept = n_to_keep(0.25, len(image))
+    with sharing(fresh=True):
+        expected = drop_logits(vlm, prepared, [[drop_edges(prepared, order[n_kept:], range(k, vlm.n_layers))]
+                                               for k in (0, 1)])
+    predicted = int(next_token_logits(vlm, prepared).argmax())
+    expected = torch.softmax(expected, -1)[:, predicted].numpy()
+    got = frame.loc[("cls_attention", [0, 1], 0.25), "p_new"].to_numpy()
+    assert np.abs(got - expected).max() <= TOLERANCE
+    assert (frame.loc[("cls_attention", [0, 1], 0.25), "p_new"].to_numpy()
+            != frame.loc[("random", [0, 1], 0.25), "p_new"].to_numpy()).all()
 
 
 def test_oracle_order_round_robin_by_coverage():

@@ -23,7 +23,10 @@ keeps the first ``round(keep * n_image)``):
   skipped and listed in ``skipped``.
 - ``cls_attention``: the vision tower's [CLS] attention to its patches in the feature layer
   (``vision_feature_layer``, LLaVA-1.5's penultimate layer), averaged over heads (FasterVLM).
-  Only for towers with a CLS token on a single tile (LLaVA-1.5 style); other towers raise.
+  Only for towers with a CLS token (CLIP), on a single tile (LLaVA-1.5) or on LLaVA-NeXT's any-res
+  tiles (LLaVA-NeXT, LLaVA-NeXT-Video): each tile's own [CLS] row scores the image tokens that tile
+  produced, one ranking over all tiles (``cls_attention_scores``); towers without a CLS (SigLIP:
+  LLaVA-OneVision, PaliGemma) and other layouts raise.
 - ``attribution``: an ``analysis.probes.attribute`` map of the model's own answer over the
   image tokens (default Integrated Gradients from the mean embedding, 20 steps), signed,
   highest first (the explainability paper).
@@ -33,7 +36,7 @@ keeps the first ``round(keep * n_image)``):
   most covered first, then the others in seeded random order (``oracle_order``).
 
 Ties keep sequence order; tokens without a score (e.g. LLaVA-NeXT newline tokens under an
-attribution) come last.
+attribution or ``cls_attention``) come last.
 
 **Metrics** per sample and configuration: the change of the originally predicted token's
 probability, ``100 * (p_new - p_base) / p_base`` (the knockout metric), correctness under the
@@ -60,6 +63,7 @@ from tqdm.auto import tqdm
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError, UnsupportedModelError
 from analysis.models.answers import answer_tokens, is_correct
+from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.inputs import PreparedInputs
 from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
@@ -401,8 +405,9 @@ def _vision_tower(vlm):
     return None
 
 
-def check_cls(vlm) -> None:
-    """Raise ``UnsupportedModelError`` unless ``cls_attention`` can rank this model's image tokens."""
+def _cls_layout(vlm) -> str:
+    """Return how ``cls_attention`` maps the tower's patches to image tokens: ``"single"`` (one tile,
+    LLaVA-1.5) or ``"anyres"`` (LLaVA-NeXT's overview + unpadded tile grid); raise where it cannot."""
     tower = _vision_tower(vlm)
     has_cls = tower is not None and any(name.endswith("class_embedding") for name, _ in tower.named_parameters())
     if not has_cls:
@@ -411,14 +416,48 @@ def check_cls(vlm) -> None:
             "towers have none), so rank_by='cls_attention' is undefined; use 'last_attention', 'attribution', "
             "'random' or 'oracle'"
         )
-    if vlm.family != "llava":
+    if vlm.family == "llava":
+        layout = "single"
+    elif (isinstance(vlm.adapter, LlavaNextAdapter)
+          and type(vlm.adapter).high_res_boxes is LlavaNextAdapter.high_res_boxes):
+        layout = "anyres"  # LLaVA-NeXT's geometry, not resampled (LLaVA-OneVision resamples large grids)
+    else:
         raise UnsupportedModelError(
             f"rank_by='cls_attention' maps the tower's patches to image tokens for single-tile layouts "
-            f"(LLaVA-1.5) only; {vlm.family}'s tiles are not mapped; use another ranking"
+            f"(LLaVA-1.5) and LLaVA-NeXT's any-res tiles only; {vlm.family}'s layout is not mapped; use another "
+            "ranking"
         )
     if getattr(vlm.model.config, "vision_feature_select_strategy", "default") != "default":
         raise UnsupportedModelError("rank_by='cls_attention' needs vision_feature_select_strategy='default' "
                                     "(the [CLS] token dropped, one image token per patch)")
+    return layout
+
+
+def check_cls(vlm) -> None:
+    """Raise ``UnsupportedModelError`` unless ``cls_attention`` can rank this model's image tokens."""
+    _cls_layout(vlm)
+
+
+def _cls_sources(vlm, prepared: PreparedInputs, layout: str) -> np.ndarray:
+    """Return ``(n_image, 2)``: the tower tile and the patch within it of each image token, ``(-1, -1)``
+    for tokens that are no patch (LLaVA-NeXT's newlines); from the adapter's own geometry."""
+    patches = prepared.patches
+    sources = np.full((len(patches), 2), -1, dtype=np.int64)
+    tile, row, col = (patches[c].to_numpy() for c in ("tile", "row", "col"))
+    is_patch = (patches["kind"] == "patch").to_numpy()
+    base = is_patch & (tile == 0)
+    cols = prepared.grids[0][1]
+    sources[base] = np.stack([np.zeros(base.sum(), np.int64), row[base] * cols + col[base]], axis=1)
+    if layout == "anyres":
+        high = is_patch & (tile == 1)
+        grid = vlm.adapter.high_res_sources(prepared.image.size)
+        if 1 in prepared.grids and tuple(prepared.grids[1]) != grid.shape[:2]:
+            raise UnsupportedModelError(f"the high-resolution grid has {prepared.grids[1]} cells but the tiles "
+                                        f"give {grid.shape[:2]}; cls_attention cannot map them")
+        sources[high] = grid[row[high].astype(int), col[high].astype(int)]
+    if (sources[is_patch] < 0).any() or set(np.unique(tile[is_patch])) - ({0, 1} if layout == "anyres" else {0}):
+        raise UnsupportedModelError(f"{vlm.family}: image tokens on tiles cls_attention does not map")
+    return sources
 
 
 def cls_attention_scores(vlm, prepared: PreparedInputs) -> np.ndarray:
@@ -426,8 +465,19 @@ def cls_attention_scores(vlm, prepared: PreparedInputs) -> np.ndarray:
 
     Read in the feature layer (``vision_feature_layer``, the layer whose output the projector
     takes), averaged over heads, from an eager run of the vision tower alone.
+
+    Tiled layouts (LLaVA-NeXT: an overview tile, then the tiles of the high-resolution canvas,
+    each encoded on its own): every tile's forward gives its own [CLS] row, and each image token
+    takes its patch's entry in the row of the tile it came from, mapped by the adapter's geometry
+    (``LlavaNextAdapter.high_res_sources``: the canvas cells left after the model's unpadding).
+    The tiles' scores are compared as they are, one ranking over every image token: each is the
+    share of its tile's [CLS] attention (a softmax over the same ``1 + side^2`` keys in every
+    tile), so the units agree, and no tile's view is preferred. FasterVLM's own LLaVA-NeXT code
+    instead keeps the same number of top tokens in every tile (before unpadding); a joint ranking
+    lets a tile with concentrated attention keep more. Newline tokens get NaN (no score: ranked
+    last, as every unscored token).
     """
-    check_cls(vlm)
+    layout = _cls_layout(vlm)
     tower = _vision_tower(vlm)
     feature_layer = vlm.model.config.vision_feature_layer
     if isinstance(feature_layer, (list, tuple)):
@@ -436,21 +486,33 @@ def cls_attention_scores(vlm, prepared: PreparedInputs) -> np.ndarray:
     if feature_layer == 0:
         raise UnsupportedModelError("vision_feature_layer 0 is the patch embedding: no [CLS] attention there")
     index = feature_layer if feature_layer < 0 else feature_layer - 1  # hidden_states[f] is layer f-1's output
+    sources = _cls_sources(vlm, prepared, layout)
+    pixel_values = prepared.inputs["pixel_values"]
+    tiles = pixel_values[0] if layout == "anyres" else pixel_values  # (tiles, 3, H, W)
+    n_tiles = int(sources[:, 0].max()) + 1
+    if len(tiles) < n_tiles:
+        raise UnsupportedModelError(f"the image tokens come from {n_tiles} tiles but pixel_values has {len(tiles)}")
     config = tower.config
     previous = config._attn_implementation_internal
     config._attn_implementation_internal = "eager"  # attention weights need eager attention
+    rows = []
     try:
         with torch.no_grad():
-            out = tower(prepared.inputs["pixel_values"].to(vlm.dtype), output_attentions=True)
+            for t in range(n_tiles):  # one tile at a time: every layer's attention weights are kept
+                out = tower(tiles[t: t + 1].to(vlm.dtype), output_attentions=True)
+                rows.append(out.attentions[index][0, :, 0, 1:].float().mean(0).cpu())
+                del out
     finally:
         config._attn_implementation_internal = previous
-    cls = out.attentions[index][0, :, 0, 1:].float().mean(0).cpu().numpy()
-    rows, cols = prepared.grids[0]
-    patches = prepared.patches
-    if len(cls) != rows * cols or len(patches) != rows * cols:
-        raise UnsupportedModelError(f"{len(cls)} tower patches for {len(patches)} image tokens on a {rows} x {cols} "
-                                    "grid; cls_attention needs one image token per patch")
-    return cls[patches["row"].to_numpy() * cols + patches["col"].to_numpy()].astype(float)
+    cls = torch.stack(rows).numpy()
+    per_tile = prepared.grids[0][0] * prepared.grids[0][1]
+    if cls.shape[1] != per_tile or (sources[:, 1] >= per_tile).any():
+        raise UnsupportedModelError(f"{cls.shape[1]} tower patches per tile for {per_tile} image tokens per tile; "
+                                    "cls_attention needs one image token per patch")
+    scores = np.full(len(sources), np.nan)
+    scored = sources[:, 0] >= 0
+    scores[scored] = cls[sources[scored, 0], sources[scored, 1]]
+    return scores
 
 
 def oracle_order(prepared: PreparedInputs, boxes, masks=None, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -583,7 +645,7 @@ def token_redundancy(
     Raises:
         InputError: unknown ranking, keep outside ``[0, 1]``, layer out of range, ``oracle``
             without boxes, ``only_correct`` without answers.
-        UnsupportedModelError: ``cls_attention`` on a tower without [CLS] (or a tiled layout).
+        UnsupportedModelError: ``cls_attention`` on a tower without [CLS] (or a layout it does not map).
     """
     drop_layers, keep, rank_by = _check_common(vlm, drop_layers, keep, rank_by, batch_size)
     raw = list(samples)

@@ -49,6 +49,23 @@ class LlavaNextAdapter(Adapter):
     def high_res_boxes(self, image_size: tuple[int, int]) -> np.ndarray:
         """Return ``(rows, cols, 4)`` original-image boxes of the unpadded high-resolution grid's cells
         (unclipped; cells of the padding are cut away, partial ones may reach outside the image)."""
+        kept, canvas = self._high_res_canvas(image_size)[:2]
+        return canvas[kept.flatten()].reshape(*kept.shape, 4)
+
+    def high_res_sources(self, image_size: tuple[int, int]) -> np.ndarray:
+        """Return ``(rows, cols, 2)``: where the vision tower saw each cell of the unpadded high-resolution
+        grid (the cells of ``LlavaNextAdapter.high_res_boxes``, before any resampling a subclass does):
+        the tile of ``pixel_values`` (1 = the first high-resolution tile, row-major over the canvas; 0 is
+        the overview) and the patch within that tile (row-major over its ``side x side`` grid)."""
+        kept, _, side, tiles_per_row = self._high_res_canvas(image_size)
+        canvas_row, canvas_col = np.divmod(kept, tiles_per_row * side)
+        tile = 1 + (canvas_row // side) * tiles_per_row + canvas_col // side
+        return np.stack([tile, (canvas_row % side) * side + canvas_col % side], axis=-1)
+
+    def _high_res_canvas(self, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Return ``(kept, canvas_boxes, side, tiles_per_row)``: the flat canvas-cell index of each cell of
+        the unpadded grid ``(rows, cols)``, the original-image boxes of every canvas cell, the cells per
+        tile side and the tiles per canvas row."""
         config = self.model.config
         vision = self.vision_config()
         width, height = image_size
@@ -69,5 +86,4 @@ class LlavaNextAdapter(Adapter):
         # The model's own unpadding, applied to cell indices, says which canvas cells survive.
         kept = unpad_image(torch.arange(rows_c * cols_c).view(1, rows_c, cols_c), (height, width))[0]
         canvas = grid_cells(rows_c, cols_c, tile_px / side, tile_px / side, canvas_to_orig)
-        return canvas[kept.flatten().numpy()].reshape(*kept.shape, 4)
-
+        return kept.numpy(), canvas, side, best_w // tile_px
