@@ -91,6 +91,8 @@ kimi_k25       MoonViT at the image's size padded to 28 px (224 x 168),    48
                (token-level)
 cosmos3_edge   SigLIP2 NaViT, smart_resize to 32 px, patch 16, merged      30
                2 x 2, M-RoPE Llama-style decoder (token-level)
+ernie4_5_vl_m  as qwen2_vl (merged 2 x 2), ERNIE-4.5 MoE decoder with      35
+oe             text / image experts, 3-D M-RoPE (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -154,7 +156,7 @@ from analysis.testing._qwen_like import (
     _build_glm4v, _build_paddleocr_vl, _build_qwen, _build_qwen3_vl, _build_video_llama_3,
 )
 from analysis.testing._token_level import (
-    _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_exaone4_5, _build_gemma4, _build_granite_docling, _build_kimi_k25, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
+    _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4, _build_granite_docling, _build_kimi_k25, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
     _build_qwen3_omni_moe_thinker,
 )
 
@@ -208,6 +210,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "granite_docling": _build_granite_docling,
     "kimi_k25": _build_kimi_k25,
     "cosmos3_edge": _build_cosmos3_edge,
+    "ernie4_5_vl_moe": _build_ernie4_5_vl_moe,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -224,7 +227,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "ovis2": "qwen3", "aria": "llama2",
                   "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3",
                   "exaone4_5": "qwen3", "granite_docling": "llama3",
-                  "kimi_k25": "qwen3", "cosmos3_edge": "qwen3"}
+                  "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
+                  "ernie4_5_vl_moe": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -9,6 +9,10 @@ from transformers import (
     Cosmos3EdgeProcessor,
     Cosmos3EdgeVideoProcessor,
     Cosmos3OmniConfig,
+    Ernie4_5_VLMoeConfig,
+    Ernie4_5_VLMoeImageProcessor,
+    Ernie4_5_VLMoeProcessor,
+    Ernie4_5_VLMoeVideoProcessor,
     Exaone4_5_Config,
     Exaone4_5_Processor,
     GraniteDoclingConfig,
@@ -44,7 +48,7 @@ from transformers import (
 )
 
 from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
-from analysis.testing._qwen_like import _build_qwen, _build_qwen3_vl
+from analysis.testing._qwen_like import _PADDLE_TEMPLATE, _build_qwen, _build_qwen3_vl
 
 # Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
 _CLASS_FIELDS = ("model_type", "transformers_version", "dtype", "architectures")
@@ -330,3 +334,26 @@ def _build_cosmos3_edge(real: str | None = None) -> _Recipe:
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     return Cosmos3EdgeConfig(text_config=text, vision_config=vision, projector_hidden_size=128, **ids), processor
+
+
+def _build_ernie4_5_vl_moe(real: str | None = None) -> _Recipe:
+    """ERNIE-4.5-VL (baidu/ERNIE-4.5-VL-28B-A3B-PT): Qwen2-VL-style smart_resize (14 px patches merged 2 x 2, at most
+    256 tokens here), ``image_grid_thw``, ``<|IMAGE_PLACEHOLDER|>`` tokens between ``<|IMAGE_START|>`` and
+    ``<|IMAGE_END|>``; an ERNIE-4.5 MoE decoder with 3-D M-RoPE whose sparse layer routes text and image tokens to
+    separate experts (4 + 4, 2 per token, 1 shared; real 64 + 64, 6) by ``mm_token_type_ids``. PaddleOCR-VL's turns."""
+    named = {"image_token": "<|IMAGE_PLACEHOLDER|>", "image_start_token": "<|IMAGE_START|>",
+             "image_end_token": "<|IMAGE_END|>", "video_token": "<|VIDEO_PLACEHOLDER|>",
+             "video_start_token": "<|VIDEO_START|>", "video_end_token": "<|VIDEO_END|>"}
+    tok = _tokenizer(bos="<s>", eos="</s>", pad="<unk>" if real else "<pad>", specials=list(named.values()),
+                     chat_template=_PADDLE_TEMPLATE, real=real, named=named, extra_tokens=("User:", "Assistant:"))
+    size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}
+    processor = Ernie4_5_VLMoeProcessor(image_processor=Ernie4_5_VLMoeImageProcessor(size=size), tokenizer=tok,
+                                        video_processor=Ernie4_5_VLMoeVideoProcessor(draw_on_frames=False),
+                                        chat_template=_PADDLE_TEMPLATE)
+    text = dict(**_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, mlp_layer_types=["dense", "sparse"], moe_intermediate_size=[32, 32],
+                moe_k=2, moe_num_experts=4, moe_num_shared_experts=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 500_000.0, "mrope_section": [3, 3, 2]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=14, spatial_merge_size=2)
+    ids = {f"{name}_id": tok.convert_tokens_to_ids(token) for name, token in named.items()}
+    return Ernie4_5_VLMoeConfig(text_config=text, vision_config=vision, **ids), processor
