@@ -87,6 +87,9 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "hy_v4_vl": ("qwen2_vl", "refused: " + _SPARSE.format(indexer="DSA indexer")),
     "dots3_note": ("glm_ocr", "refused: " + _SPARSE.format(indexer="DSA indexer")),
     "minimax_m3_vl": ("llava", "refused: " + _SPARSE.format(indexer="block indexer")),
+    "shieldgemma2": ("gemma3", "refused: its processor ignores the prompt and writes one fixed prompt per safety policy "
+                     "around the image (a yes / no policy classifier), so there is no question to probe; the model itself "
+                     "is Gemma 3's (Gemma3ForConditionalGeneration)"),
     "fuyu": ("llava", "refused: image patches enter the decoder by a linear projection, without a vision tower"),
     "git": ("llava", "refused: image features are prefixed to the text, without placeholder tokens"),
     **{t: ("idefics3", f"refused: {_CROSS}") for t in ("idefics", "mllama")},
