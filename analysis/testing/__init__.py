@@ -93,6 +93,8 @@ cosmos3_edge   SigLIP2 NaViT, smart_resize to 32 px, patch 16, merged      30
                2 x 2, M-RoPE Llama-style decoder (token-level)
 ernie4_5_vl_m  as qwen2_vl (merged 2 x 2), ERNIE-4.5 MoE decoder with      35
 oe             text / image experts, 3-D M-RoPE (token-level)
+gemma4_unifie  no vision tower: 16 px patches merged 3 x 3 into 48 px      63
+d              model patches (<= 70), bidirectional in the image (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -211,6 +213,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "kimi_k25": _build_kimi_k25,
     "cosmos3_edge": _build_cosmos3_edge,
     "ernie4_5_vl_moe": _build_ernie4_5_vl_moe,
+    "gemma4_unified": lambda real: _build_gemma4(real, unified=True),
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -228,7 +231,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3",
                   "exaone4_5": "qwen3", "granite_docling": "llama3",
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
-                  "ernie4_5_vl_moe": "qwen3"}
+                  "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -26,6 +26,11 @@ from transformers import (
     Gemma4ImageProcessor,
     Gemma4Processor,
     Gemma4VideoProcessor,
+    Gemma4UnifiedAudioFeatureExtractor,
+    Gemma4UnifiedConfig,
+    Gemma4UnifiedImageProcessor,
+    Gemma4UnifiedProcessor,
+    Gemma4UnifiedVideoProcessor,
     Idefics2Config,
     Kimi_K25Config,
     Kimi_K25ImageProcessor,
@@ -188,30 +193,45 @@ def _build_aria(real: str | None = None) -> _Recipe:
     return config, processor
 
 
-def _build_gemma4(real: str | None = None) -> _Recipe:
+def _build_gemma4(real: str | None = None, unified: bool = False) -> _Recipe:
     """Gemma 4 (token-level: the generic path): the image at its own aspect ratio in 16 px patches (at most 280),
     pooled 2 x 2 into at most 70 soft tokens (Gemma 4's smallest budget; real: up to 1120) between
     ``<start_of_image>`` and ``<end_of_image>``; a Gemma 4 decoder alternating a sliding-window (128) and a global
-    layer; audio tokens declared (the processor requires them), no audio tower."""
+    layer; audio tokens declared (the processor requires them), no audio tower.
+
+    ``unified``: Gemma 4 unified (google/gemma-4-12B-it): no vision tower, the decoder reads the pixels: 16 px patches
+    merged 3 x 3 into 48 px model patches (at most 70), each projected and given a factorised 2-D position embedding,
+    attended bidirectionally within the image."""
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
              "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
     template = _GEMMA3_TEMPLATE.replace("<start_of_image>", "<image_soft_token>")
     tok = _tokenizer(bos="<bos>", eos="<eos>", pad="<pad>", specials=["<start_of_turn>", "<end_of_turn>",
                      *named.values()], chat_template=template, extra_tokens=("model",) if real is None else (),
                      real=real, named=named)
-    processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
-                                image_processor=Gemma4ImageProcessor(patch_size=16, max_soft_tokens=70,
-                                                                     pooling_kernel_size=2),
-                                tokenizer=tok, video_processor=Gemma4VideoProcessor(), chat_template=template,
-                                image_seq_length=70)
+    if unified:  # the processor adds "<|video|>" to the tokenizer: built before the vocabulary is counted
+        processor = Gemma4UnifiedProcessor(
+            feature_extractor=Gemma4UnifiedAudioFeatureExtractor(),
+            image_processor=Gemma4UnifiedImageProcessor(patch_size=16, max_soft_tokens=70, pooling_kernel_size=3),
+            tokenizer=tok, video_processor=Gemma4UnifiedVideoProcessor(), chat_template=template, image_seq_length=70)
+    else:
+        processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                                    image_processor=Gemma4ImageProcessor(patch_size=16, max_soft_tokens=70,
+                                                                         pooling_kernel_size=2),
+                                    tokenizer=tok, video_processor=Gemma4VideoProcessor(), chat_template=template,
+                                    image_seq_length=70)
     text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, head_dim=8, patch_size=16, pooling_kernel_size=2)
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
         ("boi_token_id", "<start_of_image>"), ("eoi_token_id", "<end_of_image>"), ("image_token_id", "<image_soft_token>"),
         ("video_token_id", "<|video|>"), ("audio_token_id", "<audio_soft_token>"), ("boa_token_id", "<start_of_audio>"),
         ("eoa_token_index", "<end_of_audio>")]}
+    if unified:
+        vision = dict(patch_size=16, pooling_kernel_size=3, mm_embed_dim=_TEXT["hidden_size"],
+                      output_proj_dims=_TEXT["hidden_size"])
+        return Gemma4UnifiedConfig(text_config=text | {"use_bidirectional_attention": "vision"}, vision_config=vision,
+                                   audio_config=None, **ids), processor
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=8, patch_size=16, pooling_kernel_size=2)
     return Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **ids), processor
 
 
