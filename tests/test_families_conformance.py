@@ -283,3 +283,18 @@ def test_attention_that_masks_by_implementation_name_is_refused():
             return x
 
     assert not _masks_by_name(Dispatch) and _masks_by_name(ByName)
+
+
+def test_short_convolutions_in_decoder_layers_are_refused():
+    """Short causal convolutions over the sequence under any name (Inkling's ``attn_sconv``, Inkling 2's
+    ``post_attention_convolution``) mix positions the backend's mask never sees: refused by structure, with the
+    nearest family at load."""
+    from analysis.families import structure
+    from analysis.models.adapters import adapter_for
+    from analysis.errors import UnsupportedModelError
+
+    assert any("Conv1d in attn_sconv" in p for p in structure("inkling_mm_model"))
+    assert any("Conv1d in post_attention_convolution" in p for p in structure("inkling2"))
+    with pytest.raises(UnsupportedModelError, match=r"'inkling2_loop'.*short causal convolutions.*nearest supported "
+                                                    r"family is LLaVA-1.5"):
+        adapter_for("inkling2_loop")

@@ -87,6 +87,9 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "hy_v4_vl": ("qwen2_vl", "refused: " + _SPARSE.format(indexer="DSA indexer")),
     "dots3_note": ("glm_ocr", "refused: " + _SPARSE.format(indexer="DSA indexer")),
     "minimax_m3_vl": ("llava", "refused: " + _SPARSE.format(indexer="block indexer")),
+    **{t: ("llava", "refused: short causal convolutions over the sequence (after each block, and on the attention's "
+                    "keys and values) mix positions outside the attention weights: knockout cannot block image -> last "
+                    "there") for t in ("inkling_mm_model", "inkling2", "inkling2_loop")},
     "shieldgemma2": ("gemma3", "refused: its processor ignores the prompt and writes one fixed prompt per safety policy "
                      "around the image (a yes / no policy classifier), so there is no question to probe; the model itself "
                      "is Gemma 3's (Gemma3ForConditionalGeneration)"),

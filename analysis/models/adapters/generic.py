@@ -7,9 +7,10 @@ A model qualifies when (``structure_problems`` returns nothing):
 * ``get_decoder()`` is a stack with ``layers`` and a final ``norm``, and ``get_output_embeddings()``
   is the unembedding (logit lens, sites);
 * every decoder layer mixes positions only by a self-attention module with a ``layer_idx`` whose
-  module dispatches through transformers' ``AttentionInterface`` (no linear-attention, convolution,
-  state-space or cross-attention mixers the backend cannot see or mask) and does not change its mask by
-  the implementation's name (the sparse-attention indexers of DeepSeek-V3.2-style decoders do).
+  module dispatches through transformers' ``AttentionInterface`` (no linear-attention, convolution (any
+  ``Conv1d`` over the sequence), state-space or cross-attention mixers the backend cannot see or mask) and
+  does not change its mask by the implementation's name (the sparse-attention indexers of DeepSeek-V3.2-style
+  decoders do).
 
 Then every probe that needs no patch geometry works: knockout with image / question / last groups,
 logit lens, capture, implicit alignment, shift, steering, attributions over tokens. The image tokens'
@@ -101,9 +102,16 @@ def structure_problems(model, processor=None) -> list[str]:
     if model.get_output_embeddings() is None:
         problems.append("get_output_embeddings() gives no unembedding")
     mixers = sorted({name for layer in layers for name, _ in layer.named_children() if name in _OTHER_MIXERS})
+    # Convolutions over the sequence under any other name (Inkling's short convolutions after each block and on the
+    # attention's keys and values) mix positions the backend's mask never sees.
+    convs = sorted({name.split(".")[0] for layer in layers for name, m in layer.named_modules()
+                    if isinstance(m, torch.nn.Conv1d) and name.split(".")[0] not in _OTHER_MIXERS})
     if mixers:
         problems.append(f"decoder layers mix positions outside self-attention ({', '.join(mixers)}): knockout cannot "
                         "block image -> last there")
+    if convs:
+        problems.append(f"decoder layers mix positions by short convolutions over the sequence (Conv1d in "
+                        f"{', '.join(convs)}), outside the attention weights: knockout cannot block image -> last there")
     attentions = [_attention_of(layer) for layer in layers]
     if any(a is None for a in attentions):
         problems.append("some decoder layers have no self-attention module")
