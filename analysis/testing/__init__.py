@@ -95,6 +95,8 @@ ernie4_5_vl_m  as qwen2_vl (merged 2 x 2), ERNIE-4.5 MoE decoder with      35
 oe             text / image experts, 3-D M-RoPE (token-level)
 gemma4_unifie  no vision tower: 16 px patches merged 3 x 3 into 48 px      63
 d              model patches (<= 70), bidirectional in the image (token-level)
+muse_glimmer   MoonViT-style, GLM-4.1V resize (224 x 168), patch 14,       48
+               shuffled 2 x 2, Gemma-2-style decoder (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -158,8 +160,9 @@ from analysis.testing._qwen_like import (
     _build_glm4v, _build_paddleocr_vl, _build_qwen, _build_qwen3_vl, _build_video_llama_3,
 )
 from analysis.testing._token_level import (
-    _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4, _build_granite_docling, _build_kimi_k25, _build_idefics2, _build_ovis2, _build_qwen2_5_omni_thinker,
-    _build_qwen3_omni_moe_thinker,
+    _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4,
+    _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_muse_glimmer, _build_ovis2,
+    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker,
 )
 
 if TYPE_CHECKING:
@@ -214,6 +217,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "cosmos3_edge": _build_cosmos3_edge,
     "ernie4_5_vl_moe": _build_ernie4_5_vl_moe,
     "gemma4_unified": lambda real: _build_gemma4(real, unified=True),
+    "muse_glimmer": _build_muse_glimmer,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -231,7 +235,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "gemma4": "gemma3", "cosmos3_omni": "qwen3", "qianfan_ocr": "qwen3",
                   "exaone4_5": "qwen3", "granite_docling": "llama3",
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
-                  "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3"}
+                  "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
+                  "muse_glimmer": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -39,6 +39,10 @@ from transformers import (
     Idefics2ImageProcessor,
     Idefics2Processor,
     MistralConfig,
+    MuseGlimmerConfig,
+    MuseGlimmerImageProcessor,
+    MuseGlimmerProcessor,
+    MuseGlimmerVideoProcessor,
     Ovis2Config,
     Ovis2ImageProcessor,
     Ovis2Processor,
@@ -377,3 +381,36 @@ def _build_ernie4_5_vl_moe(real: str | None = None) -> _Recipe:
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=14, spatial_merge_size=2)
     ids = {f"{name}_id": tok.convert_tokens_to_ids(token) for name, token in named.items()}
     return Ernie4_5_VLMoeConfig(text_config=text, vision_config=vision, **ids), processor
+
+
+# Muse (meta-models/Muse-Glimmer-30B): Llama-4-style headers; the image as one "<|patch|>" the processor expands.
+_MUSE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|header_start|>' + message['role'] + '<|header_end|>\n\n' }}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|patch|>' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '<|eot|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|header_start|>assistant<|header_end|>\n\n' }}{% endif %}"
+)
+
+
+def _build_muse_glimmer(real: str | None = None) -> _Recipe:
+    """Muse Glimmer (meta-models/Muse-Glimmer-30B): a MoonViT-style tower (window + full attention) on the image at its
+    own size (GLM-4.1V's resize, at most 256 tokens here, real 4096), 14 px patches pixel-shuffled 2 x 2, the
+    ``<|patch|>`` tokens between ``<|image_start|>`` and ``<|image_end|>``; a Gemma-2-style decoder (sandwich norms,
+    sliding + NoPE global layers, logits scaled by 0.196 then soft-capped at 20)."""
+    specials = ["<|header_start|>", "<|header_end|>", "<|patch|>", "<|image_start|>", "<|image_end|>", "<|video|>",
+                "<|vid_frame_separator|>", "<|vid_start|>", "<|vid_end|>"]
+    tok = _tokenizer(bos="<|begin_of_text|>", eos="<|eot|>", pad="<|finetune_right_pad|>", specials=specials,
+                     chat_template=_MUSE_TEMPLATE, real=real)
+    processor = MuseGlimmerProcessor(image_processor=MuseGlimmerImageProcessor(max_image_tokens=256),
+                                     video_processor=MuseGlimmerVideoProcessor(), tokenizer=tok,
+                                     chat_template=_MUSE_TEMPLATE)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, sliding_window=128)
+    vision = dict(**_VISION, patch_size=14, merge_size=2, pos_emb_height=32, pos_emb_width=32)
+    return MuseGlimmerConfig(text_config=text, vision_config=vision, out_hidden_size=4 * _VISION["hidden_size"],
+                             projector_hidden_size=_TEXT["hidden_size"], image_token_id=tok.convert_tokens_to_ids(
+                                 "<|patch|>"), video_token_id=tok.convert_tokens_to_ids("<|video|>")), processor
