@@ -69,6 +69,7 @@ EXPECTED_IMAGE_TOKENS = {
     "ernie4_5_vl_moe": 35,  # as qwen2_vl (merged 2 x 2), ERNIE-4.5 MoE decoder with text / image experts, 3-D M-RoPE (token-level)
     "gemma4_unified": 63,  # no vision tower: 16 px patches merged 3 x 3 into 48 px model patches (<= 70), bidirectional in the image (token-level)
     "muse_glimmer": 48,  # MoonViT-style, GLM-4.1V resize (224 x 168), patch 14, shuffled 2 x 2, Gemma-2-style decoder (token-level)
+    "muse_spark": 48,  # as muse_glimmer, MoE decoder with residual gates, tiny audio encoder (token-level)
 }
 
 

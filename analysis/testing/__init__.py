@@ -97,6 +97,8 @@ gemma4_unifie  no vision tower: 16 px patches merged 3 x 3 into 48 px      63
 d              model patches (<= 70), bidirectional in the image (token-level)
 muse_glimmer   MoonViT-style, GLM-4.1V resize (224 x 168), patch 14,       48
                shuffled 2 x 2, Gemma-2-style decoder (token-level)
+muse_spark     as muse_glimmer, MoE decoder with residual gates, tiny      48
+               audio encoder (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -218,6 +220,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "ernie4_5_vl_moe": _build_ernie4_5_vl_moe,
     "gemma4_unified": lambda real: _build_gemma4(real, unified=True),
     "muse_glimmer": _build_muse_glimmer,
+    "muse_spark": lambda real: _build_muse_glimmer(real, spark=True),
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -236,7 +239,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "exaone4_5": "qwen3", "granite_docling": "llama3",
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
                   "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
-                  "muse_glimmer": "llama3"}
+                  "muse_glimmer": "llama3", "muse_spark": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -43,6 +43,9 @@ from transformers import (
     MuseGlimmerImageProcessor,
     MuseGlimmerProcessor,
     MuseGlimmerVideoProcessor,
+    MuseSparkConfig,
+    MuseSparkFeatureExtractor,
+    MuseSparkProcessor,
     Ovis2Config,
     Ovis2ImageProcessor,
     Ovis2Processor,
@@ -396,21 +399,31 @@ _MUSE_TEMPLATE = (
 )
 
 
-def _build_muse_glimmer(real: str | None = None) -> _Recipe:
+def _build_muse_glimmer(real: str | None = None, spark: bool = False) -> _Recipe:
     """Muse Glimmer (meta-models/Muse-Glimmer-30B): a MoonViT-style tower (window + full attention) on the image at its
     own size (GLM-4.1V's resize, at most 256 tokens here, real 4096), 14 px patches pixel-shuffled 2 x 2, the
     ``<|patch|>`` tokens between ``<|image_start|>`` and ``<|image_end|>``; a Gemma-2-style decoder (sandwich norms,
-    sliding + NoPE global layers, logits scaled by 0.196 then soft-capped at 20)."""
+    sliding + NoPE global layers, logits scaled by 0.196 then soft-capped at 20).
+
+    ``spark``: Muse Spark: the same image path; a mixture-of-experts decoder (4 experts, 2 per token; real 256, 8)
+    whose blocks write through temperature-scaled residual gates, logits scaled by 0.177; a tiny audio encoder."""
     specials = ["<|header_start|>", "<|header_end|>", "<|patch|>", "<|image_start|>", "<|image_end|>", "<|video|>",
-                "<|vid_frame_separator|>", "<|vid_start|>", "<|vid_end|>"]
+                "<|vid_frame_separator|>", "<|vid_start|>", "<|vid_end|>", *(["<|audio|>"] if spark else [])]
     tok = _tokenizer(bos="<|begin_of_text|>", eos="<|eot|>", pad="<|finetune_right_pad|>", specials=specials,
                      chat_template=_MUSE_TEMPLATE, real=real)
-    processor = MuseGlimmerProcessor(image_processor=MuseGlimmerImageProcessor(max_image_tokens=256),
-                                     video_processor=MuseGlimmerVideoProcessor(), tokenizer=tok,
-                                     chat_template=_MUSE_TEMPLATE)
+    parts = dict(image_processor=MuseGlimmerImageProcessor(max_image_tokens=256),
+                 video_processor=MuseGlimmerVideoProcessor(), tokenizer=tok, chat_template=_MUSE_TEMPLATE)
     text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, sliding_window=128)
-    vision = dict(**_VISION, patch_size=14, merge_size=2, pos_emb_height=32, pos_emb_width=32)
-    return MuseGlimmerConfig(text_config=text, vision_config=vision, out_hidden_size=4 * _VISION["hidden_size"],
-                             projector_hidden_size=_TEXT["hidden_size"], image_token_id=tok.convert_tokens_to_ids(
-                                 "<|patch|>"), video_token_id=tok.convert_tokens_to_ids("<|video|>")), processor
+    common = dict(vision_config=dict(**_VISION, patch_size=14, merge_size=2, pos_emb_height=32, pos_emb_width=32),
+                  out_hidden_size=4 * _VISION["hidden_size"], projector_hidden_size=_TEXT["hidden_size"],
+                  image_token_id=tok.convert_tokens_to_ids("<|patch|>"), video_token_id=tok.convert_tokens_to_ids(
+                      "<|video|>"))
+    if spark:
+        text |= dict(num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, moe_hidden_size=32,
+                     output_multiplier=0.1767766952966369)
+        audio = dict(hidden_sizes=[8, 8, 8, 16], depths=[1, 1, 1, 1], out_hidden_size=_TEXT["hidden_size"])
+        processor = MuseSparkProcessor(feature_extractor=MuseSparkFeatureExtractor(), **parts)
+        return MuseSparkConfig(text_config=text, audio_config=audio, audio_token_id=tok.convert_tokens_to_ids(
+            "<|audio|>"), **common), processor
+    return MuseGlimmerConfig(text_config=text, **common), MuseGlimmerProcessor(**parts)
