@@ -99,6 +99,9 @@ muse_glimmer   MoonViT-style, GLM-4.1V resize (224 x 168), patch 14,       48
                shuffled 2 x 2, Gemma-2-style decoder (token-level)
 muse_spark     as muse_glimmer, MoE decoder with residual gates, tiny      48
                audio encoder (token-level)
+unlimited_ocr  global view padded to 512 px (real 1024), SAM patch 16 +    73
+               2 stride-2 convs + encoder -> 8 x 9 + 1, DeepSeek MoE decoder
+               (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -164,7 +167,7 @@ from analysis.testing._qwen_like import (
 from analysis.testing._token_level import (
     _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4,
     _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_muse_glimmer, _build_ovis2,
-    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker,
+    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_unlimited_ocr,
 )
 
 if TYPE_CHECKING:
@@ -221,6 +224,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "gemma4_unified": lambda real: _build_gemma4(real, unified=True),
     "muse_glimmer": _build_muse_glimmer,
     "muse_spark": lambda real: _build_muse_glimmer(real, spark=True),
+    "unlimited_ocr": _build_unlimited_ocr,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -239,7 +243,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "exaone4_5": "qwen3", "granite_docling": "llama3",
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
                   "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
-                  "muse_glimmer": "llama3", "muse_spark": "llama3"}
+                  "muse_glimmer": "llama3", "muse_spark": "llama3",
+                  "unlimited_ocr": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

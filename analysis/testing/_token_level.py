@@ -54,12 +54,16 @@ from transformers import (
     Qwen3OmniMoeProcessor,
     Qwen3OmniMoeThinkerConfig,
     Qwen3VLVideoProcessor,
+    UnlimitedOcrConfig,
+    UnlimitedOcrImageProcessor,
+    UnlimitedOcrProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
     WhisperFeatureExtractor,
 )
 
 from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
+from analysis.testing._families import _JANUS_TEMPLATE
 from analysis.testing._qwen_like import _PADDLE_TEMPLATE, _build_qwen, _build_qwen3_vl
 
 # Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
@@ -427,3 +431,26 @@ def _build_muse_glimmer(real: str | None = None, spark: bool = False) -> _Recipe
         return MuseSparkConfig(text_config=text, audio_config=audio, audio_token_id=tok.convert_tokens_to_ids(
             "<|audio|>"), **common), processor
     return MuseGlimmerConfig(text_config=text, **common), MuseGlimmerProcessor(**parts)
+
+
+def _build_unlimited_ocr(real: str | None = None) -> _Recipe:
+    """Unlimited-OCR (baidu/Unlimited-OCR): DeepSeek-OCR-2's layout: a global view padded to a 512 px square (real 1024)
+    -> 8 x 8 tokens plus a separator per row and one at the end, and, for an image larger than a tile, 2 to 4 tiles of
+    256 px (real 640, up to 32), each through a SAM ViT (patch 16, two stride-2 convolutions) and a Qwen2-style
+    encoder: ``<image>`` tokens only; a DeepSeek-V2-style MoE decoder with "reference" sliding-window layers (the prompt
+    stays visible). DeepSeek's turns."""
+    template = _JANUS_TEMPLATE.replace("<image_placeholder>", "<image>")
+    tok = _tokenizer(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>", specials=["<image>"],
+                     chat_template=template, real=real, extra_tokens=("<|User|>:", "<|Assistant|>:"))
+    image_processor = UnlimitedOcrImageProcessor(size={"height": 512, "width": 512}, tile_size=256, max_patches=4,
+                                                 maximum_pad_value=256)
+    processor = UnlimitedOcrProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    sam = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=4, image_size=512,
+               patch_size=16, mlp_dim=64, window_size=14, global_attn_indexes=[1], downsample_channels=[32, 64])
+    encoder = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=4)
+    text = dict(**(_TEXT | {"num_key_value_heads": 4}), vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_routed_experts=4, n_shared_experts=1,
+                num_experts_per_tok=2, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"], sliding_window=128)
+    return UnlimitedOcrConfig(vision_config=dict(sam_config=sam, encoder_config=encoder), text_config=text,
+                              image_token_id=tok.convert_tokens_to_ids("<image>")), processor
