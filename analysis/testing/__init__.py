@@ -102,6 +102,9 @@ muse_spark     as muse_glimmer, MoE decoder with residual gates, tiny      48
 unlimited_ocr  global view padded to 512 px (real 1024), SAM patch 16 +    73
                2 stride-2 convs + encoder -> 8 x 9 + 1, DeepSeek MoE decoder
                (token-level)
+step3p7        224 px square (real 728), patch 14, 2 stride-2 convs ->     16
+               4 x 4 (+ 112 px crops for larger images), Step MoE decoder
+               (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -167,7 +170,7 @@ from analysis.testing._qwen_like import (
 from analysis.testing._token_level import (
     _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4,
     _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_muse_glimmer, _build_ovis2,
-    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_unlimited_ocr,
+    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_step3p7, _build_unlimited_ocr,
 )
 
 if TYPE_CHECKING:
@@ -225,6 +228,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "muse_glimmer": _build_muse_glimmer,
     "muse_spark": lambda real: _build_muse_glimmer(real, spark=True),
     "unlimited_ocr": _build_unlimited_ocr,
+    "step3p7": _build_step3p7,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -244,7 +248,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
                   "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
                   "muse_glimmer": "llama3", "muse_spark": "llama3",
-                  "unlimited_ocr": "llama3"}
+                  "unlimited_ocr": "llama3", "step3p7": "llama3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -54,6 +54,9 @@ from transformers import (
     Qwen3OmniMoeProcessor,
     Qwen3OmniMoeThinkerConfig,
     Qwen3VLVideoProcessor,
+    Step3p7Config,
+    Step3p7ImageProcessor,
+    Step3p7Processor,
     UnlimitedOcrConfig,
     UnlimitedOcrImageProcessor,
     UnlimitedOcrProcessor,
@@ -454,3 +457,22 @@ def _build_unlimited_ocr(real: str | None = None) -> _Recipe:
                 num_experts_per_tok=2, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"], sliding_window=128)
     return UnlimitedOcrConfig(vision_config=dict(sam_config=sam, encoder_config=encoder), text_config=text,
                               image_token_id=tok.convert_tokens_to_ids("<image>")), processor
+
+
+def _build_step3p7(real: str | None = None) -> _Recipe:
+    """Step 3.7 (stepfun-ai/step-3.7): the image resized to a 224 px square (real 728) -> 16 x 16 patches of 14 px, two
+    stride-2 convolutions -> 4 x 4 = 16 ``<im_patch>`` tokens between ``<im_start>`` and ``<im_end>``, after 112 px
+    crops of 4 tokens each for images larger than 224 px (real 504 px crops, 81 tokens); a Step decoder (gated
+    attention, layer 0 dense, then 4 routed experts (2 per token) and a shared one)."""
+    specials = ["<im_patch>", "<im_start>", "<im_end>", "<patch_start>", "<patch_end>", "<patch_newline>"]
+    template = _JANUS_TEMPLATE.replace("<image_placeholder>", "<im_patch>")
+    tok = _tokenizer(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>", specials=specials,
+                     chat_template=template, real=real, extra_tokens=("<|User|>:", "<|Assistant|>:"))
+    image_processor = Step3p7ImageProcessor(size={"height": 224, "width": 224}, patch_size=112, max_image_size=448)
+    processor = Step3p7Processor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                share_expert_dim=32, mlp_layer_types=["dense", "sparse"], sliding_window=128)
+    vision = dict(**_VISION, image_size=224, patch_size=14, max_position_embeddings=256)
+    return Step3p7Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(
+        "<im_patch>")), processor
