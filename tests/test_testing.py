@@ -72,6 +72,7 @@ EXPECTED_IMAGE_TOKENS = {
     "muse_spark": 48,  # as muse_glimmer, MoE decoder with residual gates, tiny audio encoder (token-level)
     "unlimited_ocr": 73,  # global view padded to 512 px (real 1024), SAM patch 16 + 2 stride-2 convs + encoder -> 8 x 9 + 1, DeepSeek MoE decoder (token-level)
     "step3p7": 16,  # 224 px square (real 728), patch 14, 2 stride-2 convs -> 4 x 4 (+ 112 px crops for larger images), Step MoE decoder (token-level)
+    "molmo2": 65,  # 112 px crops (<= 4) + low-res view, patch 14, pooled 2 x 2 (4 x 4 low-res + 7 x 7 high-res grid), OLMo-style decoder (token-level)
 }
 
 

@@ -105,6 +105,9 @@ unlimited_ocr  global view padded to 512 px (real 1024), SAM patch 16 +    73
 step3p7        224 px square (real 728), patch 14, 2 stride-2 convs ->     16
                4 x 4 (+ 112 px crops for larger images), Step MoE decoder
                (token-level)
+molmo2         112 px crops (<= 4) + low-res view, patch 14, pooled 2 x 2  65
+               (4 x 4 low-res + 7 x 7 high-res grid), OLMo-style decoder
+               (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -169,7 +172,7 @@ from analysis.testing._qwen_like import (
 )
 from analysis.testing._token_level import (
     _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4,
-    _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_muse_glimmer, _build_ovis2,
+    _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_molmo2, _build_muse_glimmer, _build_ovis2,
     _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_step3p7, _build_unlimited_ocr,
 )
 
@@ -229,6 +232,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "muse_spark": lambda real: _build_muse_glimmer(real, spark=True),
     "unlimited_ocr": _build_unlimited_ocr,
     "step3p7": _build_step3p7,
+    "molmo2": _build_molmo2,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -248,7 +252,8 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "kimi_k25": "qwen3", "cosmos3_edge": "qwen3",
                   "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
                   "muse_glimmer": "llama3", "muse_spark": "llama3",
-                  "unlimited_ocr": "llama3", "step3p7": "llama3"}
+                  "unlimited_ocr": "llama3", "step3p7": "llama3",
+                  "molmo2": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

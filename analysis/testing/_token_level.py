@@ -39,6 +39,10 @@ from transformers import (
     Idefics2ImageProcessor,
     Idefics2Processor,
     MistralConfig,
+    Molmo2Config,
+    Molmo2ImageProcessor,
+    Molmo2Processor,
+    Molmo2VideoProcessor,
     MuseGlimmerConfig,
     MuseGlimmerImageProcessor,
     MuseGlimmerProcessor,
@@ -476,3 +480,31 @@ def _build_step3p7(real: str | None = None) -> _Recipe:
     vision = dict(**_VISION, image_size=224, patch_size=14, max_position_embeddings=256)
     return Step3p7Config(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(
         "<im_patch>")), processor
+
+
+def _build_molmo2(real: str | None = None) -> _Recipe:
+    """Molmo 2 (allenai/Molmo2-4B): crops of 112 px overlapping by 1 patch (real 378 px, by 4; at most 4 here, real 8)
+    and a low-resolution view, SigLIP patch 14 -> 8 x 8 per crop, features of two tower layers concatenated and
+    attention-pooled 2 x 2 into ``<im_patch>`` tokens (the low-resolution view's 4 x 4, then the crops' windows as one
+    high-resolution grid, 7 x 7 for a 200 x 150 image), each row ended by ``<im_col>``, each view between
+    ``<low_res_im_start>`` / ``<im_start>`` and ``<im_end>``; an OLMo-style decoder with Qwen3 q/k norms. ChatML (the
+    processor puts the end-of-text token first: no BOS)."""
+    image_tokens = ["<im_patch>", "<im_col>", "<im_start>", "<low_res_im_start>", "<frame_start>", "<im_end>",
+                    "<frame_end>", "<im_low>"]
+    named = {"image_token": "<|image|>", "video_token": "<|video|>"}
+    template = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image|>")
+    tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=["<|im_start|>", *image_tokens,
+                     *named.values()], chat_template=template, real=real, named=named)
+    image_processor = Molmo2ImageProcessor(size={"height": 112, "width": 112}, max_crops=4, overlap_margins=[1, 1])
+    processor = Molmo2Processor(image_processor=image_processor, video_processor=Molmo2VideoProcessor(), tokenizer=tok,
+                                chat_template=template)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), additional_vocab_size=0)
+    vision = dict(**_VISION, num_key_value_heads=4, head_dim=8, image_size=[112, 112], patch_size=14,
+                  num_position_embeddings=64)
+    adapter = dict(vision_feature_layer=[-1, -2], hidden_size=_VISION["hidden_size"], num_attention_heads=4,
+                   num_key_value_heads=4, head_dim=8, intermediate_size=128, text_hidden_size=_TEXT["hidden_size"])
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_start_token_id", "<im_start>"), ("low_res_image_start_token_id", "<low_res_im_start>"),
+        ("image_end_token_id", "<im_end>"), ("image_patch_id", "<im_patch>"), ("frame_start_token_id", "<frame_start>"),
+        ("frame_end_token_id", "<frame_end>")]}
+    return Molmo2Config(vision_config=vision, adapter_config=adapter, text_config=text, **ids), processor
