@@ -83,30 +83,30 @@ qianfan_ocr    as internvl, Qwen3 decoder, ``<image>`` expanded by the     448
                processor (token-level)
 exaone4_5      as qwen2_5_vl, EXAONE 4 decoder (post-norms, sliding +      35
                global), 1-D positions (token-level)
-granite_docli  GOT-OCR2-style 512 px tiles (<= 4), patch 16, shuffle 4 ->  64
-ng             64 per tile (+ global if tiled), Idefics3 prompt, DeepStack,
+granite_       512 px tiles (<= 4), patch 16, shuffled by 4 -> 64 per      64
+docling        tile (+ global if tiled), Idefics3 prompt, DeepStack,
                Granite decoder with MuP multipliers (token-level)
-kimi_k25       MoonViT at the image's size padded to 28 px (224 x 168),    48
-               patch 14, merged 2 x 2, DeepSeek-V3 decoder (MLA, MoE)
-               (token-level)
-cosmos3_edge   SigLIP2 NaViT, smart_resize to 32 px, patch 16, merged      30
-               2 x 2, M-RoPE Llama-style decoder (token-level)
-ernie4_5_vl_m  as qwen2_vl (merged 2 x 2), ERNIE-4.5 MoE decoder with      35
-oe             text / image experts, 3-D M-RoPE (token-level)
-gemma4_unifie  no vision tower: 16 px patches merged 3 x 3 into 48 px      63
-d              model patches (<= 70), bidirectional in the image (token-level)
-muse_glimmer   MoonViT-style, GLM-4.1V resize (224 x 168), patch 14,       48
-               shuffled 2 x 2, Gemma-2-style decoder (token-level)
-muse_spark     as muse_glimmer, MoE decoder with residual gates, tiny      48
+kimi_k25       MoonViT at the image's size (224 x 168), patch 14, merged   48
+               2 x 2; DeepSeek-V3 decoder (MLA, MoE) (token-level)
+cosmos3_edge   SigLIP2 NaViT, smart_resize to 32 px, patch 16, merged 2 x  30
+               2; M-RoPE Llama-style decoder (token-level)
+ernie4_5_vl_   as qwen2_vl; ERNIE-4.5 MoE decoder with text and image      35
+moe            experts, 3-D M-RoPE (token-level)
+gemma4_        no vision tower: 16 px patches merged 3 x 3 into 48 px      63
+unified        model patches (<= 70), bidirectional in the image (token-
+               level)
+muse_glimmer   MoonViT-style tower (224 x 168), patch 14, shuffled 2 x 2;  48
+               Gemma-2-style decoder (token-level)
+muse_spark     as muse_glimmer; MoE decoder with residual gates, tiny      48
                audio encoder (token-level)
-unlimited_ocr  global view padded to 512 px (real 1024), SAM patch 16 +    73
-               2 stride-2 convs + encoder -> 8 x 9 + 1, DeepSeek MoE decoder
-               (token-level)
-step3p7        224 px square (real 728), patch 14, 2 stride-2 convs ->     16
-               4 x 4 (+ 112 px crops for larger images), Step MoE decoder
-               (token-level)
-molmo2         112 px crops (<= 4) + low-res view, patch 14, pooled 2 x 2  65
-               (4 x 4 low-res + 7 x 7 high-res grid), OLMo-style decoder
+unlimited_ocr  global view padded to 512 px (real 1024), SAM patch 16,     73
+               two stride-2 convolutions, encoder -> 8 x 8 + row
+               separators + 1; DeepSeek MoE decoder (token-level)
+step3p7        224 px square (real 728), patch 14, two stride-2            16
+               convolutions -> 4 x 4 (+ 112 px crops for larger images);
+               Step MoE decoder (token-level)
+molmo2         112 px crops (<= 4) + low-res view, patch 14, pooled 2 x    65
+               2: 4 x 4 low-res + a 7 x 7 grid; OLMo-style decoder
                (token-level)
 =============  ==========================================================  =========
 
