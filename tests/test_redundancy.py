@@ -85,7 +85,7 @@ def test_masking_equals_physical_removal(family, tiny, photo, drop_layer):
             masked = vlm.model(**prepared.inputs).logits[0].float()
     removed = _removed_logits(vlm, prepared, dropped, layers)
 
-    # the sweep's runner (language model only, vision tower run once) gives the same last-position logits
+    # the sweep's runner (the knockout engine, vision tower run once) gives the same last-position logits
     config = [drop_edges(prepared, dropped, layers)]
     runner = drop_logits(vlm, prepared, [[], config, config], batch_size=2)
     assert (runner[1] - masked[-1]).abs().max() <= TOLERANCE and (runner[0] - base[-1]).abs().max() <= TOLERANCE
@@ -343,3 +343,33 @@ def test_ground_truth_on_the_patch_local_zoo_model():
     assert (at_0.loc["oracle", "mean"] - at_0.loc[["cls_attention", "random"], "mean"] >= 0.10).all(), at_0.to_dict()
     low, high = wilson_interval(at_0.loc["oracle", "sum"], int(at_0.loc["oracle", "count"]))
     assert low <= at_0.loc["attribution", "mean"] <= high, at_0.to_dict()
+
+
+def test_one_unmodified_forward_serves_the_base_the_drops_and_the_attribution(tiny, photo):
+    """drop_logits resumes from the knockout engine's unmodified run, which inside a sharing() block is
+    also the attribution ranking's unmodified forward: the same values as its own, and the vision tower
+    runs once per sample in a sweep with the attribution ranking."""
+    from analysis.probes.redundancy import _unmodified_run, _vision_tower
+    from analysis.probes.runners import unmodified
+
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    own = unmodified(vlm, prepared)  # outside a block: its own forward
+    with sharing(fresh=True):
+        run = _unmodified_run(vlm, prepared)
+        seeded = unmodified(vlm, prepared)
+        assert seeded is not own and _unmodified_run(vlm, prepared) is run
+    assert torch.equal(seeded.logits, own.logits) and torch.equal(seeded.logits, run.logits)
+    assert torch.equal(seeded.embeds, own.embeds) and seeded.kwargs.keys() == own.kwargs.keys()
+    for key, value in own.kwargs.items():
+        assert torch.equal(seeded.kwargs[key], value) if torch.is_tensor(value) else seeded.kwargs[key] == value, key
+
+    calls = []
+    hook = _vision_tower(vlm).register_forward_hook(lambda *args: calls.append(1))
+    try:
+        samples = [{"image": photo, "question": QUESTION}, {"image": photo.rotate(90), "question": QUESTION}]
+        token_redundancy(vlm, samples, drop_layers=(0, 1), keep=(0.5,), rank_by=("attribution", "random"),
+                         attribution={"method": "saliency"}, progress=False)
+    finally:
+        hook.remove()
+    assert len(calls) == len(samples)

@@ -67,9 +67,9 @@ from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.inputs import PreparedInputs
 from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
-from analysis.probes.flow import knockout_logits
-from analysis.probes.runners import unmodified
-from analysis.probes.sharing import model_key, shared, sharing
+from analysis.probes.knockout import Unmodified, knockout_logits, unmodified_run
+from analysis.probes.runners import Unmodified as Unmodified_
+from analysis.probes.sharing import active, model_key, shared, sharing
 
 RANKINGS: tuple[str, ...] = ("last_attention", "cls_attention", "attribution", "random", "oracle")
 DEFAULT_KEEP: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -249,12 +249,31 @@ def _chances(samples: Iterable) -> list[float]:
 def _base(vlm, prepared: PreparedInputs, sample: Sample) -> tuple[int, float, float, torch.Tensor]:
     """Return ``(predicted, p_base, correct_base, logits)`` of the unmodified model.
 
-    Its forward is ``analysis.probes.runners.unmodified``: inside a ``sharing()`` block (one per
-    sample in the sweeps below) the attribution ranking and ``drop_logits`` reuse it.
+    Its forward is the knockout engine's unmodified run (``_unmodified_run``): inside a
+    ``sharing()`` block (one per sample in the sweeps below) ``drop_logits`` resumes from it.
     """
-    logits = unmodified(vlm, prepared).logits
+    logits = _unmodified_run(vlm, prepared).logits
     predicted = int(logits.argmax())
     return predicted, float(torch.softmax(logits, -1)[predicted]), _correct(vlm, prepared, sample, predicted), logits
+
+
+def _unmodified_run(vlm, prepared: PreparedInputs) -> Unmodified:
+    """Return ``analysis.probes.knockout.unmodified_run`` from position 0 (shared inside ``sharing()``).
+
+    Inside a ``sharing()`` block the same forward also serves as ``analysis.probes.runners.unmodified``
+    (the attribution ranking's): same logits, the ``inputs_embeds`` and the other keyword arguments
+    the VLM passed its language model, so the vision tower runs once per sample.
+    """
+    def compute() -> Unmodified:
+        run = unmodified_run(vlm, prepared, 0)
+        if run.lm_kwargs is not None and active():
+            kwargs = {k: v for k, v in run.lm_kwargs.items() if k != "inputs_embeds"}
+            as_runner = Unmodified_(logits=run.logits, embeds=run.lm_kwargs["inputs_embeds"].detach(),
+                                    kwargs={**kwargs, "use_cache": False})
+            shared(("unmodified", *model_key(vlm.model, prepared)), lambda: as_runner)  # runners.unmodified's key
+        return run
+
+    return shared(("knockout unmodified from 0", *model_key(vlm.model, prepared)), compute)
 
 
 def _correct(vlm, prepared: PreparedInputs, sample: Sample, predicted: int) -> float:
@@ -290,28 +309,21 @@ def drop_edges(prepared: PreparedInputs, dropped, layers: Iterable[int]) -> Edge
 def drop_logits(vlm, prepared: PreparedInputs, configs: Sequence[Sequence[Edges]], batch_size: int = 16) -> torch.Tensor:
     """Return the next-token logits at the last position under each edge configuration.
 
-    As ``analysis.probes.flow.knockout_logits`` without a prefix cache (drops reach the image
-    tokens themselves), but the vision tower and projector run once: the unmodified forward
-    (``analysis.probes.runners.unmodified``, shared inside ``sharing()``) records what the VLM
-    passes its language model, and each batch of configurations reruns only the language model
-    from those inputs.
+    The knockout engine (``analysis.probes.knockout.knockout_logits``) without a prefix cache
+    (``reuse_prefix=False``: drops reach the image tokens themselves), resuming from one unmodified
+    run per input (``_unmodified_run``, the forward that gives ``p_base``, shared inside
+    ``sharing()``): the vision tower and projector run once, a configuration whose drops start at
+    layer ``K`` runs the language model from layer ``K`` on (layers below as unmodified), and the
+    empty configuration is the unmodified run's own logits. Memory: the unmodified run keeps the
+    residual stream entering every decoder layer (``n_layers x T x hidden``).
 
     Returns:
         fp32 CPU tensor of shape ``(len(configs), vocab)``.
     """
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
-    run = unmodified(vlm, prepared)
-    if run.embeds is None:  # not the usual VLM layout: run it whole
-        return knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False)
-    kwargs = {**run.kwargs, "inputs_embeds": run.embeds}
-    out = []
-    for start in range(0, len(configs), batch_size):
-        chunk = list(configs[start: start + batch_size])
-        with torch.no_grad(), probing(vlm, block=chunk):
-            hidden = vlm.language_model(**vlm.adapter.repeat_language_model_kwargs(kwargs, len(chunk)))
-            out.append(vlm.unembed(hidden.last_hidden_state[:, -1], final_norm=False).float().cpu())
-    return torch.cat(out)
+    return knockout_logits(vlm, prepared, configs, batch_size=batch_size, reuse_prefix=False,
+                           unmodified=_unmodified_run(vlm, prepared))
 
 
 def layer_flops(vlm, n_tokens: int) -> float:
