@@ -307,3 +307,26 @@ def test_short_convolutions_in_decoder_layers_are_refused():
     with pytest.raises(UnsupportedModelError, match=r"'inkling2_loop'.*short causal convolutions.*nearest supported "
                                                     r"family is LLaVA-1.5"):
         adapter_for("inkling2_loop")
+
+
+def test_decoder_stack_inside_a_causal_lm_wrapper():
+    """Llama 4's ``get_decoder()`` is its causal LM; the decoder stack (layers, norm) is that wrapper's ``model``, which
+    ``VLM.language_model`` and the generic path's structure checks unwrap (Llama 4 stays refused: transformers 5.24's
+    forward raises, and the refusal says so)."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from analysis.errors import UnsupportedModelError
+    from analysis.families import structure
+    from analysis.models.adapters import adapter_for
+    from analysis.models.adapters.generic import decoder_stack
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(CONFIG_MAPPING["llama4"]())
+    stack = decoder_stack(model)
+    assert not hasattr(model.get_decoder(), "layers") and stack is model.get_decoder().model
+    assert len(stack.layers) == model.config.text_config.num_hidden_layers and structure("llama4") == []
+    with pytest.raises(UnsupportedModelError, match=r"'llama4'.*forward raises on every call"):
+        adapter_for("llama4")
+    vlm = tiny_vlm("llava")
+    assert decoder_stack(vlm.model) is vlm.model.get_decoder() is vlm.language_model

@@ -15,6 +15,7 @@ from torch import nn
 from analysis.data.images import ImageLike, load_image
 from analysis.errors import ImageError, InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
+from analysis.models.adapters.generic import decoder_stack
 from analysis.models.config_digest import config_digest
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 from analysis.models.sources import lookup
@@ -55,8 +56,9 @@ class VLM:
 
     @property
     def language_model(self) -> nn.Module:
-        """The decoder stack (embeddings, ``layers``, ``norm``) without the LM head."""
-        return self.model.get_decoder()
+        """The decoder stack (embeddings, ``layers``, ``norm``) without the LM head (inside a causal-LM wrapper where
+        ``get_decoder()`` returns one, as Llama 4's does: ``adapters.generic.decoder_stack``)."""
+        return decoder_stack(self.model)
 
     @property
     def layers(self) -> nn.ModuleList:

@@ -77,8 +77,10 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
                                                          "minicpmv4_7")},
     "lfm2_vl": ("llava", "refused: LFM2's short-convolution layers mix positions outside attention: knockout cannot "
                 "block image -> last there"),
-    "llama4": ("llava", "not adapted yet: get_decoder() is the causal LM (its layers sit one level deeper), chunked "
-               "attention and a mixture-of-experts decoder"),
+    "llama4": ("llava", "not adapted yet: transformers 5.24's Llama4ForConditionalGeneration.forward raises on every "
+               "call (it reads image_outputs from its language model's output, which has none); otherwise it passes the "
+               "generic path's structure checks (VLM.language_model finds the decoder stack inside the causal LM that "
+               "get_decoder() returns)"),
     "got_ocr2": ("internvl", "not adapted yet: its SAM vision tower's attention bypasses AttentionInterface, and the "
                  "backend checks the whole model class, not its decoder's (the adapter, analysis/models/adapters/"
                  "got_ocr2.py, passes every check once the backend asks the decoder)"),

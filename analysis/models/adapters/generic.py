@@ -30,7 +30,7 @@ import torch
 from analysis.errors import UnsupportedModelError
 from analysis.models.adapters.base import Adapter, Layout
 
-__all__ = ["TILE_NAME", "TokenLevelAdapter", "structure_problems"]
+__all__ = ["TILE_NAME", "TokenLevelAdapter", "decoder_stack", "structure_problems"]
 
 TILE_NAME = "image tokens in sequence order (patch geometry unknown)"
 # Per-position inputs that processors emit besides input_ids: (pad value, appended-token value).
@@ -45,6 +45,17 @@ _ATTENTION = ("self_attn", "attention", "attn", "self_attention")
 def _attention_of(layer):
     return next((getattr(layer, name) for name in _ATTENTION if isinstance(getattr(layer, name, None), torch.nn.Module)),
                 None)
+
+
+def decoder_stack(model):
+    """The decoder stack (embeddings, ``layers``, ``norm``) of ``model``: ``get_decoder()``, unwrapped once where that is
+    a causal-LM wrapper around the stack (Llama 4's ``get_decoder()`` is its ``Llama4ForCausalLM``, whose ``model`` is
+    the stack); None without ``get_decoder()``."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is not None and not hasattr(decoder, "layers"):
+        inner = (getattr(decoder, "base_model", None), getattr(decoder, "model", None))
+        decoder = next((m for m in inner if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)), decoder)
+    return decoder
 
 
 def image_token_id(config, processor=None) -> int | None:
@@ -94,7 +105,7 @@ def structure_problems(model, processor=None) -> list[str]:
     problems = []
     if image_token_id(model.config, processor) is None:
         problems.append("its config names no image placeholder token (image_token_id / image_token_index)")
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    decoder = decoder_stack(model)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or not isinstance(getattr(decoder, "norm", None), torch.nn.Module):
         problems.append("get_decoder() is not a decoder stack with layers and a final norm")
