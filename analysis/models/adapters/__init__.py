@@ -78,7 +78,8 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     "lfm2_vl": ("llava", "refused: LFM2's short-convolution layers mix positions outside attention: knockout cannot "
                 "block image -> last there"),
     "llama4": ("llava", "not adapted yet: transformers 5.24's Llama4ForConditionalGeneration.forward raises on every "
-               "call (it reads image_outputs from its language model's output, which has none); otherwise it passes the "
+               "call that returns an output object, the default (it reads image_outputs from its language model's "
+               "output, which has none); otherwise it passes the "
                "generic path's structure checks (VLM.language_model finds the decoder stack inside the causal LM that "
                "get_decoder() returns)"),
     "got_ocr2": ("internvl", "not adapted yet: its SAM vision tower's attention bypasses AttentionInterface, and the "
