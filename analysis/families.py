@@ -138,7 +138,8 @@ def markdown(rows: Sequence[dict]) -> str:
                 detail += "; image tokens in sequence order, no patch geometry"
         elif r["status"] == "token-level":
             detail = ("structure checks pass on the default config (image placeholder token, decoder stack, "
-                      "attention through AttentionInterface with layer_idx); no tiny model yet")
+                      "attention through AttentionInterface with layer_idx); "
+                      + ("tiny model, checks not run" if r.get("tiny") else "no tiny model yet"))
         lines.append(f"| `{r['model_type']}` | {r['status']} | {r['family']} | {detail} |")
     return "\n".join(lines)
 
