@@ -68,7 +68,7 @@ from analysis.models.inputs import PreparedInputs
 from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.knockout import Unmodified, knockout_logits, unmodified_run
-from analysis.probes.runners import Unmodified as Unmodified_
+from analysis.probes.runners import offer_unmodified
 from analysis.probes.sharing import active, model_key, shared, sharing
 
 RANKINGS: tuple[str, ...] = ("last_attention", "cls_attention", "attribution", "random", "oracle")
@@ -267,10 +267,7 @@ def _unmodified_run(vlm, prepared: PreparedInputs) -> Unmodified:
     def compute() -> Unmodified:
         run = unmodified_run(vlm, prepared, 0)
         if run.lm_kwargs is not None and active():
-            kwargs = {k: v for k, v in run.lm_kwargs.items() if k != "inputs_embeds"}
-            as_runner = Unmodified_(logits=run.logits, embeds=run.lm_kwargs["inputs_embeds"].detach(),
-                                    kwargs={**kwargs, "use_cache": False})
-            shared(("unmodified", *model_key(vlm.model, prepared)), lambda: as_runner)  # runners.unmodified's key
+            offer_unmodified(vlm, prepared, run.logits, run.lm_kwargs)
         return run
 
     return shared(("knockout unmodified from 0", *model_key(vlm.model, prepared)), compute)

@@ -69,7 +69,24 @@ class Unmodified:
 
 def unmodified(vlm: VLM, prepared: PreparedInputs) -> Unmodified:
     """Return the unmodified forward of ``prepared`` (shared inside ``sharing()``)."""
-    return shared(("unmodified", *model_key(vlm.model, prepared)), lambda: _unmodified(vlm, prepared))
+    return shared(_key(vlm, prepared), lambda: _unmodified(vlm, prepared))
+
+
+def offer_unmodified(vlm: VLM, prepared: PreparedInputs, logits: torch.Tensor, lm_kwargs: dict) -> None:
+    """Offer a forward computed elsewhere as ``unmodified(vlm, prepared)`` inside a ``sharing()`` block.
+
+    Args:
+        logits: fp32 next-token logits at the last prompt position, ``(vocab,)``.
+        lm_kwargs: the keyword arguments the VLM passed its language model, ``inputs_embeds`` among them
+            (e.g. ``analysis.probes.knockout.unmodified_run(...).lm_kwargs``).
+    """
+    kwargs = {k: v for k, v in lm_kwargs.items() if k not in ("inputs_embeds", "past_key_values", "cache")}
+    run = Unmodified(logits=logits, embeds=lm_kwargs["inputs_embeds"].detach(), kwargs={**kwargs, "use_cache": False})
+    shared(_key(vlm, prepared), lambda: run)
+
+
+def _key(vlm: VLM, prepared: PreparedInputs) -> tuple:
+    return ("unmodified", *model_key(vlm.model, prepared))
 
 
 def _unmodified(vlm: VLM, prepared: PreparedInputs) -> Unmodified:
