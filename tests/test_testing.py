@@ -73,6 +73,7 @@ EXPECTED_IMAGE_TOKENS = {
     "unlimited_ocr": 73,  # the 512 px global view: 8 x 8 + a separator per row + 1 (token-level)
     "step3p7": 16,  # a 224 px square, 16 x 16 patches, two stride-2 convolutions -> 4 x 4 (token-level)
     "molmo2": 65,  # 4 x 4 low-res view + a 7 x 7 grid of the crops (token-level)
+    "hyperclovax_vision_v2": 35,  # as qwen2_5_vl (token-level)
 }
 
 
@@ -139,7 +140,9 @@ def test_question_round_trips_through_the_tokenizer(parts, image):
     for question in OTHER_QUESTIONS:  # spaced punctuation round-trips exactly
         other_ids = tok.encode(question, add_special_tokens=False)
         assert tok.unk_token_id not in other_ids and tok.decode(other_ids) == question
-    assert tok.decode(tok.encode("circle?", add_special_tokens=False)) == "circle ?"
+    # the toy WordLevel tokenizers split punctuation off; a byte-level toy BPE (HyperCLOVA X) keeps the text as written
+    byte_level = type(tok.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel"
+    assert tok.decode(tok.encode("circle?", add_special_tokens=False)) == ("circle?" if byte_level else "circle ?")
     ids = encode(processor, image)["input_ids"][0].tolist()
     starts = [i for i in range(len(ids)) if ids[i : i + len(q_ids)] == q_ids]
     assert len(starts) == 1  # the question appears once, as the same ids as on its own

@@ -108,6 +108,9 @@ step3p7        224 px square (real 728), patch 14, two stride-2            16
 molmo2         112 px crops (<= 4) + low-res view, patch 14, pooled 2 x    65
                2: 4 x 4 low-res + a 7 x 7 grid; OLMo-style decoder
                (token-level)
+hyperclovax_   as qwen2_5_vl (VideoLLaMA3's model over a Qwen2.5-VL        35
+vision_v2      tower), HyperCLOVA X decoder (Peri-LN, MuP multipliers);
+               byte-level toy BPE (token-level)
 =============  ==========================================================  =========
 
 ``CORE_FAMILIES`` are the first seven: every per-family test of the suite runs on them; the others
@@ -126,7 +129,10 @@ holds for a question whose words are in the vocabulary and whose punctuation is
 separated by single spaces ("what color is the circle ?"). Punctuation attached to
 a word is split off and comes back space-separated ("circle?" decodes as
 "circle ?"); compare question spans after ``" ".join(q.replace("?", " ? ").split())``
-or, simpler, write test questions with spaced punctuation.
+or, simpler, write test questions with spaced punctuation. One exception: HyperCLOVA X's toy
+tokenizer is a byte-level BPE trained on the same words (transformers reloads that model type's
+tokenizer as ``GPT2Tokenizer``, which a WordLevel model does not survive); it keeps text as
+written ("circle?" decodes as "circle?").
 
 Chat templates follow the real ones (LLaVA-1.5 "USER: <image>\n... ASSISTANT:",
 LLaVA-NeXT Mistral "[INST] <image>\n... [/INST]", Qwen2-VL ChatML with a default
@@ -172,8 +178,9 @@ from analysis.testing._qwen_like import (
 )
 from analysis.testing._token_level import (
     _build_aria, _build_cosmos3_edge, _build_cosmos3_omni, _build_ernie4_5_vl_moe, _build_exaone4_5, _build_gemma4,
-    _build_granite_docling, _build_idefics2, _build_kimi_k25, _build_molmo2, _build_muse_glimmer, _build_ovis2,
-    _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_step3p7, _build_unlimited_ocr,
+    _build_granite_docling, _build_hyperclovax_vision_v2, _build_idefics2, _build_kimi_k25, _build_molmo2,
+    _build_muse_glimmer, _build_ovis2, _build_qwen2_5_omni_thinker, _build_qwen3_omni_moe_thinker, _build_step3p7,
+    _build_unlimited_ocr,
 )
 
 if TYPE_CHECKING:
@@ -233,6 +240,7 @@ _BUILDERS: dict[str, Callable[[str | None], _Recipe]] = {
     "unlimited_ocr": _build_unlimited_ocr,
     "step3p7": _build_step3p7,
     "molmo2": _build_molmo2,
+    "hyperclovax_vision_v2": _build_hyperclovax_vision_v2,
 }
 # The real tokenizer (``analysis.real_tokenizers``) of each family's checkpoints, or its closest offline stand-in.
 REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3", "qwen2_5_vl": "qwen3",
@@ -253,7 +261,7 @@ REAL_TOKENIZER = {"llava": "llama2", "llava_next": "llama2", "qwen2_vl": "qwen3"
                   "ernie4_5_vl_moe": "qwen3", "gemma4_unified": "gemma3",
                   "muse_glimmer": "llama3", "muse_spark": "llama3",
                   "unlimited_ocr": "llama3", "step3p7": "llama3",
-                  "molmo2": "qwen3"}
+                  "molmo2": "qwen3", "hyperclovax_vision_v2": "qwen3"}
 SUPPORTED_TINY_FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
 # The first seven families: the suite parametrises every per-family test over these (each probe, edge cases,
 # numerics, real tokenizers, published full-width architectures); every other family is checked once, for

@@ -3,7 +3,7 @@ several families use (see ``analysis.testing``)."""
 
 from __future__ import annotations
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
     PretrainedConfig,
@@ -62,6 +62,20 @@ _DIGITS = [str(i) for i in range(21)]
 _PUNCT = list("?.,!:;'\"()-/")
 
 
+def _byte_level_bpe() -> Tokenizer:
+    """A GPT-2-style byte-level BPE trained on the toy words, each with and without its leading space ("Ġ"), until every
+    one is a single token (the 256 byte symbols, then the merges; deterministic). Special and added tokens are the
+    caller's."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    words = [*_WORDS, *(w.capitalize() for w in _WORDS), *_DIGITS, *_PUNCT]
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([*words, *(" " + w for w in words)], trainer=trainer)
+    return backend
+
+
 def _tokenizer(
     bos: str | None,
     eos: str,
@@ -72,6 +86,7 @@ def _tokenizer(
     extra_tokens: tuple[str, ...] = (),
     real: str | None = None,
     named: dict[str, str] | None = None,
+    byte_level: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Return the family's tokenizer: a toy WordLevel one, or with ``real`` a real one (``analysis.real_tokenizers``).
 
@@ -81,11 +96,17 @@ def _tokenizer(
     ``specials`` a name the processor reads (``{"boi_token": "<start_of_image>"}`` -> ``tok.boi_token``
     and ``tok.boi_token_id``).
 
+    ``byte_level``: the toy vocabulary as a GPT-2-style byte-level BPE instead (``_byte_level_bpe``), for model types
+    whose checkpoints transformers reloads with ``GPT2Tokenizer`` whatever the saved class (HyperCLOVA X): it keeps
+    spaces and punctuation as written ("circle?" decodes as "circle?"), and has no ``<unk>``.
+
     Real: the published ``tokenizer.json`` with the family's special tokens added where the
     vocabulary lacks them (as the checkpoints add e.g. LLaVA-1.5's ``<image>`` and ``<pad>``).
     """
     special = list(dict.fromkeys([*([bos] if bos else []), eos, pad, *specials]))
-    if real is None:
+    if real is None and byte_level:
+        backend = _byte_level_bpe()
+    elif real is None:
         special = ["<unk>", *special]
         words = [*_WORDS, *(w.capitalize() for w in _WORDS), *_DIGITS, *_PUNCT]
         vocab = {token: i for i, token in enumerate(dict.fromkeys([*special, *extra_tokens, "\n", *words]))}

@@ -37,12 +37,13 @@ from transformers import (
 from analysis.testing._common import _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
 
 
-def _build_qwen(family: str, real: str | None = None) -> _Recipe:
-    """Qwen2-VL / Qwen2.5-VL: 14 px patches, temporal 2, 2x2 merge, M-RoPE sections [2, 3, 3] of head_dim 16."""
+def _build_qwen(family: str, real: str | None = None, byte_level: bool = False) -> _Recipe:
+    """Qwen2-VL / Qwen2.5-VL: 14 px patches, temporal 2, 2x2 merge, M-RoPE sections [2, 3, 3] of head_dim 16.
+    ``byte_level``: the toy vocabulary as a byte-level BPE (``_tokenizer``)."""
     specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>"]
     specials += ["<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(bos=None, eos="<|im_end|>", pad="<|endoftext|>", specials=specials, chat_template=_QWEN_TEMPLATE,
-                     real=real)
+                     real=real, byte_level=byte_level)
     size = {"shortest_edge": 56 * 56, "longest_edge": 256 * 28 * 28}  # at most 256 merged tokens per image
     processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     processor = processor_class(

@@ -15,6 +15,8 @@ from transformers import (
     Ernie4_5_VLMoeVideoProcessor,
     Exaone4_5_Config,
     Exaone4_5_Processor,
+    HyperCLOVAXVisionV2Config,
+    HyperCLOVAXVisionV2Processor,
     GraniteDoclingConfig,
     GraniteDoclingImageProcessor,
     GraniteDoclingProcessor,
@@ -259,20 +261,37 @@ def _build_cosmos3_omni(real: str | None = None) -> _Recipe:
     return _recast(_build_qwen3_vl(real), Cosmos3OmniConfig)
 
 
+def _qwen2_5_image_path(real: str | None, processor_class, byte_level: bool = False) -> tuple:
+    """Qwen2.5-VL's image path (14 px patches merged 2 x 2, window attention in the tower, ``image_grid_thw``), tokens
+    and template with ``processor_class``'s processor; returns ``(tokenizer, processor, vision config dict, ids)``."""
+    config, qwen = _build_qwen("qwen2_5_vl", real, byte_level=byte_level)
+    processor = processor_class(image_processor=qwen.image_processor, tokenizer=qwen.tokenizer,
+                                video_processor=qwen.video_processor, chat_template=qwen.chat_template)
+    ids = {name: getattr(config, name) for name in ("image_token_id", "video_token_id")}
+    return qwen.tokenizer, processor, _fields(config.vision_config), ids
+
+
 def _build_exaone4_5(real: str | None = None) -> _Recipe:
-    """EXAONE 4.5 (LGAI-EXAONE/EXAONE-4.5-33B): Qwen2.5-VL's image path (14 px patches merged 2 x 2, window attention
-    in the tower, ``image_grid_thw``) and tokens, an EXAONE 4 decoder (a sliding-window layer (128) then a global one)
-    with 1-D positions (no M-RoPE)."""
-    config, qwen = _build_qwen("qwen2_5_vl", real)
-    tok = qwen.tokenizer
-    processor = Exaone4_5_Processor(image_processor=qwen.image_processor, tokenizer=tok,
-                                    video_processor=qwen.video_processor, chat_template=qwen.chat_template)
+    """EXAONE 4.5 (LGAI-EXAONE/EXAONE-4.5-33B): Qwen2.5-VL's image path and tokens (``_qwen2_5_image_path``; GQA in
+    the tower), an EXAONE 4 decoder (post-norms; a sliding-window layer (128) then a global one) with 1-D positions."""
+    tok, processor, vision, ids = _qwen2_5_image_path(real, Exaone4_5_Processor)
     text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
                 eos_token_id=tok.eos_token_id, model_type="exaone4", sliding_window=128,
                 layer_types=["sliding_attention", "full_attention"])
-    vision = {**_fields(config.vision_config), "num_key_value_heads": 2}
-    ids = {name: getattr(config, name) for name in ("image_token_id", "video_token_id")}
-    return Exaone4_5_Config(text_config=text, vision_config=vision, **ids), processor
+    return Exaone4_5_Config(text_config=text, vision_config=vision | {"num_key_value_heads": 2}, **ids), processor
+
+
+def _build_hyperclovax_vision_v2(real: str | None = None) -> _Recipe:
+    """HyperCLOVA X SEED vision v2 (naver-hyperclovax): VideoLLaMA3's model over a Qwen2.5-VL tower (Qwen2.5-VL's image
+    path and tokens, ``_qwen2_5_image_path``), a linear projector, a HyperCLOVA X decoder (Peri-LN: a norm before and
+    after each block; MuP multipliers on the embeddings (2), the residual writes (0.5) and the logits (0.5)) with 1-D
+    positions. Its toy tokenizer is a byte-level BPE: transformers reloads this model type's tokenizer as
+    ``GPT2Tokenizer`` whatever the saved class."""
+    tok, processor, vision, ids = _qwen2_5_image_path(real, HyperCLOVAXVisionV2Processor, byte_level=True)
+    text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                eos_token_id=tok.eos_token_id, model_type="hyperclovax", use_post_norm=True, embedding_multiplier=2.0,
+                residual_multiplier=0.5, logits_scaling=0.5)
+    return HyperCLOVAXVisionV2Config(text_config=text, vision_config=vision, **ids), processor
 
 
 # Granite (ibm-granite/granite-docling-258M): "<|start_of_role|>user<|end_of_role|>...<|end_of_text|>" turns.
