@@ -101,6 +101,8 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
     **{t: ("idefics3", f"refused: {_CROSS}") for t in ("idefics", "mllama")},
     **{t: ("llava", f"refused: {_QFORMER}") for t in ("blip-2", "instructblip", "instructblipvideo")},
     **{t: ("llava", f"refused: {_VQ}") for t in ("chameleon", "emu3")},
+    "apertus1p5": ("llava", f"refused: {_VQ} (its image placeholders take the embeddings of the image's VQ codes, "
+                   "offset into the shared vocabulary)"),
     **{t: ("paligemma", f"refused: {_ENC_DEC}") for t in (
         "blip", "florence2", "pix2struct", "udop", "vision-encoder-decoder", "t5gemma2")},
 }
