@@ -338,3 +338,14 @@ def test_decoder_stack_inside_a_causal_lm_wrapper():
         adapter_for("llama4")
     vlm = tiny_vlm("llava")
     assert decoder_stack(vlm.model) is vlm.model.get_decoder() is vlm.language_model
+
+
+def test_every_token_level_type_has_a_tiny_model():
+    """No model type is claimed token-level on its structure alone: each has a tiny model here (so the exactness
+    tests and the probe battery above run on it), and the acceptance counts hold (issue 13)."""
+    from analysis.families import family_table
+
+    rows = family_table(checks=False)
+    token_level = {r["model_type"] for r in rows if r["status"] == "token-level"}
+    assert token_level == set(TOKEN_LEVEL_FAMILIES) and all(r["tiny"] for r in rows if r["status"] == "token-level")
+    assert len(token_level) + sum(r["status"] == "full" for r in rows) >= 40
