@@ -75,7 +75,10 @@ from transformers import (
     VipLlavaConfig,
 )
 
-from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _LLAVA_NEXT_TEMPLATE, _LLAVA_TEMPLATE, _ONEVISION_TEMPLATE, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _llama, _tokenizer
+from analysis.testing._common import (
+    _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _LLAVA_NEXT_TEMPLATE, _LLAVA_TEMPLATE,
+    _ONEVISION_TEMPLATE, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _llama, _tokenizer,
+)
 
 
 def _build_llava(real: str | None = None) -> _Recipe:

@@ -71,7 +71,9 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from analysis.testing._common import _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer
+from analysis.testing._common import (
+    _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer,
+)
 from analysis.testing._families import _JANUS_TEMPLATE
 from analysis.testing._qwen_like import _PADDLE_TEMPLATE, _build_qwen, _build_qwen3_vl
 
@@ -344,10 +346,11 @@ def _deepseek_v3(tok) -> dict:
     """A tiny DeepSeek-V3 decoder over ``tok``: multi-head latent attention (query rank 32, key/value rank 16, rotary 8 +
     plain 8 dims per query/key head, value 16; the latent expands to every head: as many key/value heads as query
     heads, as in DeepSeek-V3), layer 0 dense, then 4 routed experts (2 per token) + 1 shared."""
-    return dict(**(_TEXT | {"num_key_value_heads": _TEXT["num_attention_heads"]}), vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, model_type="deepseek_v3", q_lora_rank=32, kv_lora_rank=16,
-                qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
-                moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    return dict(**(_TEXT | {"num_key_value_heads": _TEXT["num_attention_heads"]}), vocab_size=len(tok),
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                model_type="deepseek_v3", q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                first_k_dense_replace=1, n_group=1, topk_group=1,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
 
