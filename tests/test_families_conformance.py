@@ -19,7 +19,11 @@ and the same battery (their maps are in sequence order; the figure says the geom
 steering.
 
 Family-specific attention the backend must leave alone is tested here too (Gemma 3's
-bidirectional image block and sliding-window layers).
+bidirectional image block and sliding-window layers), and so are the generic path's refusals by
+structure (attention masked by the implementation's name, convolutions over the sequence) and its
+decoder-stack lookup. Where a family's layers or head do something ``sites.py`` / ``VLM.unembed``
+do not model yet (per-layer inputs, post-norms, residual multipliers or gates, logit scales), the
+sites / logit-lens test is a strict xfail that names the fix.
 """
 
 from __future__ import annotations
