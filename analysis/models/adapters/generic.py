@@ -89,7 +89,8 @@ def _dispatches(cls) -> bool:
 # block indexers) do: their top-k selection becomes a mask only under "eager" / "sdpa"; under any other name (a
 # registered function such as the probes' backend) it is handed over as indices for a FlashMLA kernel instead.
 # (The usual dispatch, ``!= "eager"``, is not a branch on what is attended to.)
-_BY_NAME = re.compile(r"_attn_implementation\s+in\s*[(\[{]|_attn_implementation\s*==\s*[\"'](eager|sdpa)[\"']")
+_BY_NAME = re.compile(r"_attn_implementation\s+in\s*[(\[{][^)\]}]*[\"'](eager|sdpa)[\"']"
+                      r"|_attn_implementation\s*==\s*[\"'](eager|sdpa)[\"']")
 
 
 def _masks_by_name(cls) -> bool:
