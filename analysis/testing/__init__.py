@@ -166,7 +166,7 @@ import torch
 from transformers import AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from analysis.published import PUBLISHED
-from analysis.testing._common import _INIT_STD, _Recipe
+from analysis.testing._common import _DERIVED, _INIT_STD, _Recipe
 from analysis.testing._families import (
     _build_aya_vision, _build_cohere2_vision, _build_deepseek_vl, _build_deepseek_vl_hybrid, _build_gemma3,
     _build_got_ocr2, _build_idefics, _build_internvl, _build_janus, _build_lighton_ocr, _build_llava,
@@ -325,8 +325,6 @@ def tiny_source(name: str) -> "VLM":
     return tiny_vlm(family, seed=int(seed or 0))
 
 
-# Fields a sub-config derives from others or that name the writing version; rebuilt from the new values.
-_DERIVED = ("transformers_version", "dtype", "architectures")
 
 
 def _published_config(family: str, config: PretrainedConfig, vocabulary: int) -> PretrainedConfig:

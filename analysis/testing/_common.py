@@ -26,6 +26,9 @@ _VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_at
 # 0.03-0.1) and the effects the tests check are 1e-3 to 1 in log-probability.
 _INIT_STD = 0.2
 
+# Fields a sub-config derives from others or that name the writing version; rebuilt from the new values.
+_DERIVED = ("transformers_version", "dtype", "architectures")
+
 # What a family builder returns: the model config and the processor the model is built for.
 _Recipe = tuple[PretrainedConfig, ProcessorMixin]
 

@@ -72,13 +72,14 @@ from transformers import (
 )
 
 from analysis.testing._common import (
-    _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION, _tokenizer,
+    _DERIVED, _GEMMA3_TEMPLATE, _IDEFICS_BODY, _IDEFICS_TILE_TOKENS, _QWEN_TEMPLATE, _Recipe, _TEXT, _VISION,
+    _tokenizer,
 )
 from analysis.testing._families import _JANUS_TEMPLATE
 from analysis.testing._qwen_like import _PADDLE_TEMPLATE, _build_qwen, _build_qwen3_vl
 
 # Fields of a config's dict that name its class or the writing version: dropped when the fields move to another class.
-_CLASS_FIELDS = ("model_type", "transformers_version", "dtype", "architectures")
+_CLASS_FIELDS = ("model_type", *_DERIVED)
 
 
 def _fields(config) -> dict:
