@@ -325,8 +325,6 @@ def tiny_source(name: str) -> "VLM":
     return tiny_vlm(family, seed=int(seed or 0))
 
 
-
-
 def _published_config(family: str, config: PretrainedConfig, vocabulary: int) -> PretrainedConfig:
     """Return ``config`` (a tiny one, for its token ids) with the published architecture, 2 + 2 layers."""
     published = PUBLISHED[family]
