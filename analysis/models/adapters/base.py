@@ -237,8 +237,13 @@ class Adapter(ABC):
 
         ``position_ids`` have the batch on their second-last axis (``(1, T)``, or M-RoPE's
         ``(3, 1, T)``); other tensors on their first; nested dicts (per-layer-type masks) recurse.
+        DeepStack's ``deepstack_visual_embeds`` (Qwen3-VL and the models built on it: one
+        ``(n_image_tokens, hidden)`` tensor per injected layer, added at ``visual_pos_masks``, which
+        expands like any mask) are tiled: one copy per batch member, batch-major as the mask selects.
         """
         def expand(key, value):
+            if key == "deepstack_visual_embeds" and value is not None:
+                return [v.repeat(n, *([1] * (v.dim() - 1))) for v in value]
             if isinstance(value, dict):
                 return {k: expand(key, v) for k, v in value.items()}
             if not torch.is_tensor(value) or value.dim() < 2:
