@@ -1,6 +1,8 @@
 """The toy model zoo: tokenizer/processor, training recipe, registry and the committed checkpoints."""
 
 import json
+import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -161,7 +163,7 @@ def test_zoo_is_complete_and_small():
             "shapes-llava-local"} <= names
     assert len([n for n in names if n.startswith("shapes-llava-step")]) >= 6
     size = sum(f.stat().st_size for f in MODELS_DIR.rglob("*") if f.is_file())
-    assert size <= 40 * 2 ** 20
+    assert size <= 48 * 10 ** 6  # the budget of the repository's models/
     for name in names:
         assert "Accuracy" in (MODELS_DIR / name / "README.md").read_text() or "vision" in name
 
@@ -176,7 +178,7 @@ def test_checkpoint_passes_its_bar_on_unseen_seeds(name):
 
 def test_frozen_and_intermediate_checkpoints_spread():
     acc = {name: evaluate(_load(name), n=280, seed=HELD_OUT, progress=False).accuracy.iloc[-1]
-           for name in ["shapes-llava", "shapes-llava-frozen"] + [n for n in VLMS if "-step" in n]}
+           for name in ["shapes-llava", "shapes-llava-frozen"] + [n for n in VLMS if re.fullmatch(r"shapes-llava-step\d+", n)]}
     assert acc["shapes-llava-frozen"] <= acc["shapes-llava"] - 0.1, acc
     steps = sorted((int(n.rsplit("step", 1)[1]), a) for n, a in acc.items() if "-step" in n)
     assert steps[0][1] < 0.6 and max(a for _, a in steps) > 0.8, steps
@@ -195,13 +197,39 @@ def test_text_only_model_is_at_chance_without_the_image():
     assert (blind.accuracy <= blind.chance + 0.1).all(), blind
 
 
-def test_trajectory_runs_from_stage_one_to_the_default():
-    path = trajectory()
-    assert path[0] == "zoo:shapes-llava-step0" and path[-1] == "zoo:shapes-llava"
-    assert "zoo:shapes-llava-frozen" in path and len(path) >= 8
+@pytest.mark.parametrize("run, at_least", [("shapes-llava", 8), ("shapes-llava-run2", 20)])
+def test_trajectory_runs_from_stage_one_to_the_default(run, at_least):
+    path = trajectory(run=run)
+    assert path[0] == f"zoo:{run}-step0" and path[-1] == f"zoo:{run}"
+    assert f"zoo:{run}-frozen" in path and len(path) >= at_least
+    assert not set(path) & set(trajectory(run="shapes-llava-run2" if run == "shapes-llava" else "shapes-llava"))
     steps = [json.loads((checkpoint_path(n) / "config.json").read_text())["zoo"]["steps"] for n in path[:-1]]
     totals = [s["stage1"] + s.get("stage2", 0) for s in steps]
-    assert totals == sorted(totals)
+    assert totals == sorted(totals) and len(set(totals)) == len(totals)
+
+
+def test_second_run_is_kept_under_its_own_names(tmp_path):
+    """keep_second_run copies a run's trajectory (not its LM, tower or other checkpoints) under the
+    run2 prefix, weights unchanged, with the run and the command that rebuilds it on each card."""
+    from analysis.zoo.cards import _card
+    from analysis.zoo.train import SECOND_RUN_COMMAND, keep_second_run
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    for name in ("shapes-llava-step0", "shapes-llava-frozen", "shapes-llava", "shapes-lm", "shapes-llava-local"):
+        shutil.copytree(checkpoint_path(name), work / name)
+    assert keep_second_run(work, out) == ["shapes-llava-run2", "shapes-llava-run2-frozen", "shapes-llava-run2-step0"]
+    assert sorted(p.name for p in out.iterdir()) == ["shapes-llava-run2", "shapes-llava-run2-frozen",
+                                                     "shapes-llava-run2-step0"]
+    assert trajectory(out, run="shapes-llava-run2") == ["zoo:shapes-llava-run2-step0", "zoo:shapes-llava-run2-frozen",
+                                                        "zoo:shapes-llava-run2"]
+    assert (out / "shapes-llava-run2" / "model.safetensors").read_bytes() == \
+        (work / "shapes-llava" / "model.safetensors").read_bytes()
+    zoo = json.loads((out / "shapes-llava-run2-frozen" / "config.json").read_text())["zoo"]
+    assert "second run" in zoo["run"] and zoo["rebuild"] == SECOND_RUN_COMMAND
+    card = _card("shapes-llava-run2-frozen", zoo, None, 0)
+    assert f"`{SECOND_RUN_COMMAND}`" in card and "- Run: second run" in card
+    loaded = AutoModelForImageTextToText.from_pretrained(out / "shapes-llava-run2-step0").config.zoo["run"]
+    assert "replicate of shapes-llava-step0" in loaded and "replicate of shapes-llava-frozen" in zoo["run"]
 
 
 def test_local_checkpoint_has_no_vision_attention():
@@ -224,10 +252,10 @@ def test_cards_report_accuracy_per_question_type():
 
 
 def test_trajectory_snapshots_load_and_have_cards():
-    """Every ``shapes-llava-step<N>`` snapshot is a loadable checkpoint at global step N, with a card
+    """Every ``shapes-llava(-run2)-step<N>`` snapshot is a loadable checkpoint at global step N, with a card
     that shows the options-restricted accuracy beside the first-token one."""
-    snapshots = [n for n in VLMS if n.startswith("shapes-llava-step")]
-    assert snapshots
+    snapshots = [n for n in VLMS if re.fullmatch(r"shapes-llava(-run2)?-step\d+", n)]
+    assert len(snapshots) >= 20 + 6
     for name in snapshots:
         k = int(name.rsplit("step", 1)[1])
         model, processor = _load(name)

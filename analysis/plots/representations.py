@@ -112,26 +112,47 @@ def plot_token_norms(result, *, log: bool = True, title: str | None = None) -> F
     return fig
 
 
+MAX_LABELLED = 10  # more checkpoints than this: a colour bar for their order, labels for a few
+
+
 def plot_score_vs_accuracy(result, *, title: str | None = None) -> Figure:
     """Return a scatter of the IMA score against accuracy per checkpoint, with both correlations.
 
-    ``result``: an ``AlignmentAccuracy`` (``alignment_vs_accuracy``'s result).
+    ``result``: an ``AlignmentAccuracy`` (``alignment_vs_accuracy``'s result); its checkpoints are
+    joined in their order (a training trajectory) and, beyond ``MAX_LABELLED`` of them, coloured by
+    position with only the first, the last and the extremes labelled. Chance is drawn when the
+    table gives one.
     """
-    table = result.table
+    table = result.table.reset_index(drop=True)
+    n = len(table)
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.8))
-    ax.scatter(table["score"], table["accuracy"], color=PALETTE[0], zorder=3)
+    # checkpoints in the order given (a training trajectory): a grey path, points coloured by position
+    ax.plot(table["score"], table["accuracy"], color="0.8", linewidth=0.6, zorder=2, label="checkpoints in order")
+    points = ax.scatter(table["score"], table["accuracy"], c=np.arange(n), cmap="viridis", s=14, zorder=3,
+                        label="checkpoint")
+    if n > MAX_LABELLED:
+        bar = fig.colorbar(points, ax=ax, pad=0.02, ticks=[0, n - 1])
+        bar.ax.set_yticklabels([str(table["checkpoint"].iloc[0]), str(table["checkpoint"].iloc[-1])], fontsize=6)
+        bar.set_label("position in the list (first to last)", fontsize=7)
+    # every label when few; else the first, the last and the extremes of each axis
+    labelled = range(n) if n <= MAX_LABELLED else sorted({0, n - 1, int(table["score"].idxmax()),
+                                                          int(table["score"].idxmin()), int(table["accuracy"].idxmin())})
     placed: list[tuple[float, float]] = []
     span = max(float(np.ptp(table["score"])), 1e-9), max(float(np.ptp(table["accuracy"])), 1e-9)
-    for row in table.itertuples():
+    for i in labelled:
+        row = table.iloc[i]
         # labels of points that (nearly) coincide are stacked downwards instead of drawn over each other
         stack = sum(abs(row.score - x) < 0.05 * span[0] and abs(row.accuracy - y) < 0.05 * span[1] for x, y in placed)
         placed.append((row.score, row.accuracy))
         ax.annotate(str(row.checkpoint), (row.score, row.accuracy), textcoords="offset points",
                     xytext=(3, 3 - 7 * stack), fontsize=6)
-    if len(table) >= 2 and np.ptp(table["score"]) > 0:
+    if n >= 2 and np.ptp(table["score"]) > 0:
         slope, intercept = np.polyfit(table["score"], table["accuracy"], 1)
         xs = np.linspace(table["score"].min(), table["score"].max(), 50)
-        ax.plot(xs, slope * xs + intercept, color=PALETTE[1], linestyle="--", linewidth=0.8)
+        ax.plot(xs, slope * xs + intercept, color=PALETTE[1], linestyle="--", linewidth=0.8, label="least squares")
+    if "chance" in table and table["chance"].nunique() == 1:
+        ax.axhline(table["chance"].iloc[0], color="0.4", linestyle=":", linewidth=0.8, label="chance")
+    ax.legend(fontsize=6, loc="best")
     corr = result.correlations.set_index("method")
     lines = [f"{name} {corr.loc[method, 'r']:+.2f} [{corr.loc[method, 'ci_low']:+.2f}, "
              f"{corr.loc[method, 'ci_high']:+.2f}], p = {corr.loc[method, 'p_value']:.2g}"

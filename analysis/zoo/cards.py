@@ -64,7 +64,7 @@ def write_cards(out: Path, eval_n: int = 1400, train_seconds: dict | None = None
 
 def _order(out: Path, tables: dict) -> list[str]:
     """Return the evaluated vision-language checkpoints: the training trajectory in order, then the others by name."""
-    path = [n.removeprefix("zoo:") for n in trajectory(out)]
+    path = [n.removeprefix("zoo:") for run in ("shapes-llava", "shapes-llava-run2") for n in trajectory(out, run)]
     vlms = [n for n in tables if n != "shapes-lm"]
     return [n for n in path if n in tables] + sorted(n for n in vlms if n not in path)
 
@@ -81,8 +81,10 @@ def _card(name: str, zoo: dict, table: pd.DataFrame | None, eval_n: int) -> str:
         f"- Steps: {steps}; batch size {recipe.get('batch_size')}; seed {zoo.get('seed')}.",
         f"- Sizes: vision {spec.get('vision_layers')} x {spec.get('vision_hidden')}, "
         f"decoder {spec.get('text_layers')} x {spec.get('text_hidden')}; weights stored in fp16.",
-        f"- Rebuild: `{BUILD_COMMAND}`.",
+        f"- Rebuild: `{zoo.get('rebuild', BUILD_COMMAND)}`.",
     ]
+    if zoo.get("run"):
+        lines.insert(5, f"- Run: {zoo['run']}.")
     if zoo.get("answer_map"):
         lines.append(f"- Answers renamed: {', '.join(f'{k} -> {v}' for k, v in zoo['answer_map'].items())}.")
     if table is not None:
@@ -110,7 +112,7 @@ def _index(summary: dict, tables: dict, train_seconds: dict | None, vlms: list[s
     lines = ["# The toy model zoo", "",
              f"Built by `{BUILD_COMMAND}`; load with `load_vlm(\"zoo:<name>\")`. Each folder has a model card.",
              f"Accuracy on {len(types) and tables[vlms[0]][-1]['n']} held-out questions (seed {EVAL_SEED}), the "
-             "training trajectory first (stage 1 -> stage 2), by two rules: the greedy first answer token, "
+             "training trajectories first (stage 1 -> stage 2; `shapes-llava-run2-*`: a second run of the recipe), by two rules: the greedy first answer token, "
              "and in brackets restricted to the question's options (the option whose first token scores "
              "highest: a model that does not answer is at chance, not at 0):", ""] + header
     lines += [f"| {name} | " + " | ".join(_cell(r) for r in tables[name]) + " |" for name in vlms]

@@ -21,19 +21,20 @@ def list_checkpoints(root: Path | None = None, kind: str | None = None) -> list[
             if kind is None or json.loads(c.read_text()).get("zoo", {}).get("kind", "vlm") == kind]
 
 
-def trajectory(root: Path | None = None) -> list[str]:
-    """Return the zoo's stage-1 -> stage-2 checkpoints in training order, as ``zoo:`` names.
+def trajectory(root: Path | None = None, run: str = "shapes-llava") -> list[str]:
+    """Return one training run's stage-1 -> stage-2 checkpoints in training order, as ``zoo:`` names.
 
-    The ``shapes-llava-step<N>`` snapshots by global step, then ``shapes-llava-frozen`` (end of stage
-    1) where it fits between them, and ``shapes-llava`` (end of stage 2) last.
+    The ``<run>-step<N>`` snapshots by global step, then ``<run>-frozen`` (end of stage 1) where it
+    fits between them, and ``<run>`` (end of stage 2) last. ``run``: ``"shapes-llava"`` (the zoo's
+    run) or ``"shapes-llava-run2"`` (a second run of the same recipe, see ``analysis.zoo.train``).
     """
     names = list_checkpoints(root, kind="vlm")
-    steps = {n: int(n.rsplit("step", 1)[1]) for n in names if re.fullmatch(r"shapes-llava-step\d+", n)}
-    if "shapes-llava-frozen" in names:
-        stage1 = json.loads((Path(root or MODELS_DIR) / "shapes-llava-frozen" / "config.json").read_text())
-        steps["shapes-llava-frozen"] = stage1["zoo"]["steps"]["stage1"] + 0.5
-    if "shapes-llava" in names:
-        steps["shapes-llava"] = float("inf")
+    steps = {n: int(n.rsplit("step", 1)[1]) for n in names if re.fullmatch(rf"{re.escape(run)}-step\d+", n)}
+    if f"{run}-frozen" in names:
+        stage1 = json.loads((Path(root or MODELS_DIR) / f"{run}-frozen" / "config.json").read_text())
+        steps[f"{run}-frozen"] = stage1["zoo"]["steps"]["stage1"] + 0.5
+    if run in names:
+        steps[run] = float("inf")
     return [f"zoo:{n}" for n in sorted(steps, key=steps.get)]
 
 

@@ -3,6 +3,7 @@
     python -m analysis.zoo.train --all            # every checkpoint into models/
     python -m analysis.zoo.train --all --scale 0.05 --out /tmp/zoo   # a quick smoke run
     python -m analysis.zoo.train --snapshots      # add missing shapes-llava-step<N> snapshots to models/
+    python -m analysis.zoo.train --second-run     # a second run of stages 1-4, kept as shapes-llava-run2-*
     python -m analysis.zoo.train --cards          # re-evaluate every checkpoint, rewrite the model cards
 
 Stages (plain PyTorch loops: AdamW, warm-up + cosine schedule, tqdm progress bars):
@@ -27,9 +28,11 @@ first, follow-up questions of every type after it, then the caption. Stage k rea
 seed ``recipe.seed * 10 + STREAMS[k]``; held-out evaluation uses seeds >= 1000. On one machine
 (same torch, thread count and CPU) a run repeats bit for bit; on another it need not: the same
 initial weights and the same first-step gradients (checked under transformers 5.23 and 5.24, with 1
-and 2 threads) drift apart through float rounding over hundreds of steps, and on a 2-core AMD EPYC
-with torch 2.14.1 the retrained ``shapes-lm`` differs from the committed one (cosine 0.86-0.98 per
-weight matrix). ``--snapshots`` therefore trusts nothing: it retrains stages 1-4 into a scratch
+and 2 threads) drift apart through float rounding over hundreds of steps (the zoo committed before
+2026-12 was built elsewhere; retrained on a 2-core AMD EPYC with torch 2.14.1 its ``shapes-lm``
+differed, cosine 0.86-0.98 per weight matrix). The committed zoo is this command's output on that
+machine with one thread (the default: a second thread buys little at these sizes and makes a run
+on a shared machine many times slower). ``--snapshots`` therefore trusts nothing: it retrains stages 1-4 into a scratch
 folder, checks every retrained checkpoint that ``models/`` already holds tensor for tensor, stops at
 the first difference, and only when all match copies the snapshots ``models/`` lacks (see
 :func:`train_snapshots`).
@@ -41,6 +44,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -59,7 +63,7 @@ from transformers.utils import logging as hf_logging
 from analysis.data.shapes import COLORS, QUESTION_TYPES, SHAPES, SIZES, Sample, ask, make_samples
 from analysis.zoo.build import DESCRIBE_PROMPT, Encoder, ModelSpec, build_config, build_model, build_processor
 from analysis.zoo.evaluate import evaluate
-from analysis.zoo.registry import MODELS_DIR
+from analysis.zoo.registry import MODELS_DIR, list_checkpoints
 
 SHIFTED_ANSWERS = {"yes": "true", "no": "false", "one": "1", "two": "2", "three": "3"}
 STREAMS = {"lm": 0, "vision": 1, "stage1": 2, "stage2": 3, "ft": 4, "local-vision": 5, "local-stage1": 6,
@@ -485,24 +489,70 @@ def train_snapshots(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, work: Pat
                 seconds=time.time() - start)
 
 
+SECOND_RUN = "shapes-llava-run2"
+SECOND_RUN_COMMAND = "python -m analysis.zoo.train --second-run"
+
+
+def train_second_run(recipe: Recipe = Recipe(), out: Path = MODELS_DIR, work: Path | None = None) -> list[str]:
+    """Run stages 1-4 of the recipe again in ``work`` and keep its trajectory in ``out`` (see :func:`keep_second_run`).
+
+    The same code and seed as ``shapes-llava``'s run; on a machine whose float rounding differs from
+    the one that built the zoo it is a second training run (a replicate), with its own 20 snapshots.
+    ~45 min on 2 cores (one thread). Returns the names written.
+    """
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="zoo-run2-"))
+    work.mkdir(parents=True, exist_ok=True)
+    enc, processor = Encoder(recipe.spec), build_processor(recipe.spec)
+    base = dict(seed=recipe.seed, recipe=asdict(recipe), spec=asdict(recipe.spec))
+    lm = text_lm(recipe, enc, work, base, processor)
+    llava_stages(recipe, enc, processor, work, base, (lm.model, lm.lm_head), local=False,
+                 stage2_steps=recipe.stage2_steps)
+    return keep_second_run(work, out)
+
+
+def keep_second_run(work: Path, out: Path = MODELS_DIR, prefix: str = SECOND_RUN) -> list[str]:
+    """Copy the stage-1 -> stage-2 trajectory of a run in ``work`` into ``out`` under ``prefix``.
+
+    ``work``'s ``shapes-llava-step<N>``, ``shapes-llava-frozen`` and ``shapes-llava`` become
+    ``<prefix>-step<N>``, ``<prefix>-frozen`` and ``<prefix>``, replacing earlier copies; each config's
+    ``zoo`` record gains ``run`` (what the run is) and ``rebuild`` (the command). The run's text LM and
+    vision tower are not kept (its checkpoints hold their trained copies). Returns the names written.
+    """
+    work, out = Path(work), Path(out)
+    names = {n: prefix + n.removeprefix("shapes-llava") for n in list_checkpoints(work, kind="vlm")
+             if re.fullmatch(r"shapes-llava(-frozen|-step\d+)?", n)}
+    for source, target in names.items():
+        shutil.rmtree(out / target, ignore_errors=True)
+        shutil.copytree(work / source, out / target)
+        config_file = out / target / "config.json"
+        config = json.loads(config_file.read_text())
+        config["zoo"].update(run=f"second run of the recipe (replicate of {source}): same code and seed, "
+                                 "another machine's float rounding", rebuild=SECOND_RUN_COMMAND)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return sorted(names.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="train every checkpoint of the zoo")
     parser.add_argument("--snapshots", action="store_true",
                         help="retrain up to shapes-llava in a scratch folder, check it against --out and add "
                              "the shapes-llava-step<N> snapshots --out lacks (then rewrite the cards)")
+    parser.add_argument("--second-run", action="store_true",
+                        help=f"train stages 1-4 again in a scratch folder and keep its trajectory as {SECOND_RUN}"
+                             "(-frozen|-step<N>) in --out (then rewrite the cards)")
     parser.add_argument("--cards", action="store_true", help="only re-evaluate --out and rewrite its model cards")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder of --snapshots (default: a temp dir)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder of --snapshots / --second-run (default: a temp dir)")
     parser.add_argument("--no-cards", action="store_true", help="with --snapshots: do not rewrite the cards")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="output folder (default: models/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick runs)")
     parser.add_argument("--eval-n", type=int, default=1400, help="held-out questions per checkpoint card")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it; the zoo used 1)")
     parser.add_argument("--monitor", type=int, default=0, help="print held-out accuracy every N stage-2 steps")
     args = parser.parse_args(argv)
-    if args.all + args.snapshots + args.cards != 1:
-        parser.error("pass exactly one of --all, --snapshots, --cards")
+    if args.all + args.snapshots + args.second_run + args.cards != 1:
+        parser.error("pass exactly one of --all, --snapshots, --second-run, --cards")
     torch.set_num_threads(args.threads)
     recipe = Recipe(seed=args.seed)
     if args.scale != 1.0:
@@ -517,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(report, indent=1))
         if args.no_cards:
             return
+    if args.second_run:
+        print("\n".join(train_second_run(recipe, args.out, args.work)))
     print(json.dumps(write_cards(args.out, eval_n=args.eval_n, train_seconds=previous_times(args.out))["summary"],
                      indent=1))
 
