@@ -21,9 +21,10 @@ steering.
 Family-specific attention the backend must leave alone is tested here too (Gemma 3's
 bidirectional image block and sliding-window layers), and so are the generic path's refusals by
 structure (attention masked by the implementation's name, convolutions over the sequence) and its
-decoder-stack lookup. Where a family's layers or head do something ``sites.py`` / ``VLM.unembed``
-do not model yet (per-layer inputs, post-norms, residual multipliers or gates, logit scales), the
-sites / logit-lens test is a strict xfail that names the fix.
+decoder-stack lookup. The sites add up and the logit lens of ``final`` is the logits on every family: post-norms
+and residual multipliers are read as the write the stream gets, the heads' logit scales are applied as each head
+does; where the stream is not a sum of the blocks' writes (Gemma 4's per-layer inputs and ``layer_scalar``, Muse
+Spark's residual gates), ``attn_out`` / ``mlp_out`` raise a clear error before any forward.
 """
 
 from __future__ import annotations
@@ -164,76 +165,119 @@ def test_gemma3_bidirectional_image_block_and_sliding_window_are_left_alone(tiny
     assert (maps.image_attention[1, :, 1] > 0).all()  # layer 1 is global
 
 
-_PER_LAYER_INPUT = pytest.mark.xfail(strict=True, reason=(
-    "Gemma 4 decoder layers add a gated per-layer input embedding after the MLP and scale the sum by layer_scalar: "
-    "resid_pre + attn_out + mlp_out != resid_post; the fix is in analysis/models/sites.py (a site for the per-layer "
-    "input's write, and the scale)"))
+# Families whose decoder layers do not make the residual stream a sum of the blocks' writes: attn_out / mlp_out
+# raise (analysis.models.sites.block), resid_pre / resid_post stay exact.
+_NOT_A_SUM = {
+    # a gated per-layer input embedding written after the MLP (a third write), and the sum scaled by layer_scalar
+    "gemma4": r"Gemma4TextDecoderLayer\) add 3 writes .* and scale the whole residual stream by layer_scalar",
+    # the sum scaled by layer_scalar (1 in the tiny model, learned in the released checkpoints)
+    "gemma4_unified": r"Gemma4UnifiedTextDecoderLayer\) scale the whole residual stream by layer_scalar",
+    # alpha * residual + beta * write, alpha and beta learned per channel
+    "muse_spark": r"gate the residual stream itself \(post_attention_residual_gate\(residual, \.\.\.\)",
+}
 
 
-_POST_NORM = pytest.mark.xfail(strict=True, reason=(
-    "EXAONE 4 decoder layers norm each block's output before the residual add (post_attention_layernorm, "
-    "post_feedforward_layernorm) without Gemma's pre_feedforward_layernorm, which analysis/models/sites.py's _SANDWICH "
-    "requires as the marker: attn_out / mlp_out are read before those norms; the fix is in sites.py (the pair "
-    "post_attention_layernorm + post_feedforward_layernorm marks a post-norm layer on its own)"))
-_RESIDUAL_MULTIPLIER = pytest.mark.xfail(strict=True, reason=(
-    "Granite decoder layers scale each block's write by residual_multiplier (0.263 in granite-docling) before the "
-    "residual add: resid_pre + attn_out + mlp_out != resid_post; the fix is in analysis/models/sites.py (read "
-    "attn_out / mlp_out as the scaled write)"))
-_RESIDUAL_GATE = pytest.mark.xfail(strict=True, reason=(
-    "Muse Spark's decoder layers end each block with a residual gate, alpha * residual + beta * write (learned per "
-    "channel): the stream is not the sum of the blocks' writes, resid_pre + attn_out + mlp_out != resid_post; the fix "
-    "is in analysis/models/sites.py (sites for the gated write, and the residual's scale)"))
-_PERI_LN = pytest.mark.xfail(strict=True, reason=(
-    "HyperCLOVA X decoder layers norm each block's output (post_norm1 / post_norm2, names sites.py's _SANDWICH does "
-    "not know) and scale it by residual_multiplier before the residual add: resid_pre + attn_out + mlp_out != "
-    "resid_post; the fix is in analysis/models/sites.py (read the scaled write after post_norm1 / post_norm2)"))
-_SITES_XFAIL = {"gemma4": _PER_LAYER_INPUT, "exaone4_5": _POST_NORM, "granite_docling": _RESIDUAL_MULTIPLIER,
-                "muse_spark": _RESIDUAL_GATE, "hyperclovax_vision_v2": _PERI_LN}
-
-
-@pytest.mark.parametrize("family", [pytest.param(f, marks=_SITES_XFAIL[f]) if f in _SITES_XFAIL else f
-                                    for f in NEW_FAMILIES + TOKEN_LEVEL_FAMILIES])
+@pytest.mark.parametrize("family", NEW_FAMILIES + TOKEN_LEVEL_FAMILIES)
 def test_sites_add_up(family, tiny, photo):
-    """``resid_pre + attn_out + mlp_out == resid_post`` (Gemma 3 / GLM-4V: read after their sandwich norms) and
-    ``resid_post i == resid_pre i+1`` off the image
-    (Qwen3-VL's DeepStack adds vision features between layers at image positions only)."""
+    """``resid_pre + attn_out + mlp_out == resid_post`` (attn_out / mlp_out: each block's write, read after the norm
+    that follows it (Gemma 3, GLM-4V, EXAONE 4, HyperCLOVA X) and times the layer's residual multiplier (Granite,
+    HyperCLOVA X)) and ``resid_post i == resid_pre i+1`` off the image (Qwen3-VL's DeepStack adds vision features
+    between layers at image positions only). Where the stream is not a sum of writes (``_NOT_A_SUM``), reading
+    attn_out / mlp_out raises an error that says why and names the exact sites."""
+    from analysis.errors import UnsupportedModelError
     from analysis.models.sites import reading
 
     vlm = tiny(family)
     prepared = vlm.prepare(photo, QUESTION)
     text = torch.ones(prepared.length, dtype=torch.bool)
     text[prepared.image_positions] = False
-    kinds = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    kinds = ("resid_pre", "resid_post") if family in _NOT_A_SUM else ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    if family in _NOT_A_SUM:
+        for kind in ("attn_out", "mlp_out"):
+            with pytest.raises(UnsupportedModelError, match=rf"site '{kind}' is not available for {family}: .*"
+                                                            + _NOT_A_SUM[family] + r".*not a sum of the blocks' "
+                                                            r"writes.*Use 'resid_pre' / 'resid_post'"):
+                with reading(vlm, [f"{kind}.0"]):
+                    pass
     with torch.no_grad(), reading(vlm, [f"{k}.{i}" for k in kinds for i in range(vlm.n_layers)]) as states:
         vlm.model(**prepared.inputs)
     got = {(s.kind, s.layer): v[0] for s, v in states.items()}
+    with torch.no_grad():
+        hidden = vlm.language_model(**_lm_inputs(vlm, prepared), output_hidden_states=True).hidden_states
     for i in range(vlm.n_layers):
-        total = got["resid_pre", i] + got["attn_out", i] + got["mlp_out", i]
-        assert (total - got["resid_post", i]).abs().max() <= 1e-4, i
+        if family not in _NOT_A_SUM:
+            total = got["resid_pre", i] + got["attn_out", i] + got["mlp_out", i]
+            assert (total - got["resid_post", i]).abs().max() <= 1e-4, i
         if i + 1 < vlm.n_layers:
             assert torch.equal(got["resid_post", i][text], got["resid_pre", i + 1][text])
+    assert torch.equal(got["resid_pre", 0], hidden[0][0])
 
 
-_LOGITS_SCALING = pytest.mark.xfail(strict=True, reason=(
-    "Granite's causal LM divides the logits by text_config.logits_scaling (4 in granite-docling); VLM.unembed "
-    "(analysis/models/vlm.py) does not, so the logit lens is 4x too sharp; the fix is in VLM.unembed (apply the "
-    "model's logits_scaling as its head does)"))
-_OUTPUT_MULTIPLIER = pytest.mark.xfail(strict=True, reason=(
-    "Muse Glimmer's / Spark's head multiplies the logits by text_config.output_multiplier (0.196 / 0.177) before the "
-    "soft-cap; "
-    "VLM.unembed (analysis/models/vlm.py) applies only the soft-cap; the fix is in VLM.unembed (the same scale first)"))
-_LOGITS_SCALING_X = pytest.mark.xfail(strict=True, reason=(
-    "HyperCLOVA X's head multiplies the logits by text_config.logits_scaling (0.5 in the tiny model; Granite divides by "
-    "the same field); VLM.unembed (analysis/models/vlm.py) does not; the fix is in VLM.unembed"))
-_LENS_XFAIL = {"granite_docling": _LOGITS_SCALING, "muse_glimmer": _OUTPUT_MULTIPLIER, "muse_spark": _OUTPUT_MULTIPLIER,
-               "hyperclovax_vision_v2": _LOGITS_SCALING_X}
+@pytest.mark.parametrize("family", ["granite_docling", "hyperclovax_vision_v2", "exaone4_5"])
+def test_edited_write_is_what_the_stream_gets(family, tiny, photo):
+    """An edit of attn_out (the scaled, normed write) changes the stream by exactly the edit: under the edit the sites
+    still add up, and the read write is the plain one plus the delta (the block's output is set to the new write divided
+    by the layer's residual multiplier)."""
+    from analysis.models.sites import add, editing, reading, write_scale
+
+    vlm = tiny(family)
+    assert (write_scale(vlm, 0, "attn_out") is not None) == (family != "exaone4_5")
+    prepared = vlm.prepare(photo, QUESTION)
+    names = ["resid_pre.0", "attn_out.0", "mlp_out.0", "resid_post.0"]
+    delta = torch.linspace(-1, 1, vlm.hidden_size)
+    with torch.no_grad():
+        with reading(vlm, names) as plain:
+            vlm.model(**prepared.inputs)
+        with editing(vlm, {"attn_out.0": add(delta)}), reading(vlm, names) as edited:
+            vlm.model(**prepared.inputs)
+    plain, edited = ({s.name: v[0] for s, v in states.items()} for states in (plain, edited))
+    assert ((edited["attn_out.0"] - plain["attn_out.0"]) - delta).abs().max() <= 1e-5
+    total = edited["resid_pre.0"] + edited["attn_out.0"] + edited["mlp_out.0"]
+    assert (total - edited["resid_post.0"]).abs().max() <= 1e-4
+    assert_detectable([(edited["resid_post.0"] - plain["resid_post.0"]).abs().max()], TOLERANCE, what="edit effect")
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=_LENS_XFAIL[f]) if f in _LENS_XFAIL else f
-                                    for f in NEW_FAMILIES + TOKEN_LEVEL_FAMILIES])
+def test_block_writes_are_refused_early_where_the_stream_is_not_a_sum(tiny):
+    """capture and editing refuse attn_out / mlp_out of Muse Spark before any forward (the error names the exact
+    sites); capture of resid_post works."""
+    from analysis.errors import UnsupportedModelError
+    from analysis.models.sites import ablate, editing
+
+    vlm = tiny("muse_spark")
+    samples = _samples(1)
+    calls = []
+    with torch.no_grad(), _counting_forwards(vlm, calls):
+        with pytest.raises(UnsupportedModelError, match=r"site 'mlp_out' is not available for muse_spark.*Use "
+                                                        r"'resid_pre' / 'resid_post'"):
+            capture(vlm, samples, layers=[0], kinds=["resid_post", "mlp_out"], progress=False)
+        with pytest.raises(UnsupportedModelError, match=r"site 'attn_out' is not available for muse_spark"):
+            with editing(vlm, {"attn_out.1": ablate()}):
+                pass
+    assert calls == []
+    acts = capture(vlm, samples, layers=[0], kinds=["resid_post"], roles=["last"], progress=False)
+    assert acts.get("last", 0).shape == (1, vlm.hidden_size)
+
+
+def _counting_forwards(vlm, calls):
+    from analysis.models.sites import hooked
+
+    return hooked(vlm.language_model, pre=lambda args, kwargs: calls.append(1))
+
+
+def _lm_inputs(vlm, prepared):
+    """The language model's keyword inputs for ``prepared`` (recorded from one forward)."""
+    from analysis.models.sites import language_model_inputs
+
+    with torch.no_grad(), language_model_inputs(vlm) as kwargs:
+        vlm.model(**prepared.inputs)
+    return {k: v for k, v in kwargs.items() if k != "_args"}
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES + TOKEN_LEVEL_FAMILIES)
 def test_logit_lens_of_final_is_the_logits(family, tiny, photo):
     """The logit lens (``VLM.unembed``) of the ``final`` site is the model's own logits at every position
-    (final soft-capping, Cohere2's logit scale: whatever the model applies)."""
+    (final soft-capping, the head's scales: Granite's / HyperCLOVA X's logits_scaling, Muse's output_multiplier
+    before the soft-cap; whatever the model's head applies, and nothing it does not, as Cohere2's logit scale)."""
     from analysis.models.sites import reading
 
     vlm = tiny(family)
@@ -242,6 +286,24 @@ def test_logit_lens_of_final_is_the_logits(family, tiny, photo):
         logits = vlm.model(**prepared.inputs).logits[0]
         lens = vlm.unembed(next(iter(states.values()))[0], final_norm=False)
     assert (lens - logits).abs().max() <= TOLERANCE
+
+
+def test_head_scales_are_read_from_the_heads_code():
+    """The scales ``VLM.unembed`` applies come from each head's forward, with their operator and place around the
+    soft-cap (Granite divides by logits_scaling, HyperCLOVA X multiplies by the same field; Cohere2-Vision's head
+    applies no logit_scale although its text config has one)."""
+    import transformers
+
+    from analysis.models.vlm import head_scales
+
+    assert head_scales(transformers.GraniteDoclingForConditionalGeneration) == (
+        ("/", "config.text_config.logits_scaling", False),)
+    assert head_scales(transformers.HyperCLOVAXVisionV2ForConditionalGeneration) == (
+        ("*", "config.text_config.logits_scaling", False),)
+    assert head_scales(transformers.MuseSparkForConditionalGeneration) == (
+        ("*", "config.text_config.output_multiplier", False),)
+    assert head_scales(transformers.Cohere2VisionForConditionalGeneration) == ()
+    assert head_scales(transformers.Gemma3ForConditionalGeneration) == ()
 
 
 @pytest.mark.parametrize("family", ["janus", "deepseek_vl"])

@@ -15,12 +15,18 @@ site            the hidden state, ``(batch, T, hidden)``
 ``final``       the last layer's output after the final norm: what the unembedding reads
 ==============  ============================================================================
 
-For every supported family ``resid_pre + attn_out + mlp_out == resid_post`` (with sandwich
-norms, as in Gemma 3 and GLM-4V, ``attn_out`` / ``mlp_out`` are read after the norm that follows
-each block). ``resid_post i == resid_pre i+1`` except at Qwen3-VL's image positions in its first
-layers, where DeepStack adds vision features between layers. Unlike ``output_hidden_states``
-(whose last entry transformers 5 returns after the final norm), ``resid_post`` of the last layer
-is the raw residual stream.
+For every supported family ``resid_pre + attn_out + mlp_out == resid_post``: ``attn_out`` / ``mlp_out``
+are each block's write to the residual stream, read after the norm that follows the block where
+there is one (sandwich or post-norm layers: Gemma 3, GLM-4V, EXAONE 4, HyperCLOVA X) and times the
+multiplier the layer applies to it before the residual add (Granite's and HyperCLOVA X's
+``residual_multiplier``). Where the stream is not a sum of the blocks' writes (a learned gate that
+scales the residual itself, as Muse Spark's; a scale of the whole stream, as Gemma 4's
+``layer_scalar``; a third write, as Gemma 4's per-layer inputs), no module outputs a block's write:
+``attn_out`` / ``mlp_out`` raise ``UnsupportedModelError`` there (read from the decoder layer's
+forward, ``_stream``), and ``resid_pre`` / ``resid_post`` stay exact. ``resid_post i == resid_pre
+i+1`` except at Qwen3-VL's image positions in its first layers, where DeepStack adds vision
+features between layers. Unlike ``output_hidden_states`` (whose last entry transformers 5 returns
+after the final norm), ``resid_post`` of the last layer is the raw residual stream.
 
 Two context managers use the sites, and both always remove their hooks:
 
@@ -38,25 +44,63 @@ their input through), for forwards that resume from a kept ``resid_pre`` state.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from analysis.errors import InputError
+from analysis.errors import InputError, UnsupportedModelError
+from analysis.models.adapters.generic import forward_code
 
 KINDS: tuple[str, ...] = ("embed", "resid_pre", "attn_out", "mlp_out", "resid_post", "final")
 LAYER_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _BLOCKS = {"attn_out": ("self_attn", "attention", "attn", "self_attention"),
            "mlp_out": ("mlp", "feed_forward", "ffn")}
 
-# Norms applied to a block's output before the residual add, as (after attention, after MLP, marker):
-# present together only in sandwich-norm layers (Llama's "post_attention_layernorm" is its pre-MLP
-# norm, hence Gemma's marker "pre_feedforward_layernorm").
+# Norms applied to a block's output before the residual add, as (after attention, after MLP): present
+# together only in sandwich- or post-norm layers (GLM-4V; Gemma 2/3/4, EXAONE 4; HyperCLOVA X, where
+# they are nn.Identity without use_post_norm). Llama's "post_attention_layernorm" alone is its pre-MLP
+# norm: only the pair marks a post-norm layer.
 _SANDWICH = (("post_self_attn_layernorm", "post_mlp_layernorm"),
-             ("post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm"))
+             ("post_attention_layernorm", "post_feedforward_layernorm"),
+             ("post_norm1", "post_norm2"))
 _SANDWICH_INDEX = {"attn_out": 0, "mlp_out": 1}
+_BLOCK_NAMES = {"attn_out": "attention", "mlp_out": "MLP"}
+
+# What a decoder layer's forward does to the residual stream, read from its code (``forward_code``: transformers
+# writes every layer as ``residual = hidden_states ... hidden_states = residual + hidden_states``).
+_ADD = re.compile(r"^.*(?:\bresidual \+|\+ residual\b).*$", re.M)  # a statement adding a write to the residual
+_SCALED = re.compile(r"\bresidual \+ \w+ \* self\.(\w+)$|= \w+ \* self\.(\w+) \+ residual$")  # write * self.<m>
+_GATE = re.compile(r"self\.(\w+)\(residual\b")  # the residual passed to a module (a gate mixing it with the write)
+_STREAM_SCALE = re.compile(r"(?:\*=?|/=?) self\.(\w+)")  # after the last add: the whole stream scaled
+
+
+@functools.cache
+def _stream(cls) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """What decoder layer class ``cls`` does to the residual stream, read from its forward.
+
+    Returns ``(problems, multipliers)``: why the stream is not ``resid_pre`` plus one write per block (empty when
+    it is), and for each residual add in order the layer attribute the write is multiplied by (None: unscaled).
+    """
+    code = forward_code(cls)
+    adds = list(_ADD.finditer(code))
+    problems = []
+    gates = sorted(set(_GATE.findall(code)))
+    if gates:
+        problems.append(f"gate the residual stream itself ({', '.join(f'{g}(residual, ...)' for g in gates)}: a "
+                        "learned mix of the residual and the block's output)")
+    if len(adds) > 2:
+        problems.append(f"add {len(adds)} writes to the residual stream, not only attention's and the MLP's (e.g. a "
+                        "per-layer input)")
+    scales = sorted(set(_STREAM_SCALE.findall(code[adds[-1].end():]))) if adds else []
+    if scales:
+        problems.append(f"scale the whole residual stream by {', '.join(scales)} after the blocks' writes")
+    multipliers = tuple(next((g for g in _SCALED.search(m.group(0)).groups() if g), None)
+                        if _SCALED.search(m.group(0)) else None for m in adds)
+    return tuple(problems), multipliers
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -127,14 +171,27 @@ def sites(vlm, kinds: Iterable[str], layers: Iterable[int] | None = None) -> lis
 
 def block(vlm, layer: int, kind: str) -> nn.Module:
     """Return the module whose output is decoder layer ``layer``'s write to the residual stream
-    from its attention (``"attn_out"``) or MLP (``"mlp_out"``) block.
+    from its attention (``"attn_out"``) or MLP (``"mlp_out"``) block, times ``write_scale``.
 
     Found among the layer's children by name (``self_attn``, ``attention``, ... / ``mlp``,
-    ``feed_forward``, ...), never by a version-specific path. Layers with sandwich norms (Gemma 2/3,
-    GLM-4V: a norm after each block, before the residual add) write that norm's output, so the
-    site is read there (``_SANDWICH``).
+    ``feed_forward``, ...), never by a version-specific path. Layers with sandwich or post norms (Gemma 2/3,
+    GLM-4V, EXAONE 4, HyperCLOVA X: a norm after each block, before the residual add) write that norm's output,
+    so the site is read there (``_SANDWICH``).
+
+    Raises:
+        UnsupportedModelError: the layer's residual stream is not a sum of the blocks' writes (``_stream``:
+            a gate on the residual, a scale of the whole stream, a third write), so no module outputs the
+            block's write; ``resid_pre`` / ``resid_post`` are exact there.
+        InputError: the layer has no child of a known name for the block.
     """
     module = vlm.layers[vlm.check_layer(layer)]
+    problems, _ = _stream(type(module))
+    if problems:
+        raise UnsupportedModelError(
+            f"site {kind!r} is not available for {vlm.family}: its decoder layers ({type(module).__name__}) "
+            f"{' and '.join(problems)}, so the residual stream is not a sum of the blocks' writes and no module outputs "
+            f"what the {_BLOCK_NAMES[kind]} block adds to it. Use 'resid_pre' / 'resid_post', which are exact for "
+            f"{vlm.family} (resid_post.i - resid_pre.i is layer i's whole update)")
     children = dict(module.named_children())
     for names in _SANDWICH:
         if all(name in children for name in names):
@@ -146,17 +203,30 @@ def block(vlm, layer: int, kind: str) -> nn.Module:
                      f"is not available for {vlm.family}")
 
 
-def _hook_point(vlm, s: Site) -> tuple[nn.Module, str]:
-    """Return the module whose input (``"pre"``) or output (``"post"``) is site ``s``."""
+def write_scale(vlm, layer: int, kind: str):
+    """The multiplier decoder layer ``layer`` applies to ``block(vlm, layer, kind)``'s output before adding it to the
+    residual stream (Granite's / HyperCLOVA X's ``residual_multiplier``; a number or a tensor), or None (unscaled).
+
+    Read from the layer's forward (``_stream``): the ``n``-th residual add of a layer with two is block ``n``'s.
+    """
+    module = vlm.layers[vlm.check_layer(layer)]
+    _, multipliers = _stream(type(module))
+    name = multipliers[_SANDWICH_INDEX[kind]] if len(multipliers) == 2 else None
+    return None if name is None else getattr(module, name)
+
+
+def _hook_point(vlm, s: Site) -> tuple[nn.Module, str, object]:
+    """Return the module whose input (``"pre"``) or output (``"post"``) is site ``s``, and the scale that makes that
+    output the site (``write_scale``; None: the output itself)."""
     if s.kind == "embed":
-        return vlm.layers[0], "pre"
+        return vlm.layers[0], "pre", None
     if s.kind == "resid_pre":
-        return vlm.layers[s.layer], "pre"
+        return vlm.layers[s.layer], "pre", None
     if s.kind == "resid_post":
-        return vlm.layers[s.layer], "post"
+        return vlm.layers[s.layer], "post", None
     if s.kind == "final":
-        return vlm.final_norm, "post"
-    return block(vlm, s.layer, s.kind), "post"
+        return vlm.final_norm, "post", None
+    return block(vlm, s.layer, s.kind), "post", write_scale(vlm, s.layer, s.kind)
 
 
 @contextlib.contextmanager
@@ -217,7 +287,7 @@ def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor
     """Call ``handlers[site](state)`` at each site in every forward; a returned tensor replaces the state."""
     with contextlib.ExitStack() as stack:
         for s, handler in handlers.items():
-            module, where = _hook_point(vlm, s)
+            module, where, scale = _hook_point(vlm, s)
             if where == "pre":
                 def pre(args, kwargs, handler=handler):
                     by_keyword = "hidden_states" in kwargs
@@ -230,10 +300,13 @@ def _at_sites(vlm, handlers: Mapping[Site, Callable[[torch.Tensor], torch.Tensor
 
                 stack.enter_context(hooked(module, pre=pre, first=first))
             else:
-                def post(args, kwargs, output, handler=handler):
-                    new = handler(output[0] if isinstance(output, tuple) else output)
+                def post(args, kwargs, output, handler=handler, scale=scale):
+                    state = output[0] if isinstance(output, tuple) else output
+                    new = handler(state if scale is None else state * scale)
                     if new is None:
                         return None
+                    if scale is not None:  # the module outputs the write / scale
+                        new = new / scale
                     return (new, *output[1:]) if isinstance(output, tuple) else new
 
                 stack.enter_context(hooked(module, post=post, first=first))

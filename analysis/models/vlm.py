@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from torch import nn
 from analysis.data.images import ImageLike, load_image
 from analysis.errors import ImageError, InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
-from analysis.models.adapters.generic import decoder_stack
+from analysis.models.adapters.generic import decoder_stack, forward_code
 from analysis.models.config_digest import config_digest
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 from analysis.models.sources import lookup
@@ -134,18 +136,32 @@ class VLM:
                 information-flow reference code skips it for intermediate layers).
 
         Returns:
-            ``(..., vocab_size)`` logits in fp32, with the family's final logit soft-capping (the
-            model's own logits: Aya Vision / Cohere2-Vision in transformers 5.24 do not apply their
-            text config's ``logit_scale``; a test checks every family).
+            ``(..., vocab_size)`` logits in fp32, as the model's head makes them: the scales its forward
+            applies to the unembedding's output (``head_scales``: Granite's ``/ logits_scaling``,
+            HyperCLOVA X's ``* logits_scaling``, Muse's ``* output_multiplier``), in its order around
+            the final logit soft-capping. Only what the head's code applies (Aya Vision / Cohere2-Vision
+            in transformers 5.24 do not apply their text config's ``logit_scale``); a test checks every
+            family.
         """
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         if final_norm:
             hidden = self.final_norm(hidden)
         logits = self.lm_head(hidden).float()
+        scales = head_scales(type(self.model))
+        for op, path, after_cap in scales:
+            if not after_cap:
+                logits = self._scaled(logits, op, path)
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
+        for op, path, after_cap in scales:
+            if after_cap:
+                logits = self._scaled(logits, op, path)
         return logits
+
+    def _scaled(self, logits: torch.Tensor, op: str, path: str) -> torch.Tensor:
+        value = functools.reduce(getattr, path.split("."), self.model)
+        return logits * value if op == "*" else logits / value
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` as a non-negative index; raise a clear error if out of range."""
@@ -284,6 +300,25 @@ class VLM:
             f"VLM(name={self.name!r}, family={self.family!r}, layers={self.n_layers}, heads={self.n_heads}, "
             f"hidden={self.hidden_size}, device={self.device}, dtype={self.dtype})"
         )
+
+
+# A statement of a head's forward that scales the unembedding's output by an attribute of the model or its config:
+# ``logits = logits / self.config.text_config.logits_scaling``, ``logits = self.lm_head(h) * self.config.logits_scaling``
+_HEAD_SCALE = re.compile(r"^\s*logits = (?:logits|self\.lm_head\(.*\)) ([*/]) self\.([\w.]+)$", re.M)
+
+
+@functools.cache
+def head_scales(cls) -> tuple[tuple[str, str, bool], ...]:
+    """The scales the forward of model class ``cls`` applies to its unembedding's logits, read from its code.
+
+    Returns ``(operator, attribute path from the model, after the soft-cap)`` triples in order (``("/",
+    "config.text_config.logits_scaling", False)`` for Granite-Docling); the soft-cap's own divide and multiply are
+    not scales. Empty for a head that applies none (most families).
+    """
+    code = forward_code(cls)
+    cap = code.find("final_logit_softcapping")
+    return tuple((m.group(1), m.group(2), -1 < cap < m.start()) for m in _HEAD_SCALE.finditer(code)
+                 if not m.group(2).endswith("softcapping"))
 
 
 def _native_side(image_processor) -> int | None:

@@ -21,8 +21,11 @@ probes that need boxes (localisation, related positions) have nothing to work wi
 
 from __future__ import annotations
 
+import ast
+import functools
 import inspect
 import re
+import textwrap
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ import torch
 from analysis.errors import UnsupportedModelError
 from analysis.models.adapters.base import Adapter, Layout
 
-__all__ = ["TILE_NAME", "TokenLevelAdapter", "decoder_stack", "structure_problems"]
+__all__ = ["TILE_NAME", "TokenLevelAdapter", "decoder_stack", "forward_code", "structure_problems"]
 
 TILE_NAME = "image tokens in sequence order (patch geometry unknown)"
 # Per-position inputs that processors emit besides input_ids: (pad value, appended-token value).
@@ -77,6 +80,21 @@ def _forward_source(cls) -> str:
         return inspect.getsource(cls.forward)
     except (OSError, TypeError):
         return ""
+
+
+@functools.cache
+def forward_code(cls) -> str:
+    """The code of the class's forward without its docstring and comments, one statement per line, spacing normalised
+    (``ast.unparse``), for the checks that read what a forward does ("" where the source cannot be read)."""
+    source = _forward_source(cls)
+    if not source:
+        return ""
+    tree = ast.parse(textwrap.dedent(source))
+    body = tree.body[0].body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        del body[0]
+    return ast.unparse(tree)
 
 
 def _dispatches(cls) -> bool:
