@@ -46,8 +46,8 @@ from analysis.testing import CORE_FAMILIES, SUPPORTED_TINY_FAMILIES, tiny_vlm
 from conftest import QUESTION, assert_detectable, conformance_of
 
 NEW_FAMILIES = tuple(f for f in SUPPORTED_FAMILIES if f not in CORE_FAMILIES)
-# Tiny models without a family adapter: the generic token-level path (GOT-OCR2's adapter waits on the backend).
-TOKEN_LEVEL_FAMILIES = tuple(f for f in SUPPORTED_TINY_FAMILIES if f not in SUPPORTED_FAMILIES and f != "got_ocr2")
+# Tiny models without a family adapter: the generic token-level path.
+TOKEN_LEVEL_FAMILIES = tuple(f for f in SUPPORTED_TINY_FAMILIES if f not in SUPPORTED_FAMILIES)
 
 
 def _samples(n: int = 2) -> list[dict]:
@@ -421,3 +421,26 @@ def test_every_token_level_type_has_a_tiny_model():
     token_level = {r["model_type"] for r in rows if r["status"] == "token-level"}
     assert token_level == set(TOKEN_LEVEL_FAMILIES) and all(r["tiny"] for r in rows if r["status"] == "token-level")
     assert len(token_level) + sum(r["status"] == "full" for r in rows) >= 40
+
+
+def test_only_the_decoder_stack_must_dispatch_attention():
+    """GOT-OCR2's SAM vision tower bypasses AttentionInterface, its Qwen2 decoder does not: the backend and the structure
+    checks ask the decoder stack's class (GOT-OCR2 is a full family, tested above); PP-Chart2Table (the same model
+    class behind a processor that writes no image tokens) passes the structure checks and is refused by name, with
+    GOT-OCR2 as its nearest family."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from analysis.errors import UnsupportedModelError
+    from analysis.families import structure
+    from analysis.models.adapters import adapter_for
+    from analysis.models.adapters.generic import decoder_stack
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(CONFIG_MAPPING["got_ocr2"]())
+    assert not model._can_set_attn_implementation() and decoder_stack(model)._can_set_attn_implementation()
+    assert structure("got_ocr2") == [] and structure("pp_chart2table") == []
+    assert "got_ocr2" in SUPPORTED_FAMILIES
+    with pytest.raises(UnsupportedModelError, match=r"'pp_chart2table'.*does not expand the image placeholder.*nearest "
+                                                    r"supported family is GOT-OCR2"):
+        adapter_for("pp_chart2table")

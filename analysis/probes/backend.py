@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from analysis.errors import InputError, UnsupportedModelError
+from analysis.models.adapters.generic import decoder_stack
 
 BACKEND = "vlm_probes"
 _BASES = {"sdpa": (sdpa_attention_forward, sdpa_mask), "eager": (None, eager_mask)}
@@ -192,10 +193,13 @@ def install(vlm) -> None:
             f"{vlm.name} uses attn_implementation={current!r}, which ignores custom masks; reload it with "
             "attn_implementation='sdpa' or 'eager' to use the attention probes"
         )
-    if not vlm.model._can_set_attn_implementation():
+    # The vision tower keeps its own attention implementation: only the decoder stack's class must dispatch (GOT-OCR2's
+    # SAM tower does not); a stack that is no PreTrainedModel is judged by the whole model's class.
+    decoder = decoder_stack(vlm.model)
+    if not getattr(decoder, "_can_set_attn_implementation", vlm.model._can_set_attn_implementation)():
         raise UnsupportedModelError(
-            f"{type(vlm.model).__name__} does not route attention through transformers' AttentionInterface, "
-            "so the attention probes cannot observe or mask it"
+            f"{type(vlm.model).__name__}'s language model ({type(decoder).__name__}) does not route attention through "
+            "transformers' AttentionInterface, so the attention probes cannot observe or mask it"
         )
     if not all(hasattr(layer.self_attn, "layer_idx") for layer in vlm.layers if hasattr(layer, "self_attn")):
         raise UnsupportedModelError(f"{vlm.name}: decoder attention modules have no layer_idx")

@@ -55,7 +55,7 @@ aya_vision     as internvl (GOT-OCR2 tiles, SigLIP 224 px, shuffle 2),     448
 cohere2_       tiles by its own rule (least up-scaling; here 1 tile),      64
 vision         8 x 8 tokens + a line break per tile, Cohere2 decoder
 got_ocr2       SAM ViT 512 px (real 1024), patch 16, 2 stride-2 convs      64
-               -> 8 x 8 (adapter waits on the backend: see NOT_SUPPORTED)
+               -> 8 x 8, GOT ChatML prompt
 idefics2       perceiver -> 64 latents (token-level, generic path)         64
 glmga          as glm46v under its own config                              35
 glm_ocr        as glm4v, GLM-OCR's config and model classes                35

@@ -7,6 +7,7 @@ from analysis.models.adapters.base import Adapter, Layout
 from analysis.models.adapters.aya_vision import AyaVisionAdapter, Cohere2VisionAdapter
 from analysis.models.adapters.gemma3 import Gemma3Adapter
 from analysis.models.adapters.generic import TokenLevelAdapter, structure_problems
+from analysis.models.adapters.got_ocr2 import GotOcr2Adapter
 from analysis.models.adapters.internvl import InternVLAdapter
 from analysis.models.adapters.janus import DeepseekVLAdapter, DeepseekVLHybridAdapter, JanusAdapter
 from analysis.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
@@ -51,6 +52,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     PaddleOCRVLAdapter,
     DeepseekVLHybridAdapter,
     VideoLlama3Adapter,
+    GotOcr2Adapter,
 )
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(a.family for a in ADAPTERS)
 
@@ -82,9 +84,10 @@ NOT_SUPPORTED: dict[str, tuple[str, str]] = {
                "output, which has none); otherwise it passes the "
                "generic path's structure checks (VLM.language_model finds the decoder stack inside the causal LM that "
                "get_decoder() returns)"),
-    "got_ocr2": ("internvl", "not adapted yet: its SAM vision tower's attention bypasses AttentionInterface, and the "
-                 "backend checks the whole model class, not its decoder's (the adapter, analysis/models/adapters/"
-                 "got_ocr2.py, passes every check once the backend asks the decoder)"),
+    "pp_chart2table": ("got_ocr2", "not adapted yet: GOT-OCR2's model (GotOcr2ForConditionalGeneration) behind its own "
+                       "processor, which does not expand the image placeholder into the image's tokens (ProcessorMixin's "
+                       "call: the prompt must already hold them) and writes no prompt of its own; a tiny model needs "
+                       "the checkpoint's prompt format, which is not available offline"),
     "mistral_large4": ("mistral3", "refused: " + _SPARSE.format(indexer="DSA indexer") + "; its indexer also keeps its "
                        "own key cache, which the probes' prefix cache lacks"),
     "hy_v4_vl": ("qwen2_vl", "refused: " + _SPARSE.format(indexer="DSA indexer")),

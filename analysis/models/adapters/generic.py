@@ -156,9 +156,9 @@ def structure_problems(model, processor=None) -> list[str]:
             problems.append(f"decoder attention ({', '.join(by_name)}) changes its mask by the attention implementation's "
                             "name (e.g. a sparse-attention indexer's top-k is a mask only under eager / sdpa): under a "
                             "registered attention function (the probes' backend) it attends differently, so idle != stock")
-        elif not model._can_set_attn_implementation():
-            problems.append("another attention module of the model (e.g. the vision tower's) bypasses AttentionInterface, "
-                            "so the probes' backend refuses the model class")
+        elif not getattr(decoder, "_can_set_attn_implementation", model._can_set_attn_implementation)():
+            problems.append(f"the decoder stack's model class ({type(decoder).__name__}) has an attention module that "
+                            "bypasses AttentionInterface, so the probes' backend refuses it")
     return problems
 
 
