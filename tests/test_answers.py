@@ -132,7 +132,7 @@ def test_batched_generation_equals_one_sample_at_a_time(tiny, photo):
 
 def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions():
     """The zoo's accuracy, the knockout sweep's kept samples and capture's correctness are one rule
-    ("first_token") computed three ways: on 700 held-out questions they name the same samples."""
+    ("first_token") computed three ways: on 350 held-out questions they name the same samples."""
     from analysis import load_vlm
     from analysis.capture import capture
     from analysis.data.shapes import make_samples
@@ -141,9 +141,9 @@ def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions():
     from analysis.zoo.evaluate import predict, scene_size
 
     vlm = load_vlm("zoo:shapes-llava", device="cpu")
-    samples = make_samples(700, EVAL_SEED, image_size=scene_size(vlm.processor))
+    samples = make_samples(350, EVAL_SEED, image_size=scene_size(vlm.processor))
     zoo = predict(vlm, samples, progress=False)
-    table = evaluate(vlm, n=700, progress=False).set_index("question_type")
+    table = evaluate(vlm, n=350, progress=False).set_index("question_type")
     assert table.loc["overall", "accuracy"] == pytest.approx(zoo["correct"].mean())
     flow = information_flow(vlm, samples, blocks=("last->last",), window=vlm.n_layers, progress=False)
     acts = capture(vlm, samples, layers=[-1], roles=["last"], batch_size=32, progress=False)
@@ -151,4 +151,4 @@ def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions():
     assert set(flow.frame["sample"]) == correct
     assert set(acts.meta["sample"][acts.meta["correct"].astype(bool)]) == correct
     assert flow.n_correct == len(correct) == int(acts.meta["correct"].sum())
-    assert 0.9 < len(correct) / 700 < 1.0  # a real mix of right and wrong answers
+    assert 0.9 < len(correct) / 350 < 1.0  # a real mix of right and wrong answers

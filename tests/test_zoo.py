@@ -177,7 +177,7 @@ def test_checkpoint_passes_its_bar_on_unseen_seeds(name):
 
 
 def test_frozen_and_intermediate_checkpoints_spread():
-    acc = {name: evaluate(_load(name), n=280, seed=HELD_OUT, progress=False).accuracy.iloc[-1]
+    acc = {name: evaluate(_load(name), n=140, seed=HELD_OUT, progress=False).accuracy.iloc[-1]
            for name in ["shapes-llava", "shapes-llava-frozen"] + [n for n in VLMS if re.fullmatch(r"shapes-llava-step\d+", n)]}
     assert acc["shapes-llava-frozen"] <= acc["shapes-llava"] - 0.1, acc
     steps = sorted((int(n.rsplit("step", 1)[1]), a) for n, a in acc.items() if "-step" in n)
