@@ -281,6 +281,29 @@ def generate_answers(vlm, samples: Iterable, max_new_tokens: int = 8, batch_size
     return pd.DataFrame(records)
 
 
+def capture_sites(vlm, layers: Sequence[int] | None = None, kinds: Sequence[str] = ("resid_post",),
+                  sites: Iterable | None = None) -> list[Site]:
+    """Return the sites ``capture`` reads for these arguments, checked against ``vlm`` before any forward.
+
+    ``sites`` (names or ``Site``) replaces the product of ``kinds`` x ``layers`` (default every layer).
+
+    Raises:
+        InputError: a layer out of range, an unknown kind, nothing to capture.
+        UnsupportedModelError: ``attn_out`` / ``mlp_out`` on a family whose residual stream is not a sum
+            of its blocks' writes (the message says what to read instead).
+    """
+    if sites is None:
+        layers = None if layers is None else [vlm.check_layer(layer) for layer in layers]
+        sites = site_product(vlm, kinds, layers)
+    sites = list(dict.fromkeys(site(s, vlm) for s in sites))
+    if not sites:
+        raise InputError("nothing to capture: give at least one layer and one site kind")
+    for s in sites:
+        if s.kind in ("attn_out", "mlp_out"):
+            block(vlm, s.layer, s.kind)
+    return sites
+
+
 @dataclass
 class _Request:
     """A validated capture request."""
@@ -301,15 +324,7 @@ class _Request:
             raise InputError(f"pool must be one of {POOLS}; got {pool!r}")
         if batch_size < 1:
             raise InputError("batch_size must be at least 1")
-        if sites is None:
-            layers = None if layers is None else [vlm.check_layer(l) for l in layers]
-            sites = site_product(vlm, kinds, layers)
-        sites = list(dict.fromkeys(site(s, vlm) for s in sites))
-        if not sites:
-            raise InputError("nothing to capture: give at least one layer and one site kind")
-        for s in sites:
-            if s.kind in ("attn_out", "mlp_out"):
-                block(vlm, s.layer, s.kind)
+        sites = capture_sites(vlm, layers, kinds, sites)
         roles = list(dict.fromkeys(roles))
         if not roles:
             raise InputError("give at least one role")

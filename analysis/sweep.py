@@ -464,11 +464,9 @@ def _check_folder(out: Path, record: dict) -> str | None:
         if out.is_dir() and any(p.name != PARTS_DIR for p in out.iterdir()):
             return (f"--out {str(out)!r} already holds files but no {SWEEP_FILE}: it is not a sweep folder; "
                     "choose an empty or new folder")
-        (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         if any((out / PARTS_DIR).glob("*.parquet")):
             return f"{str(out / PARTS_DIR)!r} holds results but no {SWEEP_FILE}; choose an empty or new folder"
-        _write_json(path, record)
-        return None
+        return None  # written by _start_folder once the model has accepted the options
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -484,8 +482,14 @@ def _check_folder(out: Path, record: dict) -> str | None:
                 f"{record['world_size']}: each rank owns a fixed shard of the samples. Resume with the same number "
                 f"of processes (e.g. torchrun --nproc_per_node {found.get('world_size')}), or choose another --out "
                 "folder")
-    (out / PARTS_DIR).mkdir(exist_ok=True)
     return None
+
+
+def _start_folder(out: Path, record: dict) -> None:
+    """Write ``record`` as ``out``'s ``sweep.json`` unless it is there (a resume); make the parts folder."""
+    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    if not (out / SWEEP_FILE).is_file():
+        _write_json(out / SWEEP_FILE, record)
 
 
 def _check_model(out: Path, model: dict) -> str | None:
@@ -599,6 +603,14 @@ def run_sweep(
                 raise InputError(f"unknown edge set(s) {unknown}; use some of {', '.join(BLOCKS)}")
             layer_windows(vlm.n_layers, _window(vlm, options))  # raises for a window the model cannot take
             model_info["window"] = _window(vlm, options)
+        if spec.name == "capture":
+            from analysis.capture import capture_sites
+
+            layers = None if options["layers"] is None else [int(v) for v in options["layers"]]
+            capture_sites(vlm, layers, options["kinds"])  # raises for sites this model cannot give
+        # the folder is claimed only now: options the model refuses leave no sweep.json to block a corrected rerun
+        if dist.rank == 0:
+            _start_folder(out, record)
         error = _check_model(out, model_info) if dist.rank == 0 else None
         error = dist.broadcast(error)
         if error:

@@ -45,6 +45,21 @@ def test_config_digest_is_the_same_under_every_transformers_version():
     assert config_digest(config) != "6a6bed8f3be6695f"
 
 
+def test_config_digest_of_every_family_with_a_tiny_model(tiny):
+    """Every family's config digests, heterogeneous per-layer configs included (Gemma 4 refuses a
+    global read of its per-layer attributes): sweeps and figure provenance record it."""
+    import copy
+
+    from analysis.testing import SUPPORTED_TINY_FAMILIES
+
+    for family in SUPPORTED_TINY_FAMILIES:
+        config = copy.deepcopy(tiny(family).model.config)  # the session's shared model stays as it is
+        digest = config_digest(config)
+        assert len(digest) == 16 and int(digest, 16) >= 0, family
+        config.get_text_config().vocab_size += 1
+        assert config_digest(config) != digest, family
+
+
 # Image-token counts of the real processors, (width, height) -> <image> tokens, worked out from each
 # processor's published rules:
 #   LLaVA-1.5: 336 / 14 = 24 -> 24 x 24 = 576 for any image (CLS dropped).

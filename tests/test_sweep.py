@@ -195,3 +195,24 @@ def test_notebooks_read_sweep_folders(tmp_path, capsys):
         run_sweep("logit_lens", _zoo(), "shapes:3", tmp_path / "unfinished", stop_after=1, progress=False)
     with pytest.raises(SweepFolderError, match="unfinished .1 of 3 samples.*run the same command again"):
         results_for(tmp_path, "unfinished", "logit_lens")
+
+
+def test_options_the_model_refuses_leave_the_folder_free(tmp_path):
+    """A window the model cannot take, or sites it cannot give, fail before the folder is claimed:
+    no sweep.json is left behind, and the corrected command runs in the same folder."""
+    from analysis.errors import InputError, UnsupportedModelError
+    from analysis.testing import tiny_vlm
+
+    out = tmp_path / "flow"
+    vlm = _zoo()
+    with pytest.raises(InputError, match="window"):
+        run_sweep("information_flow", vlm, "shapes:2", out, {"window": vlm.n_layers + 1}, progress=False)
+    assert not (out / SWEEP_FILE).exists()
+    assert run_sweep("information_flow", vlm, "shapes:2", out, {"window": 1}, progress=False).computed == [0, 1]
+
+    gemma4 = tiny_vlm("gemma4")  # its stream is not a sum of the blocks' writes: no attn_out / mlp_out
+    with pytest.raises(UnsupportedModelError, match="resid_pre"):
+        run_sweep("capture", gemma4, "shapes:1", tmp_path / "acts", {"kinds": ["attn_out"]}, progress=False)
+    assert not (tmp_path / "acts" / SWEEP_FILE).exists()
+    run_sweep("capture", gemma4, "shapes:1", tmp_path / "acts", {"kinds": ["resid_post"]}, progress=False)
+    assert json.loads((tmp_path / "acts" / SWEEP_FILE).read_text())["arguments"]["options"]["kinds"] == ["resid_post"]

@@ -22,7 +22,7 @@ def essential_fields(config: PretrainedConfig) -> dict:
     defaults = type(config)().to_dict()
     fields = {}
     for key, value in config.to_dict().items():
-        sub = getattr(config, key, None)
+        sub = vars(config).get(key)  # not getattr: heterogeneous configs (Gemma 4) refuse global per-layer reads
         if isinstance(sub, PretrainedConfig):
             fields[key] = essential_fields(sub)
         elif key not in _VOLATILE and (key not in defaults or defaults[key] != value):
