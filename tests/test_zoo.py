@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -94,6 +95,24 @@ def test_snapshots_are_added_only_after_the_retrained_checkpoints_match(tmp_path
     with pytest.raises(NotReproduced, match=f"shapes-llava-step3 differs .* {name}"):
         train_snapshots(more, zoo, tmp_path / "work3")
     assert not (zoo / "shapes-llava-step4").exists()
+
+
+def test_second_run_trains_stages_one_to_four_and_keeps_their_trajectory(tmp_path):
+    """``--second-run`` on a mini recipe: the trajectory of stages 1-4 under the run2 names, weights
+    equal bit for bit to the same run's checkpoints (``train_snapshots`` trains them the same way)."""
+    from analysis.zoo.train import train_second_run
+
+    recipe = Recipe(spec=MINI, batch_size=4, lm_steps=2, vision_steps=2, stage1_steps=2, stage2_steps=4,
+                    snapshots=(0, 3))
+    names = train_second_run(recipe, tmp_path / "zoo", tmp_path / "work")
+    assert names == ["shapes-llava-run2", "shapes-llava-run2-frozen", "shapes-llava-run2-step0",
+                     "shapes-llava-run2-step3"]
+    assert sorted(list_checkpoints(tmp_path / "zoo")) == names  # not its text LM or vision tower
+    reference = train_snapshots(recipe, tmp_path / "ref", tmp_path / "ref-work")["work"]
+    for name in names:
+        source = "shapes-llava" + name.removeprefix("shapes-llava-run2")
+        assert (tmp_path / "zoo" / name / "model.safetensors").read_bytes() == \
+            (Path(reference) / source / "model.safetensors").read_bytes(), name
 
 
 def test_local_tower_does_not_mix_patches():

@@ -69,7 +69,7 @@ from analysis.models.sites import editing
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.knockout import Unmodified, knockout_logits, unmodified_run
 from analysis.probes.runners import offer_unmodified
-from analysis.probes.sharing import active, model_key, shared, sharing
+from analysis.probes.sharing import model_key, shared, sharing
 
 RANKINGS: tuple[str, ...] = ("last_attention", "cls_attention", "attribution", "random", "oracle")
 DEFAULT_KEEP: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05)
@@ -266,7 +266,7 @@ def _unmodified_run(vlm, prepared: PreparedInputs) -> Unmodified:
     """
     def compute() -> Unmodified:
         run = unmodified_run(vlm, prepared, 0)
-        if run.lm_kwargs is not None and active():
+        if run.lm_kwargs is not None:  # outside a sharing() block the offer keeps nothing
             offer_unmodified(vlm, prepared, run.logits, run.lm_kwargs)
         return run
 
