@@ -155,6 +155,7 @@ def run_notebook(
     figures_dir: Path,
     kernel: str = KERNEL,
     progress: bool = True,
+    km=None,
 ) -> Result:
     """Execute one notebook with papermill and return its ``Result`` (never raises for a
     failing cell).
@@ -168,6 +169,11 @@ def run_notebook(
             ``figures_dir/<notebook>/`` during the run are counted.
         kernel: the Jupyter kernel to run on.
         progress: show papermill's per-cell progress bar.
+        km: None (the default, what ``./run_all.sh`` does): a fresh kernel, shut down afterwards.
+            Or a ``jupyter_client.AsyncKernelManager`` shared by several calls: started by the first
+            one (in that notebook's folder), kept running, and its namespace cleared (``%reset -f``)
+            and figures closed before each later notebook; imported modules and other process state persist, so this is
+            for runs that only check each notebook completes (the test suite), not for figures.
     """
     import papermill
 
@@ -179,11 +185,13 @@ def run_notebook(
     error = detail = None
     try:
         values = notebook_params(notebook, {**params, FIGURES_PARAM: str(figures_dir)})
+        if km is not None and km.has_kernel:
+            _reset(km)
         # The kernel starts in the notebook's folder (nbclient's resources path), without papermill's
         # cwd=, which changes the whole process's directory: notebooks run side by side from threads.
         papermill.execute_notebook(
             str(notebook), str(executed_dir / notebook.name), parameters=values, kernel_name=kernel,
-            resources={"metadata": {"path": str(notebook.parent)}}, progress_bar=progress, log_output=False)
+            resources={"metadata": {"path": str(notebook.parent)}}, progress_bar=progress, log_output=False, km=km)
     except papermill.PapermillExecutionError as err:
         error = f"In [{err.exec_count}]: {err.ename}: {_first_line(err.evalue)}"
         detail = (f"--- {notebook.stem}: failing cell In [{err.exec_count}] ---\n{err.source}\n--- traceback ---\n"
@@ -195,6 +203,16 @@ def run_notebook(
     folder = figures_dir / notebook.stem
     figures = sorted(p for p in folder.glob("*.json") if p.stat().st_mtime_ns >= start_ns) if folder.is_dir() else []
     return Result(notebook.stem, error is None, seconds, figures, error, detail)
+
+
+def _reset(km) -> None:
+    """Clear the user namespace of the running kernel ``km`` (IPython's ``%reset -f``) and close its figures."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = ("import sys\nif 'matplotlib.pyplot' in sys.modules:\n    sys.modules['matplotlib.pyplot'].close('all')\n"
+            "%reset -f")
+    NotebookClient(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), km=km).execute()
 
 
 def default_jobs(params: dict[str, Any], n_notebooks: int) -> int:

@@ -31,6 +31,8 @@ EXPECTED_FIGURES = {
 }
 # Figures drawn from the committed zoo's model cards, whatever model the notebook runs on.
 ABOUT_THE_ZOO = {("06_model_zoo", "zoo_accuracy"), ("06_model_zoo", "training_trajectory")}
+# The explorers' controls (analysis/widgets.py); a headless run's only widgets are tqdm's progress bars.
+EXPLORER_CONTROLS = {"DropdownModel", "ToggleButtonsModel", "SelectMultipleModel", "SelectionSliderModel"}
 # Parameters every notebook's `parameters` cell declares.
 STANDARD_PARAMS = {"model", "seed", "device", "dtype", "interactive", "figures_dir"}
 
@@ -80,14 +82,37 @@ def test_parameter_files_are_valid():
         assert set(params.get("notebooks", {})) <= names, f"{path.name} has a section for a notebook that does not exist"
 
 
-@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
-def test_notebook_runs_on_tiny_params(path, tmp_path):
+@pytest.fixture(scope="module")
+def kernel(one_thread_kernels):
+    """One ``vlm-probes`` kernel for this worker's tiny-params runs (``run_notebook(km=...)``: started by
+    the first, namespace cleared before each next one). Each notebook still runs from an empty
+    namespace, so a missing import or parameter fails; a fresh kernel per notebook would add ~10 s of
+    kernel start and imports to each. Fresh kernels are what ``./run_all.sh`` and test_runner.py run."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
     check_kernel()
-    result = run_notebook(path, load_params(PARAMS / "tiny.yaml"), executed_dir=tmp_path / "executed",
-                          figures_dir=tmp_path / "figures", progress=False)
+    km = AsyncKernelManager(kernel_name=KERNEL)
+    yield km
+    if km.has_kernel:
+        run_sync(km.shutdown_kernel)(now=True)
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_notebook_runs_on_tiny_params(path, tmp_path, kernel):
+    """Each notebook end to end on tiny.yaml, in papermill with its own default ``interactive = None``:
+    every figure written with provenance, and no widget explorer shown (a headless run is not
+    interactive; tests/test_browser.py shows they appear in JupyterLab)."""
+    params = load_params(PARAMS / "tiny.yaml")
+    assert "interactive" not in params, "tiny.yaml leaves `interactive` to the notebooks' default (auto)"
+    result = run_notebook(path, params, executed_dir=tmp_path / "executed", figures_dir=tmp_path / "figures",
+                          progress=False, km=kernel)
     if not result.ok:
         pytest.fail(f"{path.name} failed: {result.error}\n{result.detail}", pytrace=False)
-    assert (tmp_path / "executed" / path.name).is_file()
+    executed = nbformat.read(tmp_path / "executed" / path.name, as_version=4)
+    state = executed.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    controls = {m["model_name"] for m in state.get("state", {}).values()} & EXPLORER_CONTROLS
+    assert not controls, f"explorer controls ({', '.join(sorted(controls))}) shown in a papermill run"
     for name in EXPECTED_FIGURES[path.stem]:
         for ext in ("png", "pdf", "json"):
             figure = tmp_path / "figures" / path.stem / f"{name}.{ext}"

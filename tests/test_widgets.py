@@ -148,25 +148,6 @@ def test_show_explorers_follows_the_front_end(monkeypatch):
     assert not show_explorers(None) and show_explorers(True)
 
 
-def test_papermill_runs_are_not_interactive(tmp_path):
-    """The notebooks' default (``interactive = None``) turns explorers off in a real papermill kernel
-    (tests/test_browser.py shows it turns them on in JupyterLab)."""
-    import nbformat
-    import papermill
-
-    from analysis.runner import KERNEL, check_kernel
-
-    check_kernel()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("interactive = None", metadata={"tags": ["parameters"]}),
-                                         nbformat.v4.new_code_cell("from analysis.widgets import show_explorers\n"
-                                                                   "print(show_explorers(interactive))")])
-    nbformat.write(nb, tmp_path / "auto.ipynb")
-    papermill.execute_notebook(str(tmp_path / "auto.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=KERNEL,
-                               progress_bar=False)
-    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    assert "".join(o.get("text", "") for o in out.cells[-1].outputs).strip() == "False"
-
-
 def test_threads_for_small_models_on_the_cpu(tiny, monkeypatch):
     import torch
 
