@@ -13,8 +13,11 @@ Which families a test runs on (the split that keeps the suite fast):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,15 +43,42 @@ def _tiny(family: str):
     return tiny_vlm(family, seed=0)
 
 
+_SHARED: list[Path] = []  # the folder all pytest-xdist workers of this run share (set by shared_folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_folder(tmp_path_factory, worker_id):
+    """Under pytest-xdist, the run's temporary folder that every worker sees (its workers' parent)."""
+    if worker_id != "master":
+        _SHARED.append(tmp_path_factory.getbasetemp().parent)
+
+
 @functools.cache
 def conformance_of(family: str):
     """``analysis.conformance`` of the session's tiny ``family`` model on the ``photo`` image and
-    ``QUESTION``, computed once per session (the families table and the exactness tests share it)."""
-    from analysis.conformance import conformance
+    ``QUESTION``, computed once per test run (the families table and the exactness tests share it).
 
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
-    return conformance(_tiny(family), image, QUESTION)
+    Under pytest-xdist the first worker to ask computes it, under a file lock, and leaves it as JSON
+    in the run's shared folder for the other workers (the families table asks for all 50 families).
+    """
+    from filelock import FileLock
+
+    from analysis.conformance import Conformance, conformance
+
+    def compute() -> Conformance:
+        rng = np.random.default_rng(0)
+        image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+        return conformance(_tiny(family), image, QUESTION)
+
+    if not _SHARED:
+        return compute()
+    path = _SHARED[0] / f"conformance-{family}.json"
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            return Conformance(**json.loads(path.read_text()))
+        result = compute()
+        path.write_text(json.dumps(dataclasses.asdict(result)))
+        return result
 
 
 @pytest.fixture(params=CORE_FAMILIES)
