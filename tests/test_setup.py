@@ -20,7 +20,7 @@ def test_environment_yml_matches_run_all():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     torch_pin = re.search(r'TORCH_PIN="([^"]+)"', _run_all()).group(1).split()
     assert [p for p in pip if p.startswith("torch")] == torch_pin
-    extras = re.search(r'pip install --quiet --no-compile -c requirements-lock.txt -e "\.\[([^\]]+)\]"', _run_all()).group(1)
+    extras = re.search(r'project=\(-c requirements-lock.txt -e "\.\[([^\]]+)\]"\)', _run_all()).group(1)
     assert f"-e .[{extras}]" in pip and "-c requirements-lock.txt" in pip
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
