@@ -47,11 +47,17 @@ def test_no_import_points_back_up(part):
     assert not wrong, sorted(wrong)
 
 
-def test_the_model_layer_loads_without_the_zoo_or_the_test_builders():
-    code = ("import sys, analysis.models, analysis.capture\n"
+def test_the_model_layer_and_capture_load_on_their_own_then_the_probes():
+    """In a fresh interpreter: the model layer and capture import without the zoo, the test builders
+    or the probes; the probes then import after capture (no import cycle between the two)."""
+    code = ("import sys\n"
+            "from analysis.capture import capture\n"
+            "import analysis.models\n"
             "from analysis import load_vlm\n"
             "loaded = {m for m in sys.modules if m.startswith(('analysis.zoo', 'analysis.testing', 'analysis.probes'))}\n"
-            "assert not loaded, loaded")
+            "assert not loaded, loaded\n"
+            "import analysis.probes as p\n"
+            "assert all(getattr(p, name) for name in p.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -168,12 +168,3 @@ def test_bad_requests_fail_clearly(tiny, two_samples):
             capture(vlm, two_samples, progress=False, **kwargs)
     with pytest.raises(InputError, match="gold answer"):
         capture(vlm, [Sample(two_samples[0].image, QUESTIONS[0])], roles=["answer"], progress=False)
-
-
-def test_capture_imports_on_its_own_before_the_probes():
-    import subprocess
-    import sys
-
-    code = ("from analysis.capture import capture\nimport analysis.probes as p\n"
-            "assert all(getattr(p, name) for name in p.__all__)")
-    subprocess.run([sys.executable, "-c", code], check=True)
