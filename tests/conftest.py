@@ -2,7 +2,7 @@
 
 Which families a test runs on (the split that keeps the suite fast):
 
-* the ``family`` fixture: ``CORE_FAMILIES`` (``analysis.testing``), the seven families every
+* the ``family`` parameter: ``CORE_FAMILIES`` (``analysis.testing``), the seven families every
   per-family test of the suite is parametrised over (each probe, its edge cases, numerics, real
   tokenizers, full-width architectures);
 * ``tests/test_families_conformance.py``: every fully supported family (``SUPPORTED_FAMILIES``)
@@ -28,12 +28,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tests run tiny models: one torch thread per process is as fast, and far faster when other jobs share the
 # cores (./run_all.sh --test runs one pytest-xdist worker per core). OMP_NUM_THREADS reaches the notebook kernels
 # and subprocesses the tests start.
+# torch and the package are imported by the tests, not here: under pytest-xdist the controller process loads
+# this file too but runs no test (importing them there cost every run ~10 s of start-up).
 os.environ["OMP_NUM_THREADS"] = "1"
-import torch  # noqa: E402
 
-torch.set_num_threads(1)
 
-from analysis.testing import CORE_FAMILIES  # noqa: E402
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @functools.cache
@@ -81,10 +85,18 @@ def conformance_of(family: str):
         return result
 
 
-@pytest.fixture(params=CORE_FAMILIES)
-def family(request) -> str:
-    """Each core family name (``CORE_FAMILIES``; every supported family is in test_families_conformance)."""
-    return request.param
+def pytest_generate_tests(metafunc):
+    """A test taking ``family`` runs on each core family name (``analysis.testing.CORE_FAMILIES``; every
+    supported family is in test_families_conformance), unless it parametrizes ``family`` itself."""
+    if "family" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers(name="parametrize"):
+        names = marker.args[0]
+        if "family" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return
+    from analysis.testing import CORE_FAMILIES
+
+    metafunc.parametrize("family", CORE_FAMILIES)
 
 
 @pytest.fixture
