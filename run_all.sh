@@ -66,9 +66,9 @@ setup() {
 # indexes pip is configured with (pip config, PIP_* variables) and, like pip, takes the best match
 # across them. A venv sharing a torch installed outside it stays with pip, which sees that torch
 # (uv does not look at system site-packages and would install a second one).
-# No bytecode is compiled here: Python caches each module on its first import (run_all.sh lifts
-# PYTHONDONTWRITEBYTECODE for its own runs), ~4,000 of the venv's 18,000 modules in this project's
-# runs, against ~50 s to compile all of them up front.
+# Bytecode: Python caches each module on its first import (run_all.sh lifts PYTHONDONTWRITEBYTECODE),
+# ~6,500 of the venv's 18,000 modules in this project's runs; the end of the install imports most of
+# them (~20 s on 2 cores), against ~50 s for compiling all 18,000 up front.
 install_packages() {
     local stamp="$VENV/.vlm-probes-installed"
     local want
@@ -93,6 +93,17 @@ install_packages() {
     fi
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
         --display-name "Python (vlm-probes)" >/dev/null
+    # Python caches a module's bytecode on its first import; import what the notebooks, their kernels,
+    # JupyterLab and the tests use here, in two processes side by side (the second does not touch
+    # torch), so that the first kernels and test workers do not each compile it again.
+    echo "[setup] caching the bytecode of what the notebooks and tests import"
+    "$VENV/bin/python" -c 'import matplotlib.pyplot, seaborn, pandas, scipy.stats, sklearn.linear_model, yaml, tqdm
+import nbformat, nbclient, papermill, ipykernel.kernelapp, ipywidgets, jupyter_server.serverapp, jupyterlab.labapp
+import playwright.sync_api' &
+    local tools=$!
+    "$VENV/bin/python" -c 'import analysis, analysis.capture, analysis.probes, analysis.plots, analysis.widgets
+import analysis.runner, analysis.zoo, analysis.testing'
+    wait "$tools"
     echo "$want" > "$stamp"
     echo "[setup] done: $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
 }
@@ -110,10 +121,10 @@ case "${1:-}" in
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
 esac
 
+unset PYTHONDONTWRITEBYTECODE  # cache bytecode on first import (see install_packages)
 setup
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TOKENIZERS_PARALLELISM=false
-unset PYTHONDONTWRITEBYTECODE  # cache bytecode on first import (see install_packages)
 case "$mode" in
     setup) ;;
     test) exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@" ;;  # one worker per core (pytest-xdist; idle workers take queued tests from busy ones); -n 0: one process
