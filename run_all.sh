@@ -67,8 +67,8 @@ setup() {
 # across them. A venv sharing a torch installed outside it stays with pip, which sees that torch
 # (uv does not look at system site-packages and would install a second one).
 # Bytecode: Python caches each module on its first import (run_all.sh lifts PYTHONDONTWRITEBYTECODE),
-# ~6,500 of the venv's 18,000 modules in this project's runs; the end of the install imports most of
-# them (~20 s on 2 cores), against ~50 s for compiling all 18,000 up front.
+# ~6,500 of the venv's 18,000 modules in this project's runs; the end of the install imports the
+# common ones (~10 s on 2 cores), against ~50 s for compiling all 18,000 up front.
 install_packages() {
     local stamp="$VENV/.vlm-probes-installed"
     local want
@@ -93,19 +93,18 @@ install_packages() {
     fi
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
         --display-name "Python (vlm-probes)" >/dev/null
-    # Python caches a module's bytecode on its first import; import what the notebooks, their kernels,
-    # JupyterLab and the tests use here, in two processes side by side (the second does not touch
-    # torch), so that the first kernels and test workers do not each compile it again.
-    echo "[setup] caching the bytecode of what the notebooks and tests import"
+    # Python caches a module's bytecode on its first import: the notebook and test tools (no torch) are
+    # imported here side by side with torch and transformers (the line below), so that the first
+    # kernels, JupyterLab and test workers find them compiled.
     "$VENV/bin/python" -c 'import matplotlib.pyplot, seaborn, pandas, scipy.stats, sklearn.linear_model, yaml, tqdm
 import nbformat, nbclient, papermill, ipykernel.kernelapp, ipywidgets, jupyter_server.serverapp, jupyterlab.labapp
 import playwright.sync_api' &
     local tools=$!
-    "$VENV/bin/python" -c 'import analysis, analysis.capture, analysis.probes, analysis.plots, analysis.widgets
-import analysis.runner, analysis.zoo, analysis.testing'
+    local versions
+    versions="$("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
     wait "$tools"
     echo "$want" > "$stamp"
-    echo "[setup] done: $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
+    echo "[setup] done: $versions"
 }
 
 # The value pip would use for one of its settings (config files and PIP_* variables; the last
