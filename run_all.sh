@@ -29,6 +29,9 @@ setup() {
         if "$PYTHON" -c 'import torch, torchvision' 2>/dev/null; then
             echo "[setup] creating $VENV sharing the torch already installed for $PYTHON"
             "$PYTHON" -m venv --system-site-packages "$VENV"
+        elif "$PYTHON" -m pip --version >/dev/null 2>&1; then
+            echo "[setup] creating $VENV"
+            "$PYTHON" -m venv --without-pip "$VENV"  # uv puts pip in with the rest (install_packages)
         else
             echo "[setup] creating $VENV"
             "$PYTHON" -m venv "$VENV"
@@ -79,17 +82,17 @@ install_packages() {
     local project=(-c requirements-lock.txt -e ".[notebooks,test]")
     if grep -q '^include-system-site-packages = true' "$VENV/pyvenv.cfg"; then
         echo "[setup] installing vlm-probes with extras [notebooks,test] at the tested versions (pip, requirements-lock.txt)"
-        "$VENV/bin/python" -m pip install --quiet "${project[@]}"
+        pip install --quiet "${project[@]}"
     else
         echo "[setup] installing $TORCH_PIN and vlm-probes with extras [notebooks,test] at the tested versions (uv, requirements-lock.txt)"
-        "$VENV/bin/python" -m pip install --quiet "$UV_PIN"
+        pip install --quiet "$UV_PIN"
         local indexes=() value
         value="$(pip_setting index-url)"
         if [ -n "$value" ]; then indexes+=(--index-url "$value"); fi
         for value in $(pip_setting extra-index-url); do indexes+=(--extra-index-url "$value"); done
         for value in $(pip_setting find-links); do indexes+=(--find-links "$value"); done
         "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --index-strategy unsafe-best-match \
-            "${indexes[@]}" $TORCH_PIN "${project[@]}"
+            "${indexes[@]}" pip $TORCH_PIN "${project[@]}"
     fi
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
         --display-name "Python (vlm-probes)" >/dev/null
@@ -107,10 +110,19 @@ import playwright.sync_api' &
     echo "[setup] done: $versions"
 }
 
+# pip for the venv: its own, or $PYTHON's driving the venv (a venv created without pip).
+pip() {
+    if "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip "$@"
+    else
+        "$PYTHON" -m pip --python "$VENV/bin/python" "$@"
+    fi
+}
+
 # The value pip would use for one of its settings (config files and PIP_* variables; the last
 # scope listed wins), empty when unset.
 pip_setting() {
-    "$VENV/bin/python" -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$1='\(.*\)'\$/\1/p" | tail -n 1
+    pip config list 2>/dev/null | sed -n "s/^[^.]*\.$1='\(.*\)'\$/\1/p" | tail -n 1
 }
 
 mode="run"
