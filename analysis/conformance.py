@@ -16,8 +16,10 @@ benchmark tabulates it.
 
 The vision tower's output does not depend on any of this (the checks concern the language model):
 the stock and the idle forwards compute it, the later steps (recorded, eager, knockout, reference)
-share one computation of it per input through the model's ``get_image_features``. On a full-width
-SmolVLM in bf16 on a CPU without bf16 instructions that is 3 vision forwards of 4.4 s instead of 9.
+share one computation of it per input through the model's ``get_image_features`` (the eager forward
+computes its own where the model passes ``output_attentions`` on to it, as LLaVA does). On a
+full-width SmolVLM in bf16 on a CPU without bf16 instructions that is 3 vision forwards of 4.4 s
+instead of 9.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def conformance(vlm, image, question: str) -> Conformance:
 def _image_features_once(*models: torch.nn.Module):
     """Inside the block, ``get_image_features`` of ``models`` (copies with the same weights, e.g. a model
     and its ``eager_copy``) computes once per input and returns that result to every later call with
-    the same input (the same tensor objects, kept alive by the cache, and equal other arguments).
+    the same input (the same tensor objects, kept alive by the cache, equal other arguments but
+    ``use_cache``, and the same grad mode): a forward that passes ``output_attentions`` computes its own.
     Models without the method (on themselves or their ``.model``) are left as they are.
     """
     cache: dict[tuple, tuple[list, object]] = {}
@@ -156,8 +159,10 @@ def _image_features_once(*models: torch.nn.Module):
             continue
 
         def once(*args, _original=original, **kwargs):
-            values = [*args, *(kwargs[k] for k in sorted(kwargs))]
-            key = (tuple(sorted(kwargs)), *(("tensor", id(v)) if torch.is_tensor(v) else repr(v) for v in values))
+            names = sorted(k for k in kwargs if k != "use_cache")  # passed through by some forwards; the decoder's
+            values = [*args, *(kwargs[k] for k in names)]
+            key = (torch.is_grad_enabled(), tuple(names),
+                   *(("tensor", id(v)) if torch.is_tensor(v) else repr(v) for v in values))
             if key not in cache:
                 cache[key] = ([v for v in values if torch.is_tensor(v)], _original(*args, **kwargs))
             return cache[key][1]

@@ -3,6 +3,7 @@ transformers versions, full-width architectures, low-precision numerics."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -212,3 +213,28 @@ def test_full_width_model_passes_the_conformance_checks(dtype):
     assert (result.n_image, result.dtype) == (64, str(dtype).removeprefix("torch."))
     assert result.idle <= tol["idle"] and result.recorded <= tol["recorded"] and result.knockout <= tol["knockout"]
     assert result.effect >= 10 * tol["knockout"], "a knockout that blocked nothing would pass"
+
+
+def test_conformance_runs_the_vision_tower_for_stock_idle_and_once_for_the_rest(tiny, photo, monkeypatch):
+    """The vision tower's output is shared only after the stock and idle forwards (each computes its
+    own, so a backend that disturbed the tower would show), across the model and its eager copy; the
+    result is the same as without sharing (and the full-width bf16 test above takes 15 s, not 43)."""
+    from analysis import conformance as module
+
+    vlm = tiny("llava")
+    tower = type(vlm.model.model.vision_tower)
+    calls = []
+    forward = tower.forward
+    monkeypatch.setattr(tower, "forward", lambda self, *a, **k: calls.append(self) or forward(self, *a, **k))
+    shared = module.conformance(vlm, photo, QUESTION)
+    # stock, idle, recorded (shared with knockout and reference), then the eager copy's own tower once: its
+    # forward passes output_attentions on to get_image_features (LLaVA does), a different request
+    assert [c is vlm.model.model.vision_tower for c in calls] == [True, True, True, False]
+    assert "get_image_features" not in vars(vlm.model.model)  # the method is the class's again
+
+    monkeypatch.setattr(module, "_image_features_once", lambda *models: contextlib.nullcontext())
+    calls.clear()
+    alone = module.conformance(vlm, photo, QUESTION)
+    assert len(calls) > 3  # without sharing, the later steps (eager copy included) run it again
+    for name in ("idle", "recorded", "knockout", "effect"):
+        assert getattr(shared, name) == getattr(alone, name), name
