@@ -65,13 +65,13 @@ setup() {
 # Installs torch (unless the venv shares one) and the project at the locked versions, once per
 # change of pyproject.toml, run_all.sh or requirements-lock.txt. A venv that owns its packages is
 # filled by uv (from PyPI, pinned below), which fetches and unpacks the ~180 wheels in parallel:
-# 25 s for what pip takes 130 s on 2 cores, 5.5 GB of torch's CUDA wheels included. uv reads the
+# 25 to 45 s for what pip took 127 s on 2 cores, 5.5 GB of torch's CUDA wheels included. uv reads the
 # indexes pip is configured with (pip config, PIP_* variables) and, like pip, takes the best match
 # across them. A venv sharing a torch installed outside it stays with pip, which sees that torch
 # (uv does not look at system site-packages and would install a second one).
 # Bytecode: Python caches each module on its first import (run_all.sh lifts PYTHONDONTWRITEBYTECODE),
-# ~6,500 of the venv's 18,000 modules in this project's runs; the end of the install imports the
-# common ones (~10 s on 2 cores), against ~50 s for compiling all 18,000 up front.
+# ~6,500 of the venv's 17,600 modules in this project's runs (compiling all of them up front took
+# 48 s on 2 cores); the end of the install imports the common ones.
 install_packages() {
     local stamp="$VENV/.vlm-probes-installed"
     local want

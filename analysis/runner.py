@@ -172,8 +172,9 @@ def run_notebook(
         km: None (the default, what ``./run_all.sh`` does): a fresh kernel, shut down afterwards.
             Or a ``jupyter_client.AsyncKernelManager`` shared by several calls: started by the first
             one (in that notebook's folder), kept running, and its namespace cleared (``%reset -f``)
-            and figures closed before each later notebook; imported modules and other process state persist, so this is
-            for runs that only check each notebook completes (the test suite), not for figures.
+            and figures closed before each later notebook. Imported modules and other process state
+            persist, so this is for runs that only check each notebook completes (the test suite),
+            not for figures.
     """
     import papermill
 
