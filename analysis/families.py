@@ -67,6 +67,7 @@ def structure(model_type: str) -> list[str]:
     ``meta`` device (no weights, no memory); a config or model that does not build gives that as the problem."""
     import torch
     from transformers import AutoModelForImageTextToText
+    from transformers.initialization import no_init_weights
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.utils import logging as hf_logging
 
@@ -76,7 +77,7 @@ def structure(model_type: str) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = CONFIG_MAPPING[model_type]()
-            with torch.device("meta"):
+            with torch.device("meta"), no_init_weights():  # the tree only: no initialisation of meta weights
                 model = AutoModelForImageTextToText.from_config(config)
     except Exception as err:  # noqa: BLE001 - any failure to build is the finding
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -130,9 +130,11 @@ def test_batched_generation_equals_one_sample_at_a_time(tiny, photo):
     assert batched == alone and all(len(t) > 0 for t in batched)
 
 
-def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions():
+def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions(monkeypatch):
     """The zoo's accuracy, the knockout sweep's kept samples and capture's correctness are one rule
     ("first_token") computed three ways: on 350 held-out questions they name the same samples."""
+    import sys
+
     from analysis import load_vlm
     from analysis.capture import capture
     from analysis.data.shapes import make_samples
@@ -143,7 +145,11 @@ def test_zoo_accuracy_knockout_and_capture_agree_on_held_out_questions():
     vlm = load_vlm("zoo:shapes-llava", device="cpu")
     samples = make_samples(350, EVAL_SEED, image_size=scene_size(vlm.processor))
     zoo = predict(vlm, samples, progress=False)
+    # evaluate's default questions are these 350, and its table is their predictions' (not computed twice)
+    asked = []
+    monkeypatch.setattr(sys.modules["analysis.zoo.evaluate"], "predict", lambda _, given, *args: asked.append(given) or zoo)
     table = evaluate(vlm, n=350, progress=False).set_index("question_type")
+    assert asked == [samples]
     assert table.loc["overall", "accuracy"] == pytest.approx(zoo["correct"].mean())
     flow = information_flow(vlm, samples, blocks=("last->last",), window=vlm.n_layers, progress=False)
     acts = capture(vlm, samples, layers=[-1], roles=["last"], batch_size=32, progress=False)

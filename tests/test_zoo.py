@@ -51,19 +51,15 @@ def test_processor_matches_fast_encoder_and_model():
         assert model(**inputs).logits.shape == (1, inputs.input_ids.shape[1], len(processor.tokenizer))
 
 
-def test_mini_training_lowers_loss_deterministically():
+def test_mini_training_lowers_the_loss():
+    """25 steps of stage 2 on a mini model cut the loss by a fifth. (That training is deterministic, the same
+    tensors from a second run, is what test_snapshots_are_added_only_after_the_retrained_checkpoints_match checks.)"""
     recipe = Recipe(spec=MINI, batch_size=16)
     enc = Encoder(MINI)
-
-    def run():
-        model = build_model(MINI, seed=0)
-        losses = fit(lambda t: model(**qa_batch(enc, recipe, "stage2", t)).loss, list(model.parameters()),
-                     steps=25, lr=3e-3, desc="mini")
-        return losses
-
-    losses, again = run(), run()
+    model = build_model(MINI, seed=0)
+    losses = fit(lambda t: model(**qa_batch(enc, recipe, "stage2", t)).loss, list(model.parameters()),
+                 steps=25, lr=3e-3, desc="mini")
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-    assert losses == again
 
 
 def test_snapshots_are_added_only_after_the_retrained_checkpoints_match(tmp_path):

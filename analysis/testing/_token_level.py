@@ -220,7 +220,8 @@ def _build_gemma4(real: str | None = None, unified: bool = False) -> _Recipe:
     """Gemma 4 (token-level: the generic path): the image at its own aspect ratio in 16 px patches (at most 280),
     pooled 2 x 2 into at most 70 soft tokens (Gemma 4's smallest budget; real: up to 1120) between
     ``<start_of_image>`` and ``<end_of_image>``; a Gemma 4 decoder alternating a sliding-window (128) and a global
-    layer; audio tokens declared (the processor requires them), no audio tower.
+    layer (head size 16 and 32), with per-layer inputs (16 wide, over the tiny vocabulary, not the default 262,144
+    x 256: 134 M parameters); audio tokens declared (the processor requires them), no audio tower.
 
     ``unified``: Gemma 4 unified (google/gemma-4-12B-it): no vision tower, the decoder reads the pixels: 16 px patches
     merged 3 x 3 into 48 px model patches (at most 70), each projected and given a factorised 2-D position embedding,
@@ -243,7 +244,8 @@ def _build_gemma4(real: str | None = None, unified: bool = False) -> _Recipe:
                                     tokenizer=tok, video_processor=Gemma4VideoProcessor(), chat_template=template,
                                     image_seq_length=70)
     text = dict(**_TEXT, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
+                eos_token_id=tok.eos_token_id, sliding_window=128, layer_types=["sliding_attention", "full_attention"],
+                global_head_dim=32, vocab_size_per_layer_input=len(tok), hidden_size_per_layer_input=16)
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
         ("boi_token_id", "<start_of_image>"), ("eoi_token_id", "<end_of_image>"), ("image_token_id", "<image_soft_token>"),
         ("video_token_id", "<|video|>"), ("audio_token_id", "<audio_soft_token>"), ("boa_token_id", "<start_of_audio>"),

@@ -74,8 +74,9 @@ def image_token_id(config, processor=None) -> int | None:
     return None
 
 
+@functools.cache
 def _forward_source(cls) -> str:
-    """The source of the class's forward ("" where it cannot be read)."""
+    """The source of the class's forward ("" where it cannot be read); read once per class."""
     try:
         return inspect.getsource(cls.forward)
     except (OSError, TypeError):
