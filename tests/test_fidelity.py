@@ -121,25 +121,36 @@ def _in_dtype(vlm, dtype):
 LOW_PRECISION = {torch.bfloat16: dict(logp=0.25, attention=0.1), torch.float16: dict(logp=0.15, attention=0.03)}
 
 
+def _battery(model, photo, token: int) -> tuple:
+    """Each probe once on ``model`` (photo, QUESTION): the knockout's log p of ``token`` without and with
+    image -> last blocked, the logit lens, the last query's attention maps, the capture and saliency."""
+    sample = {"image": photo, "question": QUESTION, "id": "s"}
+    prepared = model.prepare(photo, QUESTION)
+    assert next_token_logits(model, prepared).dtype == torch.float32
+    sources, targets = block_positions(prepared, "image->last")
+    configs = [[], [Edges.make(sources, targets, range(model.n_layers))]]
+    return (knockout_probs(model, prepared, configs, token).double().log(), logit_lens(model, [sample], progress=False),
+            attention_maps(model, prepared, query=[-1]), capture(model, [sample], roles=["last"], pool=None, progress=False),
+            attribute(model, prepared, target=token, method="saliency"))
+
+
+_FP32: dict[str, tuple] = {}  # family -> (token, _battery) of the session's fp32 tiny model on photo
+
+
+def _fp32_battery(tiny, family: str, photo) -> tuple:
+    """``_battery`` of the session's fp32 tiny model and its predicted token, once for both dtypes below."""
+    if family not in _FP32:
+        reference = tiny(family)
+        token = int(next_token_logits(reference, reference.prepare(photo, QUESTION)).argmax())
+        _FP32[family] = token, _battery(reference, photo, token)
+    return _FP32[family]
+
+
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=["bf16", "fp16"])
 def test_every_probe_runs_in_low_precision_and_matches_fp32(family, tiny, photo, dtype):
-    reference, vlm = tiny(family), _in_dtype(tiny(family), dtype)
     tol = LOW_PRECISION[dtype]
-    sample = {"image": photo, "question": QUESTION, "id": "s"}
-    token = int(next_token_logits(reference, reference.prepare(photo, QUESTION)).argmax())
-    results = []
-    for model in (reference, vlm):
-        prepared = model.prepare(photo, QUESTION)
-        assert next_token_logits(model, prepared).dtype == torch.float32
-        sources, targets = block_positions(prepared, "image->last")
-        configs = [[], [Edges.make(sources, targets, range(model.n_layers))]]
-        knock = knockout_probs(model, prepared, configs, token).double().log()
-        lens = logit_lens(model, [sample], progress=False)
-        maps = attention_maps(model, prepared, query=[-1])
-        acts = capture(model, [sample], roles=["last"], pool=None, progress=False)
-        saliency = attribute(model, prepared, target=token, method="saliency")
-        results.append((knock, lens, maps, acts, saliency))
-    (knock32, lens32, maps32, _, _), (knock, lens, maps, acts, saliency) = results
+    token, (knock32, lens32, maps32, _, _) = _fp32_battery(tiny, family, photo)
+    knock, lens, maps, acts, saliency = _battery(_in_dtype(tiny(family), dtype), photo, token)
     assert (knock - knock32).abs().max() <= tol["logp"]
     assert (knock32[1] - knock32[0]).abs() >= 4 * tol["logp"]  # the knockout's effect is larger than that
     assert maps.image_attention.dtype == np.float32
