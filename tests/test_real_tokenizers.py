@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from analysis.capture import capture, generate_answers
@@ -47,8 +46,7 @@ QUESTION = "What color is the circle?"
 
 @functools.cache
 def _tokenizer(name: str):
-    return SimpleNamespace(tokenizer=PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(
-        str(tokenizer_file(name)))))
+    return SimpleNamespace(tokenizer=PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name))))
 
 
 @functools.cache
