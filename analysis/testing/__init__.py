@@ -29,8 +29,8 @@ qwen2_5_vl     as qwen2_vl, plus window attention (window 112, last layer  35
                full)
 idefics3       224 px tiles, patch 14, scale 2 -> 64 tokens per tile;      320
                longest edge 2*224 -> 2 x 2 tiles + global tile
-smolvlm        512 px tiles, patch 16, scale 4 -> 64 tokens per tile       320
-               (SmolVLM-256M's own); longest edge 2*512 -> 2 x 2 + global
+smolvlm        256 px tiles (real 512), patch 16, scale 4 (SmolVLM-256M's)  80
+               -> 16 tokens per tile; longest edge 2*256 -> 2 x 2 + global
 paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
 gemma3         SigLIP 448 px (real: 896), patch 14, 32 x 32 avg-pooled     256
                2 x 2 -> 16 x 16; sliding (window 128) + global layers
