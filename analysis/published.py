@@ -59,6 +59,8 @@ _QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=
 _QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # min_pixels 3136, max_pixels 12845056
 _SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, patch_size=14)
 
+_LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
 PUBLISHED: dict[str, Published] = {
     "llava": Published(
         "llava-hf/llava-1.5-7b-hf", _VICUNA_7B, _CLIP_L_336,
@@ -68,7 +70,9 @@ PUBLISHED: dict[str, Published] = {
     "llava_next": Published(
         "llava-hf/llava-v1.6-vicuna-7b-hf", _VICUNA_7B, _CLIP_L_336,
         top=dict(vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                 image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+                 image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS, image_seq_length=576),
+        processor=dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                       image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS),
     ),
     "qwen2_vl": Published(
         "Qwen/Qwen2-VL-7B-Instruct", _QWEN2_7B,

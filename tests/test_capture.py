@@ -40,7 +40,7 @@ def _reference_states(vlm, sample: Sample):
 def _atol(states: torch.Tensor) -> float:
     """Tolerance of a batched (left-padded) capture against a single forward: fp32 rounding, which
     scales with the states' magnitude (up to ~25 in the tiny models' residual stream); the largest
-    gap measured is 1.2e-5 of it (LLaVA-NeXT, 1368 image tokens, after the final norm)."""
+    gap measured is 1.2e-5 of it (LLaVA-NeXT on 336 px tiles, 1368 image tokens, after the final norm)."""
     return 2e-5 * float(states.abs().max())
 
 

@@ -25,7 +25,7 @@ OTHER_QUESTIONS = [
 # Image-placeholder tokens for a 200 x 150 (W x H) image: the family's real layout rules.
 EXPECTED_IMAGE_TOKENS = {
     "llava": 576,  # 24 x 24 patches
-    "llava_next": 1368,  # base 576 + 1x2 tiles unpadded to 24 x 32 + 24 newlines
+    "llava_next": 624,  # base 256 + 1x2 tiles (224 px) unpadded to 16 x 22 + 16 newlines
     "qwen2_vl": 35,  # smart_resize to 140 x 196 -> 10 x 14 patches -> 5 x 7 merged
     "qwen2_5_vl": 35,
     "idefics3": 320,  # 2 x 2 tiles + global, 64 each
@@ -33,7 +33,7 @@ EXPECTED_IMAGE_TOKENS = {
     "paligemma": 256,  # 16 x 16 patches
     "gemma3": 256,  # 32 x 32 patches pooled 2 x 2
     "vipllava": 576,  # as llava
-    "llava_next_video": 1368,  # as llava_next
+    "llava_next_video": 624,  # as llava_next
     "llava_onevision": 1317,  # base 27 x 27 + 1 tile unpadded to 21 x 27 + 21 newlines
     "mistral3": 48,  # 200 x 150 rounded up to 224 x 168 -> 8 x 6 tokens of 28 px (+ 6 break/end tokens)
     "internvl": 448,  # 3 x 2 tiles + thumbnail, 8 x 8 each

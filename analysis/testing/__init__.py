@@ -21,21 +21,22 @@ Image geometry per family (numbers for a 200 x 150 (W x H) RGB image):
 family         geometry                                                    <image>s
 =============  ==========================================================  =========
 llava          CLIP 336 px, patch 14, "default" (CLS dropped), layer -2    576
-llava_next     anyres, 336 px tiles, patch 14, real pinpoints, unpadding,  1368
-               one newline per feature row, base image first
+llava_next     anyres, 224 px tiles (real 336), patch 14, the real         624
+               pinpoint grids, unpadding, one newline per feature row,
+               base image first
 qwen2_vl       patch 14, temporal 2, merge 2x2, smart_resize with          35
                min 56*56 and max 256*28*28 pixels (<= 256 merged tokens)
 qwen2_5_vl     as qwen2_vl, plus window attention (window 112, last layer  35
                full)
 idefics3       224 px tiles, patch 14, scale 2 -> 64 tokens per tile;      320
                longest edge 2*224 -> 2 x 2 tiles + global tile
-smolvlm        256 px tiles (real 512), patch 16, scale 4 (SmolVLM-256M's)  80
+smolvlm        256 px tiles (real 512), patch 16, scale 4 (as SmolVLM)     80
                -> 16 tokens per tile; longest edge 2*256 -> 2 x 2 + global
 paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
 gemma3         SigLIP 448 px (real: 896), patch 14, 32 x 32 avg-pooled     256
                2 x 2 -> 16 x 16; sliding (window 128) + global layers
 vipllava       as llava, five vision layers concatenated                   576
-llava_next_    as llava_next (Vicuna prompt)                               1368
+llava_next_    as llava_next (Vicuna prompt)                               624
 video
 llava_one-     SigLIP 384 px tiles, patch 14 (27 x 27), real pinpoints,    1317
 vision         base first, unpadding, newlines, anyres_max_9

@@ -107,8 +107,14 @@ def _build_llava(real: str | None = None) -> _Recipe:
     return config, processor
 
 
+# LLaVA-NeXT's pinpoints (llava-hf/llava-v1.6-*: 336 px tiles in 1x2, 2x1, 2x2, 3x1, 1x3 grids) on the tiny
+# models' 224 px tiles: the same grids, so the same any-res selection, unpadding and newline rules, with 16 x 16
+# patches per tile instead of 24 x 24 (1368 image tokens for a 200 x 150 image made LLaVA-NeXT the slowest core family).
+_LLAVA_NEXT_PINPOINTS = [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]
+
+
 def _build_llava_next(real: str | None = None) -> _Recipe:
-    """LLaVA-NeXT: anyres over 336 px tiles (real pinpoints), unpadding, image_newline.
+    """LLaVA-NeXT: anyres over 224 px tiles (real: 336; the real pinpoints scaled by 2/3), unpadding, image_newline.
 
     The toy tokenizer gets the Mistral variant's template; a real (Llama-2) one the Vicuna variant's
     (llava-hf/llava-v1.6-vicuna-7b-hf), which is LLaVA-1.5's.
@@ -124,9 +130,9 @@ def _build_llava_next(real: str | None = None) -> _Recipe:
         extra_tokens=("[INST]", "[/INST]") if real is None else (),
         real=real,
     )
-    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    pinpoints = _LLAVA_NEXT_PINPOINTS
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=pinpoints
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, image_grid_pinpoints=pinpoints
     )
     processor = LlavaNextProcessor(
         image_processor=image_processor,
@@ -137,11 +143,11 @@ def _build_llava_next(real: str | None = None) -> _Recipe:
         chat_template=template,
     )
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        vision_config=CLIPVisionConfig(**_VISION, image_size=224, patch_size=14),
         text_config=_llama(tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
-        image_seq_length=576,
+        image_seq_length=256,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
@@ -291,13 +297,13 @@ def _build_vipllava(real: str | None = None) -> _Recipe:
 
 
 def _build_llava_next_video(real: str | None = None) -> _Recipe:
-    """LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf): LLaVA-NeXT's image geometry (anyres 336 px tiles,
+    """LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf): LLaVA-NeXT's image geometry (anyres 224 px tiles,
     unpadding, newlines), a Vicuna prompt, and a ``<video>`` token (unused by the image probes)."""
     tok = _tokenizer(bos="<s>", eos="</s>", pad="<pad>", specials=["<image>", "<video>"],
                      chat_template=_LLAVA_TEMPLATE, add_bos_token=True, real=real)
-    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    pinpoints = _LLAVA_NEXT_PINPOINTS
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=pinpoints
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, image_grid_pinpoints=pinpoints
     )
     processor = LlavaNextVideoProcessor(
         video_processor=LlavaNextVideoVideoProcessor(), image_processor=image_processor, tokenizer=tok,
@@ -305,7 +311,7 @@ def _build_llava_next_video(real: str | None = None) -> _Recipe:
         chat_template=_LLAVA_TEMPLATE,
     )
     config = LlavaNextVideoConfig(
-        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        vision_config=CLIPVisionConfig(**_VISION, image_size=224, patch_size=14),
         text_config=_llama(tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
