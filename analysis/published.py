@@ -66,6 +66,7 @@ PUBLISHED: dict[str, Published] = {
         "llava-hf/llava-1.5-7b-hf", _VICUNA_7B, _CLIP_L_336,
         top=dict(vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
                  image_seq_length=576),
+        processor=dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
     ),
     "llava_next": Published(
         "llava-hf/llava-v1.6-vicuna-7b-hf", _VICUNA_7B, _CLIP_L_336,

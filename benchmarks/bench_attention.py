@@ -83,7 +83,7 @@ def _timed(run) -> tuple[torch.Tensor, float, float, float]:
 def bench_sweep(layers: int) -> dict:
     """The information-flow sweep of one sample (3 edge sets x every window of the paper's scaled
     size) by the engine and by both naive baselines, one full forward per configuration."""
-    vlm = tiny_vlm("llava", text=decoder(layers))
+    vlm = tiny_vlm("llava", text=decoder(layers), image_geometry="published")  # LLaVA-1.5: 336 px, 576 tokens
     prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
     token = int(next_token_logits(vlm, prepared).argmax())
     window = default_window(layers)
@@ -156,7 +156,7 @@ def bench_memory() -> dict:
 def bench_idle(layers: int, repeats: int) -> dict:
     """Median forward time with the stock attention and with the idle backend, measured in
     alternating rounds (so that machine load drifts hit both alike)."""
-    vlm = tiny_vlm("llava", text=decoder(layers))
+    vlm = tiny_vlm("llava", text=decoder(layers), image_geometry="published")  # LLaVA-1.5: 336 px, 576 tokens
     prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 30, 200)), QUESTION)
     config = vlm.text_config
     stock_impl = config._attn_implementation

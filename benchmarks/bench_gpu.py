@@ -54,7 +54,7 @@ def build(device: torch.device, dtype: torch.dtype, text: dict, vision: dict):
     from analysis.models import VLM
     from analysis.testing import tiny_parts
 
-    _, processor = tiny_parts("llava")  # tiny model (discarded) + the offline processor at 336 px
+    _, processor = tiny_parts("llava", image_geometry="published")  # tiny model (discarded) + the offline processor at 336 px
     from transformers import CLIPVisionConfig, LlavaConfig, LlamaConfig
 
     tok = processor.tokenizer

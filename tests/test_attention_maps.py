@@ -172,19 +172,19 @@ def test_robust_z_and_sink_detection():
 
 
 def test_localisation_scores_of_one_hot_maps(tiny):
-    vlm = tiny("llava")  # 336 x 336 image: patches are exactly 14 px squares, 24 x 24
-    prepared = vlm.prepare(Image.new("RGB", (336, 336), (90, 90, 90)), QUESTION)
+    vlm = tiny("llava")  # 224 x 224 image: patches are exactly 14 px squares, 16 x 16
+    prepared = vlm.prepare(Image.new("RGB", (224, 224), (90, 90, 90)), QUESTION)
     patches = prepared.patches
     index = {(r, c): i for i, (r, c) in enumerate(zip(patches["row"], patches["col"]))}
     box = (0, 0, 28, 28)  # exactly the 2 x 2 patches of rows 0-1, cols 0-1
     one_hot = np.zeros((3, len(patches)))
     one_hot[0, index[0, 0]] = 1
     one_hot[1, index[10, 10]] = 1
-    one_hot[2, [index[1, 1], index[20, 3]]] = [0.75, 0.25]
+    one_hot[2, [index[1, 1], index[12, 3]]] = [0.75, 0.25]
     scores = localisation_scores(prepared, one_hot, [box])
-    assert scores["area_share"] == pytest.approx(4 / 576)
+    assert scores["area_share"] == pytest.approx(4 / 256)
     np.testing.assert_allclose(scores["share"], [1, 0, 0.75])
-    np.testing.assert_allclose(scores["ratio"], [144, 0, 108])
+    np.testing.assert_allclose(scores["ratio"], [64, 0, 48])  # share / (4 / 256)
     assert scores["hit"].tolist() == [True, False, True]
     uniform = localisation_scores(prepared, np.ones(len(patches)), box)
     assert uniform["ratio"] == pytest.approx(1.0)

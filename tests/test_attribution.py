@@ -289,7 +289,7 @@ def test_reference_tile_and_segments(tiny, photo):
                               + prepared.patches["col"].to_numpy()[sel])
     prepared = tiny("llava").prepare(photo, QUESTION)
     blocks = grid_segments(prepared, block=8)
-    assert set(np.unique(blocks)) == {-1, *range(9)}  # 3 x 3 cells; the centre crop drops the sides
+    assert set(np.unique(blocks)) == {-1, *range(4)}  # 2 x 2 cells of 8 x 8 patches; the centre crop drops the sides
     assert (blocks[:, :20] == -1).all() and (blocks[:, 30:170] >= 0).all()
 
 
@@ -317,14 +317,14 @@ def test_bad_inputs(tiny, photo):
         attribute(vlm, prepared, target=vocab, method="saliency")
     with pytest.raises(InputError, match="'xylophone' is not in the vocabulary"):
         attribute(vlm, prepared, target="xylophone", method="saliency")
-    with pytest.raises(InputError, match=r"shape \(576,\).*\(150, 200\).*got a int64 array of shape \(24, 24\)"):
-        attribute(vlm, prepared, method="saliency", features=np.zeros((24, 24), dtype=np.int64))
+    with pytest.raises(InputError, match=r"shape \(256,\).*\(150, 200\).*got a int64 array of shape \(16, 16\)"):
+        attribute(vlm, prepared, method="saliency", features=np.zeros((16, 16), dtype=np.int64))
     with pytest.raises(InputError, match="integer segment array"):
-        attribute(vlm, prepared, method="saliency", features=np.zeros(576))
+        attribute(vlm, prepared, method="saliency", features=np.zeros(256))
     with pytest.raises(InputError, match="unknown features"):
         attribute(vlm, prepared, method="saliency", features="pixels")
     with pytest.raises(InputError, match="pixel perturbation needs a pixel segment map"):
-        attribute(vlm, prepared, method="occlusion", features=np.arange(576))
+        attribute(vlm, prepared, method="occlusion", features=np.arange(256))
     with pytest.raises(InputError, match="question tokens have no pixels"):
         attribute(vlm, prepared, method="occlusion", features="question", perturb="pixels")
     with pytest.raises(InputError, match="perturb applies to occlusion and kernel_shap"):

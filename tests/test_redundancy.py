@@ -139,7 +139,7 @@ def test_keep_one_is_the_unmodified_run_and_the_frame(tiny, photo):
     n_image = len(prepared.image_positions)
     assert (frame["n_kept"] == [n_to_keep(k, n_image) for k in frame["keep"]]).all()
     assert (frame["chance"] == 0.5).all()
-    # dropping 90% of 576 image tokens changes the answer's probability on a random model too
+    # dropping 90% of the image tokens changes the answer's probability on a random model too
     assert frame.loc[frame["keep"] == 0.1, "change"].abs().max() > 0.1
     # fewer tokens and an earlier drop save more
     rnd = frame[frame["ranking"] == "random"].set_index(["drop_layer", "keep"])["flops_saved"]

@@ -24,7 +24,7 @@ OTHER_QUESTIONS = [
 
 # Image-placeholder tokens for a 200 x 150 (W x H) image: the family's real layout rules.
 EXPECTED_IMAGE_TOKENS = {
-    "llava": 576,  # 24 x 24 patches
+    "llava": 256,  # 16 x 16 patches (224 px; real 336 px: 24 x 24)
     "llava_next": 624,  # base 256 + 1x2 tiles (224 px) unpadded to 16 x 22 + 16 newlines
     "qwen2_vl": 35,  # smart_resize to 140 x 196 -> 10 x 14 patches -> 5 x 7 merged
     "qwen2_5_vl": 35,
@@ -32,7 +32,7 @@ EXPECTED_IMAGE_TOKENS = {
     "smolvlm": 80,  # 2 x 2 tiles + global, 16 each (256 px tiles of 16 x 16 patches, shuffled by 4)
     "paligemma": 256,  # 16 x 16 patches
     "gemma3": 256,  # 32 x 32 patches pooled 2 x 2
-    "vipllava": 576,  # as llava
+    "vipllava": 576,  # LLaVA-1.5's 336 px: 24 x 24 patches
     "llava_next_video": 624,  # as llava_next
     "llava_onevision": 1317,  # base 27 x 27 + 1 tile unpadded to 21 x 27 + 21 newlines
     "mistral3": 48,  # 200 x 150 rounded up to 224 x 168 -> 8 x 6 tokens of 28 px (+ 6 break/end tokens)

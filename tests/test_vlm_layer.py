@@ -121,11 +121,11 @@ def test_save_and_reload_through_load_vlm(family, tiny, photo, tmp_path):
 
 def test_related_positions_and_to_grid(tiny):
     vlm = tiny("llava")
-    image = Image.new("RGB", (336, 336))
+    image = Image.new("RGB", (224, 224))  # 16 x 16 patches of exactly 14 px
     prepared = vlm.prepare(image, QUESTION)
     related = prepared.related_positions([(0, 0, 14, 14)])
     assert related.tolist() == [int(prepared.image_positions[0])]
     scores = np.arange(len(prepared.patches), dtype=float)
     grid = prepared.to_grid(scores)
-    assert grid.shape == (24, 24)
-    assert grid[1, 0] == 24 and grid[23, 23] == 575
+    assert grid.shape == (16, 16)
+    assert grid[1, 0] == 16 and grid[15, 15] == 255

@@ -20,7 +20,8 @@ Image geometry per family (numbers for a 200 x 150 (W x H) RGB image):
 =============  ==========================================================  =========
 family         geometry                                                    <image>s
 =============  ==========================================================  =========
-llava          CLIP 336 px, patch 14, "default" (CLS dropped), layer -2    576
+llava          CLIP 224 px (real 336), patch 14, "default" (CLS dropped),  256
+               layer -2
 llava_next     anyres, 224 px tiles (real 336), patch 14, the real         624
                pinpoint grids, unpadding, one newline per feature row,
                base image first
@@ -35,7 +36,8 @@ smolvlm        256 px tiles (real 512), patch 16, scale 4 (as SmolVLM)     80
 paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256
 gemma3         SigLIP 448 px (real: 896), patch 14, 32 x 32 avg-pooled     256
                2 x 2 -> 16 x 16; sliding (window 128) + global layers
-vipllava       as llava, five vision layers concatenated                   576
+vipllava       LLaVA-1.5's CLIP 336 px, patch 14, CLS dropped; five        576
+               vision layers concatenated
 llava_next_    as llava_next (Vicuna prompt)                               624
 video
 llava_one-     SigLIP 384 px tiles, patch 14 (27 x 27), real pinpoints,    1317

@@ -82,12 +82,12 @@ from analysis.testing._common import (
 
 
 def _build_llava(real: str | None = None) -> _Recipe:
-    """LLaVA-1.5: CLIP 336/14 (+CLS, dropped), 576 image tokens, Vicuna-style prompt."""
+    """LLaVA-1.5: CLIP 224/14 (real: 336/14; +CLS, dropped), 256 image tokens (real: 576), Vicuna-style prompt."""
     tok = _tokenizer(
         bos="<s>", eos="</s>", pad="<pad>", specials=["<image>"], chat_template=_LLAVA_TEMPLATE, add_bos_token=True,
         real=real,
     )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
@@ -97,10 +97,10 @@ def _build_llava(real: str | None = None) -> _Recipe:
         chat_template=_LLAVA_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**_VISION, image_size=336, patch_size=14),
+        vision_config=CLIPVisionConfig(**_VISION, image_size=224, patch_size=14),
         text_config=_llama(tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=576,
+        image_seq_length=256,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
