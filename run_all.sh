@@ -97,15 +97,14 @@ install_packages() {
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
         --display-name "Python (vlm-probes)" >/dev/null
     # Python caches a module's bytecode on its first import: the notebook and test tools (no torch) are
-    # imported here side by side with the package (the line below: torch, transformers, and torchvision with
-    # the torch._dynamo and sympy it loads), so that the first kernels, JupyterLab and test workers find them
-    # compiled (otherwise both test workers compile the same ~1,800 modules as they start: ~9 s each).
+    # imported here side by side with torch and transformers (the line below), so that the first
+    # kernels, JupyterLab and test workers find them compiled.
     "$VENV/bin/python" -c 'import matplotlib.pyplot, seaborn, pandas, scipy.stats, sklearn.linear_model, yaml, tqdm
 import nbformat, nbclient, papermill, ipykernel.kernelapp, ipywidgets, jupyter_server.serverapp, jupyterlab.labapp
 import playwright.sync_api' &
     local tools=$!
     local versions
-    versions="$("$VENV/bin/python" -c 'import analysis, torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
+    versions="$("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)')"
     wait "$tools"
     echo "$want" > "$stamp"
     echo "[setup] done: $versions"
