@@ -173,8 +173,8 @@ def test_overlay_idefics3_tiles_and_subsets(tiny, photo):
     for ax, tile in zip(fig.axes, sorted(prepared.grids)):
         x0, y0, x1, y1 = prepared.tile_box(tile)
         assert ax.get_xlim() == pytest.approx((x0, x1)) and ax.get_ylim() == pytest.approx((y1, y0))
-    fig = plot_token_overlay(prepared, scores, label="token index", tiles=[4])
-    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "8 x 8 image tokens"
+    fig = plot_token_overlay(prepared, scores, label="token index", tiles=[4])  # global tile: 8 x 8 patches, shuffle 2
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "4 x 4 image tokens"
 
 
 def test_overlay_accepts_torch_and_rejects_bad_input(tiny, photo):

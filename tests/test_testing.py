@@ -28,7 +28,7 @@ EXPECTED_IMAGE_TOKENS = {
     "llava_next": 624,  # base 256 + 1x2 tiles (224 px) unpadded to 16 x 22 + 16 newlines
     "qwen2_vl": 35,  # smart_resize to 140 x 196 -> 10 x 14 patches -> 5 x 7 merged
     "qwen2_5_vl": 35,
-    "idefics3": 320,  # 2 x 2 tiles + global, 64 each
+    "idefics3": 80,  # 2 x 2 tiles + global, 16 each (112 px tiles of 8 x 8 patches, shuffled by 2)
     "smolvlm": 80,  # 2 x 2 tiles + global, 16 each (256 px tiles of 16 x 16 patches, shuffled by 4)
     "paligemma": 256,  # 16 x 16 patches
     "gemma3": 256,  # 32 x 32 patches pooled 2 x 2

@@ -29,8 +29,8 @@ qwen2_vl       patch 14, temporal 2, merge 2x2, smart_resize with          35
                min 56*56 and max 256*28*28 pixels (<= 256 merged tokens)
 qwen2_5_vl     as qwen2_vl, plus window attention (window 112, last layer  35
                full)
-idefics3       224 px tiles, patch 14, scale 2 -> 64 tokens per tile;      320
-               longest edge 2*224 -> 2 x 2 tiles + global tile
+idefics3       112 px tiles (real 364), patch 14, scale 2 -> 16 tokens     80
+               per tile; longest edge 2*112 -> 2 x 2 tiles + global tile
 smolvlm        256 px tiles (real 512), patch 16, scale 4 (as SmolVLM)     80
                -> 16 tokens per tile; longest edge 2*256 -> 2 x 2 + global
 paligemma      SigLIP 224 px, patch 14 -> 256 tokens, prefix-LM Gemma      256

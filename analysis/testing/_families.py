@@ -155,10 +155,10 @@ def _build_llava_next(real: str | None = None) -> _Recipe:
 
 
 def _build_idefics(family: str, real: str | None = None) -> _Recipe:
-    """Idefics3 (224/14, scale 2: 64 tokens per tile) or SmolVLM (256/16, scale 4: 16 tokens per tile; the real
-    tiles are 512 px, whose 1,024 patches per tile made the tiny SmolVLM the slowest core family), 2x2 tiles at
-    most + global."""
-    tile, patch, scale = (224, 14, 2) if family == "idefics3" else (256, 16, 4)
+    """Idefics3 (112/14, scale 2) or SmolVLM (256/16, scale 4): 16 tokens per tile, 2x2 tiles at most + global. The
+    real tiles are 364 and 512 px (``analysis.published``); at 512 px, 1,024 patches per tile made the tiny SmolVLM
+    the slowest core family."""
+    tile, patch, scale = (112, 14, 2) if family == "idefics3" else (256, 16, 4)
     image_seq_len = (tile // patch) ** 2 // scale**2
     sizes = dict(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
     vision = dict(**_VISION, image_size=tile, patch_size=patch)
