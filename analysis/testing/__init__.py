@@ -284,7 +284,9 @@ def tiny_parts(family: str, seed: int = 0, text: dict | None = None,
     ``image_geometry="published"`` gives the tiny model the real checkpoint's image geometry
     (``analysis.published``: the vision tower's input and patch size, tiling, tokens per image, the
     processor's sizes), e.g. LLaVA-NeXT's 336 px tiles where the tiny default has 224 px ones, so that
-    benchmarks run at a real sequence length; the default ``"tiny"`` is the table above.
+    benchmarks run at a real sequence length; the default ``"tiny"`` is the table above. The tiny decoder
+    keeps its 2048 positions (raise ``max_position_embeddings`` through ``text`` for Idefics3's 364 px tiles,
+    whose 200 x 150 image alone is over 2000 tokens: ``prepare`` refuses it with ``PromptTooLongError``).
 
     The model is built from a config (``torch.manual_seed(seed)`` first, so the
     same seed gives identical weights), its class is the one
