@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -123,6 +124,10 @@ def test_notebook_runs_on_tiny_params(path, tmp_path, kernel):
             assert sidecar["model"] is None
         else:
             assert sidecar["model"]["name"] == "tiny:llava"
+    shown = [base64.b64decode(output["data"]["image/png"]) for cell in executed.cells if cell.cell_type == "code"
+             for output in cell.outputs if "image/png" in output.get("data", {})]
+    saved = [(tmp_path / "figures" / path.stem / f"{name}.png").read_bytes() for name in EXPECTED_FIGURES[path.stem]]
+    assert sorted(shown) == sorted(saved), "each figure is shown once, as the PNG it was saved to"
 
 
 def test_load_vlm_resolves_tiny_names():

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from analysis.errors import InputError  # noqa: E402
 from analysis.plots import (PALETTE, STYLE_PATH, plot_token_overlay, save_figure, style,  # noqa: E402
@@ -78,6 +79,22 @@ def test_save_figure_without_notebook_or_model(tmp_path):
     assert paths["png"] == tmp_path / "plain.png"
     sidecar = json.loads(paths["json"].read_text())
     assert sidecar["model"] is None and sidecar["seed"] is None
+
+
+def test_a_kernel_shows_the_saved_png_and_the_figure_is_closed(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    fig = _line_figure()
+    with style():  # savefig.dpi 200
+        paths = save_figure(fig, "curve", {}, out_dir=tmp_path, show=True)
+    (image,) = shown
+    assert image.data == paths["png"].read_bytes()
+    with Image.open(paths["png"]) as png:  # 200 dpi file shown at the figure's 100 dpi
+        assert image.width == round(png.width / 2) and png.width > 300
+    assert not plt.fignum_exists(fig.number)  # the inline backend has nothing left to draw again
+    kept = _line_figure()
+    save_figure(kept, "kept", {}, out_dir=tmp_path)  # not in a kernel: nothing shown, the figure stays open
+    assert len(shown) == 1 and plt.fignum_exists(kept.number)
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "", " lead"])

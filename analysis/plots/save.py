@@ -10,8 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+import matplotlib as mpl
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 if TYPE_CHECKING:
     from analysis.models import VLM
@@ -33,6 +36,7 @@ def save_figure(
     notebook: str | None = None,
     out_dir: str | Path = "figures",
     vlm: "VLM | None" = None,
+    show: bool | None = None,
 ) -> dict[str, Path]:
     """Write ``fig`` as PNG and PDF with a JSON provenance sidecar; return the three paths.
 
@@ -40,6 +44,10 @@ def save_figure(
     ``notebook`` is None). PNG and PDF carry no dates or software versions, so the same figure
     saved twice gives identical bytes. The PNG's resolution is ``savefig.dpi`` (200 in the
     vlm-probes style).
+
+    In a Jupyter kernel the saved PNG itself is shown, at the figure's size (``figure.dpi``; the file's
+    extra pixels make it sharp on high-density screens), and the figure is closed: what the notebook shows
+    is the file, and the inline backend does not draw the figure a third time at the end of the cell.
 
     Args:
         fig: the figure.
@@ -50,6 +58,7 @@ def save_figure(
         out_dir: root folder of all figures.
         vlm: the model the figure is about; its name, family, config hash, device and dtype are
             recorded.
+        show: display the saved PNG and close ``fig``; None (default): when running in a Jupyter kernel.
 
     Returns:
         ``{"png": path, "pdf": path, "json": path}``.
@@ -73,7 +82,31 @@ def save_figure(
         "versions": package_versions(),
     }
     paths["json"].write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    if (_in_kernel() if show is None else show):
+        _show_saved(fig, paths["png"])
     return paths
+
+
+def _in_kernel() -> bool:
+    """Whether this code runs in a Jupyter kernel (JupyterLab, papermill), not a script or terminal IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def _show_saved(fig: Figure, png: Path) -> None:
+    """Display the PNG file at ``fig``'s on-screen size, then close ``fig``."""
+    from IPython.display import Image as ShownImage, display
+
+    saved_dpi = mpl.rcParams["savefig.dpi"]
+    scale = 1.0 if saved_dpi == "figure" else fig.dpi / float(saved_dpi)
+    data = png.read_bytes()
+    with Image.open(png) as image:
+        width = round(image.width * scale)
+    display(ShownImage(data=data, format="png", width=width))
+    plt.close(fig)
 
 
 def _model_info(vlm: "VLM | None") -> dict | None:
