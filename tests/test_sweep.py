@@ -56,23 +56,16 @@ def _flow_args(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    """The information-flow sweep of the 40 questions, one process, in one go."""
-    out = tmp_path_factory.mktemp("sweep") / "one"
-    one = run_sweep("information_flow", _zoo(), f"shapes:{N}", out, FLOW, progress=False)
-    assert one.world_size == 1 and one.computed == list(range(N)) and one.merged
-    return out
+def direct():
+    """The information-flow probe called directly on the 40 questions: what every sweep must equal, bit for bit."""
+    return information_flow(_zoo(), make_samples(N, seed=0), window=1, progress=False)
 
 
-def test_torchrun_two_processes_equal_one_process(tmp_path, uninterrupted):
+def test_torchrun_two_processes_equal_the_direct_call(tmp_path, direct):
     done = _cli(*_flow_args(tmp_path / "two"), nproc=2)
     assert done.returncode == 0, done.stderr[-3000:]
-    a = pd.read_parquet(uninterrupted / RESULTS_FILE)
-    b = pd.read_parquet(tmp_path / "two" / RESULTS_FILE)
-    pd.testing.assert_frame_equal(a, b, check_exact=True)  # every value, bit for bit
-    # ... and both equal the probe called directly on the whole list
-    direct = information_flow(_zoo(), make_samples(N, seed=0), window=1, progress=False)
-    pd.testing.assert_frame_equal(a, direct.frame, check_exact=True)
+    # every value, bit for bit (the one-process sweep is checked the same way below)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "two" / RESULTS_FILE), direct.frame, check_exact=True)
     result = load_results(tmp_path / "two", "information_flow")
     assert (result.n_samples, result.n_correct, result.window) == (direct.n_samples, direct.n_correct, 1)
     assert result.skipped == direct.skipped
@@ -82,7 +75,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, uninterrupted):
     assert provenance["sweep"]["world_size"] == 2 and provenance["git"]["commit"]
 
 
-def test_killed_run_resumes_without_recomputing(tmp_path, uninterrupted):
+def test_killed_run_resumes_without_recomputing(tmp_path, direct):
     out = tmp_path / "flow"
     killed = _cli(*_flow_args(out), "--stop-after", "15")  # the process SIGKILLs itself after 15 samples
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -99,8 +92,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path, uninterrupted):
     again = run_sweep("information_flow", _zoo(), f"shapes:{N}", out, FLOW, progress=False)
     assert again.computed == [] and again.reused == list(range(N))
 
-    pd.testing.assert_frame_equal(pd.read_parquet(out / RESULTS_FILE), pd.read_parquet(uninterrupted / RESULTS_FILE),
-                                  check_exact=True)
+    # one process, resumed: the direct call's values, bit for bit
+    pd.testing.assert_frame_equal(pd.read_parquet(out / RESULTS_FILE), direct.frame, check_exact=True)
     attempts = json.loads((out / "provenance.json").read_text())["attempts"]
     assert [(a["ranks"][0]["computed"], a["ranks"][0]["reused"]) for a in attempts] == [(25, 15), (0, 40)]
 
