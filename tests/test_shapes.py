@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from analysis.data import shapes
 from analysis.data.shapes import (BACKGROUND, COLORS, QUESTION_TYPES, Sample, Scene, ask, make_samples,
                                   random_scene)
 
@@ -18,7 +19,14 @@ def samples() -> list[Sample]:
 
 
 def test_deterministic_and_chunkable():
-    a, b = make_samples(30, seed=5), make_samples(30, seed=5)
+    a = make_samples(30, seed=5)
+    again = make_samples(30, seed=5)  # a repeated request: the same frozen samples, in the caller's own list
+    assert again == a and again is not a
+    again.pop()
+    assert len(make_samples(30, seed=5)) == 30
+    shapes._samples.cache_clear()  # generated anew: the same questions and pixels
+    b = make_samples(30, seed=5)
+    assert all(x is not y for x, y in zip(a, b))
     assert [(s.scene, s.question, s.answer, s.object_ids) for s in a] == \
            [(s.scene, s.question, s.answer, s.object_ids) for s in b]
     assert all(np.array_equal(np.asarray(x.image), np.asarray(y.image)) for x, y in zip(a, b))

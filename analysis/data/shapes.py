@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -140,14 +140,21 @@ def make_samples(n: int, seed: int = 0, question_types: Sequence[str] | None = N
     """Return samples ``start .. start + n - 1`` of the stream ``seed``.
 
     Sample ``i`` has type ``question_types[i % len(question_types)]`` (all types by default)
-    and depends only on (seed, i, its type): streams can be read in chunks.
+    and depends only on (seed, i, its type): streams can be read in chunks. Samples are frozen,
+    so the last 32 requests are kept and a repeated one (the same questions for every checkpoint
+    of a sweep) returns the same samples, images already rendered, in a new list.
     """
     types = tuple(question_types or QUESTION_TYPES)
     unknown = set(types) - set(QUESTION_TYPES)
     if unknown:
         raise ValueError(f"unknown question types {sorted(unknown)}; choose from {QUESTION_TYPES}")
-    return [make_sample(np.random.default_rng([seed, i, QUESTION_TYPES.index(types[i % len(types)])]),
-                        types[i % len(types)], image_size) for i in range(start, start + n)]
+    return list(_samples(int(n), int(seed), types, int(image_size), int(start)))
+
+
+@lru_cache(maxsize=32)
+def _samples(n: int, seed: int, types: tuple[str, ...], image_size: int, start: int) -> tuple[Sample, ...]:
+    return tuple(make_sample(np.random.default_rng([seed, i, QUESTION_TYPES.index(types[i % len(types)])]),
+                             types[i % len(types)], image_size) for i in range(start, start + n))
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
