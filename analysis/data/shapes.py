@@ -111,8 +111,12 @@ class Sample:
     @property
     def object_boxes(self) -> list[Box]:
         """Pixel boxes (x0, y0, x1, y1), x1/y1 exclusive, of the question's objects in ``image``."""
+        return list(self._object_boxes)
+
+    @cached_property
+    def _object_boxes(self) -> tuple[Box, ...]:  # every probe reads them (as_samples): drawn once per sample
         boxes = self.scene.boxes(self.image_size)
-        return [boxes[i] for i in self.object_ids]
+        return tuple(boxes[i] for i in self.object_ids)
 
     @property
     def masks(self) -> np.ndarray:
