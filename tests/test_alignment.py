@@ -124,6 +124,15 @@ def test_correlate_matches_scipy_with_a_bootstrap_interval():
         assert table.loc[method, "r"] == pytest.approx(r) and table.loc[method, "p_value"] == pytest.approx(p)
         assert table.loc[method, "ci_low"] <= r <= table.loc[method, "ci_high"]
     assert correlate(x, y, n_boot=500, seed=1).equals(correlate(x, y, n_boot=500, seed=1))
+    # the bootstrap (all resamples at once) equals scipy called on each resample in turn
+    draws = np.random.default_rng(1).integers(0, len(x), size=(500, len(x)))
+    for method, fn in (("spearman", stats.spearmanr), ("pearson", stats.pearsonr)):
+        boot = np.array([fn(x[d], y[d])[0] for d in draws if np.ptp(x[d]) > 0 and np.ptp(y[d]) > 0])
+        boot = boot[np.isfinite(boot)]
+        assert table.loc[method, "n_boot"] == len(boot)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        assert abs(table.loc[method, "ci_low"] - low) <= 1e-12 and abs(table.loc[method, "ci_high"] - high) <= 1e-12
+        assert high - low > 0.1  # an interval, not a point: a wrong coefficient per resample would show
     with pytest.raises(InputError, match="at least 3"):
         correlate(x[:2], y[:2])
     with pytest.warns(UserWarning, match="undefined"):

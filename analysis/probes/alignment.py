@@ -384,13 +384,27 @@ def correlate(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, confidence: floa
                              for m in ("spearman", "pearson")])
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(x), size=(n_boot, len(x)))
+    xs, ys = x[draws], y[draws]  # (n_boot, n): every resample at once
+    varied = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+    xs, ys = xs[varied], ys[varied]
     rows = []
     for method, fn in (("spearman", stats.spearmanr), ("pearson", stats.pearsonr)):
         r, p = fn(x, y)
-        boot = [fn(x[d], y[d])[0] for d in draws if np.ptp(x[d]) > 0 and np.ptp(y[d]) > 0]
-        boot = np.asarray([b for b in boot if np.isfinite(b)])
+        # Spearman's coefficient is Pearson's of the (average) ranks
+        a, b = (stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1)) if method == "spearman" else (xs, ys)
+        boot = _pearson_rows(a, b)
+        boot = boot[np.isfinite(boot)]
         tail = (1 - confidence) / 2 * 100
         low, high = np.percentile(boot, [tail, 100 - tail]) if len(boot) else (np.nan, np.nan)
         rows.append(dict(method=method, r=float(r), p_value=float(p), ci_low=float(low), ci_high=float(high),
                          n_checkpoints=len(x), n_boot=len(boot), confidence=confidence))
     return pd.DataFrame(rows)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair of ``a`` and ``b`` (``(m, n)`` each), clipped to [-1, 1]: shape ``(m,)``."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.clip(r, -1.0, 1.0)
