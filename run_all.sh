@@ -99,8 +99,8 @@ install_packages() {
     # Python caches a module's bytecode on its first import: the notebook and test tools (no torch) are
     # imported here side by side with torch, torchvision and transformers (the line below), so that the
     # first kernels, JupyterLab and test workers find them compiled. torchvision (loaded by every image
-    # processor) brings torch._dynamo and sympy: compiled here, where it evens out the two imports (about
-    # 16 s each on 2 cores), a fresh venv's `import analysis` takes 9.6 s instead of 16.6 s.
+    # processor) brings torch._dynamo and sympy: compiled here, where it evens out the two imports (16
+    # and 19 s on 2 cores), a fresh venv's `import analysis` takes 9.6 s instead of 16.6 s.
     "$VENV/bin/python" -c 'import matplotlib.pyplot, seaborn, pandas, scipy.stats, sklearn.linear_model, yaml, tqdm
 import nbformat, nbclient, papermill, ipykernel.kernelapp, ipywidgets, jupyter_server.serverapp, jupyterlab.labapp
 import playwright.sync_api' &

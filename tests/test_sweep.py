@@ -88,6 +88,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path, direct):
 
     resumed = run_sweep("information_flow", _zoo(), f"shapes:{N}", out, FLOW, progress=False)
     assert resumed.reused == list(range(15)) and resumed.computed == list(range(15, N))  # none recomputed
+    assert resumed.world_size == 1 and resumed.merged
     assert {p.name: p.stat().st_mtime_ns for p in finished} == stamps  # finished parts untouched
     again = run_sweep("information_flow", _zoo(), f"shapes:{N}", out, FLOW, progress=False)
     assert again.computed == [] and again.reused == list(range(N))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import re
@@ -103,7 +104,7 @@ def _show_saved(fig: Figure, png: Path) -> None:
     saved_dpi = mpl.rcParams["savefig.dpi"]
     scale = 1.0 if saved_dpi == "figure" else fig.dpi / float(saved_dpi)
     data = png.read_bytes()
-    with Image.open(png) as image:
+    with Image.open(io.BytesIO(data)) as image:
         width = round(image.width * scale)
     display(ShownImage(data=data, format="png", width=width))
     plt.close(fig)
