@@ -22,7 +22,9 @@ overrides (``-p KEY VALUE``, ``--model``, ``--device``) beat both levels.
 Notebooks are independent (each writes its own ``figures/<notebook>/``), so on a CPU-only run
 several execute at once (``--jobs``; default: one per CPU core, at most one per notebook): each
 kernel then gets ``cores // jobs`` threads (``OMP_NUM_THREADS``, unless already set), and the
-longest notebooks start first (by the duration papermill recorded in their last executed copy).
+longest notebooks start first (by the duration papermill recorded in their last executed copy, or
+else by ``figures/durations.json``, which each run updates and which is committed with the figures,
+so a fresh clone's first run starts its longest notebook first too).
 Small models gain nothing from a second thread per kernel and lose much when the cores are
 shared; two kernels on two cores use both. With a GPU the default is one notebook at a time.
 """
@@ -47,6 +49,7 @@ KERNEL = "vlm-probes"
 NOTEBOOK_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
 PER_NOTEBOOK_KEY = "notebooks"
 FIGURES_PARAM = "figures_dir"
+DURATIONS = "durations.json"  # in the figures folder: {notebook: seconds of its last successful run}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -230,13 +233,30 @@ def default_jobs(params: dict[str, Any], n_notebooks: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_notebooks)) if cpu_only else 1
 
 
-def last_duration(notebook: Path, executed_dir: Path) -> float:
-    """Return the seconds papermill recorded for ``notebook``'s last executed copy (inf if none)."""
+def last_duration(notebook: Path, executed_dir: Path, figures_dir: Path | None = None) -> float:
+    """Return the seconds papermill recorded for ``notebook``'s last executed copy, else the seconds
+    ``figures_dir/durations.json`` records for it (``record_durations``), else inf."""
     try:
         meta = json.loads((Path(executed_dir) / notebook.name).read_text())["metadata"]["papermill"]
         return float(meta["duration"])
     except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return float(json.loads((Path(figures_dir) / DURATIONS).read_text())[notebook.stem])
+    except (OSError, ValueError, KeyError, TypeError):
         return float("inf")
+
+
+def record_durations(results: Sequence[Result], figures_dir: Path) -> None:
+    """Write each successful notebook's seconds into ``figures_dir/durations.json`` (others' entries kept)."""
+    path = Path(figures_dir) / DURATIONS
+    try:
+        durations = json.loads(path.read_text())
+    except (OSError, ValueError):
+        durations = {}
+    durations.update({r.notebook: round(r.seconds, 1) for r in results if r.ok})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(durations.items())), indent=2) + "\n")
 
 
 def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed_dir: Path, figures_dir: Path,
@@ -246,7 +266,7 @@ def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed
     With ``jobs > 1`` papermill drives ``jobs`` kernels at once from worker threads (the work is
     in the kernel processes; each inherits ``OMP_NUM_THREADS = cores // jobs`` unless the variable
     is set), longest first by ``last_duration``; ``report(line)`` is called when the run starts
-    and as each notebook ends.
+    and as each notebook ends. Each successful notebook's seconds go to ``figures_dir/durations.json``.
     """
     notebooks = [Path(p).resolve() for p in notebooks]
     n = len(notebooks)
@@ -265,12 +285,13 @@ def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed
             results[path] = run_notebook(path, params, executed_dir=executed_dir, figures_dir=figures_dir,
                                          kernel=kernel)
             finished(path, results[path])
+        record_durations(list(results.values()), figures_dir)
         return [results[p] for p in notebooks]
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     try:
-        order = sorted(notebooks, key=lambda p: -last_duration(p, executed_dir))
+        order = sorted(notebooks, key=lambda p: -last_duration(p, executed_dir, figures_dir))
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook's work is in its own kernel process
             futures = {}
             for path in order:
@@ -285,6 +306,7 @@ def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed
     finally:
         if before is None:
             os.environ.pop("OMP_NUM_THREADS", None)
+    record_durations(list(results.values()), figures_dir)
     return [results[p] for p in notebooks]
 
 

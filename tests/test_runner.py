@@ -8,7 +8,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from pathlib import Path
 
-from analysis.runner import Result, find_notebooks, load_params, main, notebook_params, summary_table
+from analysis.runner import (Result, find_notebooks, last_duration, load_params, main, notebook_params,
+                             record_durations, summary_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +76,26 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path, capsys):
     assert "raise FileNotFoundError" in out.err  # the failing cell is shown
     assert (tmp_path / "figures" / "01_draws" / "line.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "executed").iterdir()) == ["00_fails.ipynb", "01_draws.ipynb"]
+    # Only the notebook that ran through records its duration (the next run's order).
+    seconds = float(rows["01_draws"].split()[2])
+    assert last_duration(notebooks / "01_draws.ipynb", tmp_path / "none", tmp_path / "figures") == pytest.approx(seconds, abs=0.05)
+    assert last_duration(notebooks / "00_fails.ipynb", tmp_path / "none", tmp_path / "figures") == float("inf")
+
+
+def test_durations_order_a_fresh_clone_and_an_executed_copy_wins(tmp_path):
+    """Without an executed copy (a fresh clone) the committed figures/durations.json orders the notebooks."""
+    notebook = _write(tmp_path / "05_slow.ipynb", "model = 'm'")
+    figures, executed = tmp_path / "figures", tmp_path / "executed"
+    assert last_duration(notebook, executed, figures) == float("inf")  # never run anywhere: first of all
+    record_durations([Result("05_slow", True, 268.34), Result("00_fast", True, 17.0)], figures)
+    record_durations([Result("00_fast", True, 12.0), Result("05_slow", False, 3.0)], figures)  # a failure keeps 268.3
+    assert last_duration(notebook, executed, figures) == 268.3
+    assert last_duration(tmp_path / "00_fast.ipynb", executed, figures) == 12.0
+    executed.mkdir()
+    copy = nbformat.read(notebook, as_version=4)
+    copy.metadata["papermill"] = {"duration": 99.0}
+    nbformat.write(copy, executed / notebook.name)
+    assert last_duration(notebook, executed, figures) == 99.0
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):

@@ -21,6 +21,19 @@ Box = tuple[float, float, float, float]
 PATCH_COLUMNS = ["position", "tile", "row", "col", "kind", "x0", "y0", "x1", "y1"]
 
 
+def length_batches(lengths: Iterable[int], batch_size: int) -> list[list[int]]:
+    """Return indices grouped into batches of at most ``batch_size`` equal token lengths (no padding needed).
+
+    Batches follow the first appearance of each length; indices keep their order within a length.
+    """
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(int(length), []).append(i)
+    return [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
 @dataclass
 class PreparedInputs:
     """One image + question, ready for the model, with token roles and patch geometry.

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError
 from analysis.models.answers import answer_tokens, is_correct
-from analysis.models.inputs import PreparedInputs
+from analysis.models.inputs import PreparedInputs, length_batches
 from analysis.models.numerics import finite
 from analysis.models.sites import reading, sites
 from analysis.probes.backend import Edges
@@ -70,6 +70,19 @@ class KnockoutResult:
             raise ValueError("a knockout result keeps at most n_correct <= n_samples samples")
         if self.window < 1:
             raise ValueError("window must be at least 1")
+
+    def select(self, blocks: Sequence[str]) -> "KnockoutResult":
+        """Return the result restricted to the edge sets ``blocks`` (same samples, counts and window).
+
+        One sweep over several edge sets runs each sample's unmodified forward once; ``select`` then
+        splits it into the results that separate sweeps over those edge sets would have given.
+        """
+        unknown = sorted(set(blocks) - set(self.frame["block"]) - {s["block"] for s in self.skipped})
+        if unknown:
+            raise InputError(f"this result has no edge sets {unknown}; it has {sorted(set(self.frame['block']))}")
+        return KnockoutResult(self.frame[self.frame["block"].isin(blocks)].reset_index(drop=True),
+                              n_samples=self.n_samples, n_correct=self.n_correct, window=self.window,
+                              skipped=[s for s in self.skipped if s["block"] in blocks])
 
 
 @dataclass
@@ -283,6 +296,7 @@ def logit_lens(
     positions: Sequence[str | int] = ("last",),
     final_norm: bool = True,
     only_correct: bool = False,
+    batch_size: int = 16,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Probability of the answer token read from each layer's residual stream.
@@ -294,42 +308,68 @@ def logit_lens(
         final_norm: apply the final norm before unembedding intermediate layers (the reference
             code does not; without it early layers are on a different scale).
         only_correct: keep only correctly answered samples.
+        batch_size: inputs per forward (default 16). Inputs of the same token length run
+            together, so no padding enters a forward; memory: ``4 * batch_size`` prepared inputs
+            at a time and one batch's residual stream (``batch x T x hidden`` per layer).
         progress: show a progress bar.
 
     Returns:
         Tidy DataFrame, one row per sample x layer x position x tracked token: ``sample``,
         ``question_type``, ``layer`` (decoder layer whose output, site ``resid_post``, is read), ``position``,
         ``role``, ``tracked`` (``prediction``, ``answer``, ``answer (capitalised)``, ``foil``),
-        ``token``, ``prob``, ``rank`` (0 = top-1).
+        ``token``, ``prob``, ``rank`` (0 = top-1); samples in the order given.
     """
+    samples = as_samples(samples)
     rows = []
-    for sample in tqdm(as_samples(samples), desc="logit lens", disable=not progress):
-        prepared = vlm.prepare(sample.image, sample.question)
-        chosen = []
-        for spec in positions:
-            chosen += prepared.positions(spec).tolist() if isinstance(spec, str) and spec != "last" else (
-                [prepared.last_position] if spec == "last" else [int(spec)])
-        if any(not 0 <= p < prepared.length for p in chosen):
-            raise InputError(f"positions must lie in 0..{prepared.length - 1}")
-        with torch.no_grad(), reading(vlm, sites(vlm, ["resid_post"])) as stream:
-            logits = vlm.model(**prepared.inputs, logits_to_keep=1).logits[0, -1].float()
-        predicted = int(logits.argmax())
-        if only_correct and (sample.answer is None or not is_correct(
-                vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted)):
-            continue
-        tracked = _tracked_tokens(vlm, prepared, sample, predicted)
-        ids = torch.tensor(list(tracked.values()))
-        for s, state in stream.items():
-            layer = s.layer
-            with torch.no_grad():
-                logits = finite(vlm, vlm.unembed(state[0, chosen], final_norm=final_norm).float(), "logit-lens logits")
-                probs = torch.softmax(logits, dim=-1).cpu()
-            ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
-            for i, pos in enumerate(chosen):
-                for j, (name, token) in enumerate(tracked.items()):
-                    rows.append(
-                        {"sample": sample.id, "question_type": sample.question_type, "layer": layer, "position": pos,
-                         "role": prepared.roles[pos], "tracked": name, "token": vlm.tokenizer.decode([token]).strip(),
-                         "prob": float(probs[i, token]), "rank": int(ranks[i, j])}
-                    )
+    with tqdm(total=len(samples), desc="logit lens", disable=not progress) as bar:
+        for start in range(0, len(samples), 4 * batch_size):
+            window = samples[start:start + 4 * batch_size]
+            prepared = [vlm.prepare(sample.image, sample.question) for sample in window]
+            chosen = [_lens_positions(p, positions) for p in prepared]
+            found: dict[int, list[dict]] = {}
+            for group in length_batches([p.length for p in prepared], batch_size):
+                batch, _ = vlm.adapter.pad([prepared[i].inputs for i in group])
+                with torch.no_grad(), reading(vlm, sites(vlm, ["resid_post"])) as stream:
+                    logits = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float()
+                for row, i in enumerate(group):
+                    found[i] = _lens_rows(vlm, window[i], prepared[i], chosen[i], int(logits[row].argmax()),
+                                          {s: state[row] for s, state in stream.items()}, final_norm, only_correct)
+                bar.update(len(group))
+            rows += [row for i in range(len(window)) for row in found[i]]
     return pd.DataFrame(rows)
+
+
+def _lens_positions(prepared: PreparedInputs, positions: Sequence[str | int]) -> list[int]:
+    """Return the absolute positions the logit lens reads for one input."""
+    chosen = []
+    for spec in positions:
+        chosen += prepared.positions(spec).tolist() if isinstance(spec, str) and spec != "last" else (
+            [prepared.last_position] if spec == "last" else [int(spec)])
+    if any(not 0 <= p < prepared.length for p in chosen):
+        raise InputError(f"positions must lie in 0..{prepared.length - 1}")
+    return chosen
+
+
+def _lens_rows(vlm, sample: Sample, prepared: PreparedInputs, chosen: list[int], predicted: int,
+               stream: dict, final_norm: bool, only_correct: bool) -> list[dict]:
+    """Return one input's logit-lens rows from its ``(T, hidden)`` residual stream per site (none if skipped)."""
+    if only_correct and (sample.answer is None or not is_correct(
+            vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted)):
+        return []
+    tracked = _tracked_tokens(vlm, prepared, sample, predicted)
+    ids = torch.tensor(list(tracked.values()))
+    names = {token: vlm.tokenizer.decode([token]).strip() for token in tracked.values()}
+    rows = []
+    for s, state in stream.items():
+        with torch.no_grad():
+            logits = finite(vlm, vlm.unembed(state[chosen], final_norm=final_norm).float(), "logit-lens logits")
+            probs = torch.softmax(logits, dim=-1).cpu()
+        ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
+        for i, pos in enumerate(chosen):
+            for j, (name, token) in enumerate(tracked.items()):
+                rows.append(
+                    {"sample": sample.id, "question_type": sample.question_type, "layer": s.layer, "position": pos,
+                     "role": prepared.roles[pos], "tracked": name, "token": names[token],
+                     "prob": float(probs[i, token]), "rank": int(ranks[i, j])}
+                )
+    return rows

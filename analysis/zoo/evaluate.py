@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from analysis.data.shapes import DEFAULT_IMAGE_SIZE, QUESTION_TYPES, Sample, make_samples
 from analysis.models import VLM, load_vlm
 from analysis.models.answers import answer_tokens, choose_option, is_correct, is_correct_option
+from analysis.models.inputs import length_batches
 from analysis.zoo.registry import checkpoint_path
 
 EVAL_SEED = 10_000  # training streams use seeds below 1000 (see analysis.zoo.train)
@@ -51,7 +52,7 @@ def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress:
     renames = answer_map(vlm.model)
     prepared = [vlm.prepare(s.image, s.question) for s in samples]
     rows = {}
-    for group in tqdm(_batches([p.length for p in prepared], batch_size), desc="evaluate", disable=not progress,
+    for group in tqdm(length_batches([p.length for p in prepared], batch_size), desc="evaluate", disable=not progress,
                       leave=False):
         batch, _ = vlm.adapter.pad([prepared[i].inputs for i in group])
         logits = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float()
@@ -67,14 +68,6 @@ def predict(vlm: Any, samples: Sequence[Sample], batch_size: int = 64, progress:
                            correct=is_correct(vlm, gold, predicted=predicted), option=choice.choice,
                            correct_options=is_correct_option(gold, choice), chance=1 / len(s.options))
     return pd.DataFrame([rows[i] for i in range(len(samples))])
-
-
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Return index batches of equal token length."""
-    groups: dict[int, list[int]] = {}
-    for i, length in enumerate(lengths):
-        groups.setdefault(length, []).append(i)
-    return [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
 
 
 def _table(df: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +103,7 @@ def evaluate_text(model, tokenizer, n: int = 700, seed: int = EVAL_SEED, with_ca
         [{"role": "user", "content": f"{s.scene.describe()} {s.question}" if with_caption else s.question}],
         add_generation_prompt=True, tokenize=False) for s in samples]
     rows = []
-    for group in _batches([len(tokenizer(p).input_ids) for p in prompts], batch_size):
+    for group in length_batches([len(tokenizer(p).input_ids) for p in prompts], batch_size):
         inputs = tokenizer([prompts[i] for i in group], return_tensors="pt").to(model.device)
         logits = model(**inputs).logits[:, -1].float()
         for row, i in enumerate(group):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import sys
 
-from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
-
 from analysis.models.geometry import Affine, resize_to
 
 
@@ -28,8 +26,11 @@ def tiles(image_processor, width: int, height: int) -> list[tuple[str, Affine]]:
     tile_h, tile_w = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
     if not getattr(image_processor, "crop_to_patches", False) or image_processor.max_patches <= 1:
         return [("image", resize_to(width, height, tile_w, tile_h))]
-    # The arrangement the processor's own module picks (Cohere2-Vision has its own rule), else GOT-OCR2's.
-    canvas_of = getattr(sys.modules[type(image_processor).__module__], "get_optimal_tiled_canvas", get_optimal_tiled_canvas)
+    # The arrangement the processor's own module picks (Cohere2-Vision has its own rule), else GOT-OCR2's
+    # (imported here: its module pulls in torchvision, seconds that only tiling processors need).
+    canvas_of = getattr(sys.modules[type(image_processor).__module__], "get_optimal_tiled_canvas", None)
+    if canvas_of is None:
+        from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas as canvas_of
     cols, rows = canvas_of((height, width), (tile_h, tile_w), image_processor.min_patches, image_processor.max_patches)
     canvas = resize_to(width, height, tile_w * cols, tile_h * rows)
     out = [(f"row {r + 1} col {c + 1}", Affine(tx=c * tile_w, ty=r * tile_h).then(canvas))
