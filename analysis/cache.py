@@ -26,11 +26,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from analysis.errors import InputError
+from analysis.models.digests import processor_digest
 
 FORMAT = 1
 """Version of the entry layout; part of every key, so a format change invalidates old entries."""
@@ -144,13 +144,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def image_digest(image: Image.Image) -> str:
-    """Return the SHA-256 of an RGB image's size and pixel bytes."""
-    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
 def weights_fingerprint(model: torch.nn.Module, values_per_tensor: int = 64) -> str:
     """Return a SHA-256 over every parameter's name, shape, dtype and evenly spaced values.
 
@@ -165,17 +158,6 @@ def weights_fingerprint(model: torch.nn.Module, values_per_tensor: int = 64) -> 
             values = flat[picks.long()].to("cpu", torch.float64)
             digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
             digest.update(values.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def processor_digest(processor) -> str:
-    """Return the SHA-256 of a processor's settings and its tokenizer (vocabulary, template)."""
-    digest = hashlib.sha256(processor.to_json_string().encode())
-    tokenizer = processor.tokenizer
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocabulary = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    digest.update(vocabulary.encode())
-    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
     return digest.hexdigest()
 
 

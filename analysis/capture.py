@@ -34,11 +34,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.cache import ActivationCache, image_digest, model_fields
+from analysis.cache import ActivationCache, model_fields
 from analysis.data.images import load_image
 from analysis.data.samples import Sample, as_samples
 from analysis.errors import InputError
 from analysis.models import answers
+from analysis.models.digests import image_digest
 from analysis.models.inputs import ROLES, PreparedInputs
 from analysis.models.sites import Site, block, reading, site, sites as site_product
 from analysis.models.numerics import finite

@@ -20,7 +20,7 @@ from analysis.probes.attention import attention_maps
 from analysis.probes.attribution import attribute
 from analysis.probes.backend import Edges
 from analysis.probes.flow import block_positions, knockout_probs, logit_lens
-from analysis.models.config_digest import config_digest, essential_fields
+from analysis.models.digests import config_digest, essential_fields
 from analysis.published import PUBLISHED
 from analysis.testing import full_width_parts, tiny_parts
 from conftest import QUESTION

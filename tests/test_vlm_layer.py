@@ -129,3 +129,33 @@ def test_related_positions_and_to_grid(tiny):
     grid = prepared.to_grid(scores)
     assert grid.shape == (16, 16)
     assert grid[1, 0] == 16 and grid[15, 15] == 255
+
+
+def test_reusing_inputs_builds_each_input_once_per_way_of_building_it(photo):
+    """Inside ``reusing_inputs()``: the same image, question and template give the very same inputs, also on another
+    checkpoint of the same architecture (alignment_vs_accuracy's loop); other pixels, questions, templates, families
+    or dtypes build anew; outside the block every call builds anew."""
+    from analysis.models import reusing_inputs
+    from analysis.testing import tiny_vlm
+
+    vlm, other_weights, other_family = tiny_vlm("llava"), tiny_vlm("llava", seed=1), tiny_vlm("qwen2_vl")
+    assert not torch.equal(vlm.lm_head.weight, other_weights.lm_head.weight)
+    fresh = vlm.prepare(photo, QUESTION)
+    assert vlm.prepare(photo, QUESTION) is not fresh
+    changed = photo.copy()
+    changed.paste((1, 2, 3), (40, 30, 120, 90))
+    with reusing_inputs():
+        first = vlm.prepare(photo, QUESTION)
+        with reusing_inputs():  # nested: the outer block's inputs
+            assert vlm.prepare(photo.copy(), QUESTION) is first  # same pixels, another image object
+        assert other_weights.prepare(photo, QUESTION) is first
+        assert all(torch.equal(first.inputs[k], fresh.inputs[k]) for k in fresh.inputs) and first.prompt == fresh.prompt
+        assert (first.roles == fresh.roles).all() and first.patches.equals(fresh.patches)
+        built = [vlm.prepare(changed, QUESTION), vlm.prepare(photo, QUESTION + " now"),
+                 vlm.prepare(photo, QUESTION, template="USER: <image>\n{question} ASSISTANT:"),
+                 other_family.prepare(photo, QUESTION)]
+        assert all(p is not first for p in built)
+        assert not torch.equal(built[0].inputs["pixel_values"], first.inputs["pixel_values"])
+        vlm.model.to(torch.float64)
+        assert vlm.prepare(photo, QUESTION) is not first
+    assert vlm.prepare(photo, QUESTION) is not first

@@ -6,7 +6,7 @@ from analysis.models import answers, sites
 from analysis.models.adapters import SUPPORTED_FAMILIES, Adapter, adapter_for
 from analysis.models.inputs import PreparedInputs
 from analysis.models.sources import register_source
-from analysis.models.vlm import VLM, load_vlm
+from analysis.models.vlm import VLM, load_vlm, reusing_inputs
 
 __all__ = ["SUPPORTED_FAMILIES", "Adapter", "PreparedInputs", "VLM", "adapter_for", "answers", "load_vlm",
-           "register_source", "sites"]
+           "register_source", "reusing_inputs", "sites"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import re
 import warnings
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,9 +22,34 @@ from analysis.data.images import ImageLike, load_image
 from analysis.errors import ImageError, InputError, ModelNotFoundError, PromptTooLongError
 from analysis.models.adapters import Adapter, adapter_for
 from analysis.models.adapters.generic import decoder_stack, forward_code
-from analysis.models.config_digest import config_digest
+from analysis.models.digests import config_digest, essential_fields, image_digest, processor_digest
 from analysis.models.inputs import PATCH_COLUMNS, PreparedInputs
 from analysis.models.sources import lookup
+
+# The inputs ``VLM.prepare`` built inside ``reusing_inputs()`` blocks: {(builder, image, question, template): inputs}.
+_REUSED: ContextVar[dict | None] = ContextVar("analysis_models_reused_inputs", default=None)
+
+
+@contextlib.contextmanager
+def reusing_inputs() -> Iterator[None]:
+    """Inside the block, ``VLM.prepare`` builds each input once and returns the same ``PreparedInputs`` again.
+
+    An input is reused for the same image (by its pixels), question and template on any ``VLM``
+    that builds inputs alike: the same adapter class, processor settings and vocabulary, model
+    config (less the zoo's training metadata), device and dtype, e.g. every checkpoint of one
+    training run. For probes that ask several models, or several times, the same questions
+    (``alignment_vs_accuracy``); treat the inputs as read-only, and do not change a processor's
+    settings inside the block. Memory: every input built in the block, until it ends. Nested
+    blocks share the outer one's inputs.
+    """
+    if _REUSED.get() is not None:
+        yield
+        return
+    token = _REUSED.set({})
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
 
 
 @dataclass
@@ -124,8 +153,15 @@ class VLM:
     @property
     def config_hash(self) -> str:
         """A short hash of the model config, for provenance and caching; stable across transformers
-        versions (``analysis.models.config_digest``)."""
+        versions (``analysis.models.digests``)."""
         return config_digest(self.model.config)
+
+    @functools.cached_property
+    def _input_builder(self) -> tuple[str, str, str]:
+        """What ``prepare`` depends on besides its arguments, the device and the dtype (``reusing_inputs``)."""
+        fields = {k: v for k, v in essential_fields(self.model.config).items() if k != "zoo"}  # training metadata
+        config = json.dumps(fields, sort_keys=True, default=str)
+        return type(self.adapter).__qualname__, processor_digest(self.processor), config
 
     def unembed(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         """Return vocabulary logits for residual-stream states (logit lens).
@@ -212,6 +248,11 @@ class VLM:
                 UserWarning,
                 stacklevel=2,
             )
+        reused = _REUSED.get()
+        key = None if reused is None else (self._input_builder, str(self.device), self.dtype, image_digest(image),
+                                           question, template)
+        if reused is not None and key in reused:
+            return reused[key]
         prompt = self.adapter.build_prompt(question, template)
         inputs = dict(self._process(prompt, image))
         ids = inputs["input_ids"][0]
@@ -236,10 +277,13 @@ class VLM:
         columns = (image_pos, np.asarray(layout.tiles, dtype=np.int64), np.asarray(layout.rows, dtype=np.int64),
                    np.asarray(layout.cols, dtype=np.int64), np.asarray(layout.kinds, dtype=object), *boxes.T)
         patches = pd.DataFrame(dict(zip(PATCH_COLUMNS, columns)))
-        return PreparedInputs(
+        prepared = PreparedInputs(
             inputs=inputs, image=image, question=question, prompt=prompt, roles=roles,
             patches=patches, grids=layout.grids, tile_names=layout.tile_names,
         ).to(self.device)
+        if reused is not None:
+            reused[key] = prepared
+        return prepared
 
     def _process(self, prompt: str, image) -> dict:
         """Return the adapter's processed inputs; raise ``ImageError`` if the processor refuses the image.

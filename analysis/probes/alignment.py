@@ -295,7 +295,7 @@ def alignment_vs_accuracy(
         ``AlignmentAccuracy`` with Spearman and Pearson coefficients, p-values and intervals over
         ``len(checkpoints)`` checkpoints.
     """
-    from analysis.models import load_vlm
+    from analysis.models import load_vlm, reusing_inputs
 
     items = dict(checkpoints) if isinstance(checkpoints, Mapping) else {str(c): c for c in checkpoints}
     if len(items) < 3:
@@ -318,18 +318,19 @@ def alignment_vs_accuracy(
     samples = as_samples(raw)
     chance = float(np.mean([1 / len(o) for o in options])) if all(o for o in options) else float("nan")
     results, rows = {}, []
-    for label, model in tqdm(items.items(), desc="checkpoints", disable=not progress):
-        vlm = load_vlm(model, device=device) if isinstance(model, (str, os.PathLike)) else model
-        result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False)
-        results[label] = result
-        on_options = (options_accuracy(vlm, samples, options, option_method, batch_size) if rule == "options"
-                      else float("nan"))
-        acc = {"first_token": result.accuracy, "options": on_options}.get(rule)
-        rows.append(dict(checkpoint=label, score=result.score(variant, layers),
-                         accuracy=float(accuracy[label]) if rule == "given" else acc,
-                         accuracy_first_token=result.accuracy, accuracy_options=on_options, chance=chance,
-                         n_samples=len(result.meta)))
-        del vlm
+    with reusing_inputs():  # each question's inputs built once for every checkpoint that builds them alike
+        for label, model in tqdm(items.items(), desc="checkpoints", disable=not progress):
+            vlm = load_vlm(model, device=device) if isinstance(model, (str, os.PathLike)) else model
+            result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False)
+            results[label] = result
+            on_options = (options_accuracy(vlm, samples, options, option_method, batch_size) if rule == "options"
+                          else float("nan"))
+            acc = {"first_token": result.accuracy, "options": on_options}.get(rule)
+            rows.append(dict(checkpoint=label, score=result.score(variant, layers),
+                             accuracy=float(accuracy[label]) if rule == "given" else acc,
+                             accuracy_first_token=result.accuracy, accuracy_options=on_options, chance=chance,
+                             n_samples=len(result.meta)))
+            del vlm
     table = pd.DataFrame(rows)
     correlations = correlate(table["score"].to_numpy(), table["accuracy"].to_numpy(), n_boot, confidence, seed)
     return AlignmentAccuracy(table, correlations, results, variant, list(layers) if layers is not None else None,
