@@ -56,6 +56,7 @@ is ``log p(x) - log p(x without the group)``.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -445,7 +446,12 @@ class _PixelPerturbation(_Perturbation):
         """Return the ``(G,)`` group scores and None (no convergence delta)."""
         segments = self.features.segments
         groups = _index(self.features.ids, segments.ravel()).reshape(segments.shape)
-        runner = PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids), self.fill)
+        # Inside sharing() occlusion and KernelSHAP on the same segments share one runner: its way of
+        # running (and the check that it is exact) is decided once per input.
+        key = ("pixel runner", *model_key(self.vlm.model, self.prepared), self.token, tuple(self.fill),
+               hashlib.sha256(groups.tobytes()).hexdigest(), groups.shape)
+        runner = shared(key, lambda: PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids),
+                                                 self.fill))
         return self._group_scores(runner.logprob), None
 
 
