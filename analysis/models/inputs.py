@@ -104,10 +104,10 @@ class PreparedInputs:
         boxes = np.asarray(list(boxes), dtype=float).reshape(-1, 4)
         if len(boxes) == 0:
             raise InputError("related_positions needs at least one box (x0, y0, x1, y1)")
-        p = self.patches.dropna(subset=["x0"])
-        px0, py0, px1, py1 = (p[c].to_numpy()[:, None] for c in ("x0", "y0", "x1", "y1"))
+        # Tokens without a box (NaN: newline, [CLS]) overlap nothing: every comparison with NaN is False.
+        px0, py0, px1, py1 = (self.patches[c].to_numpy(dtype=float)[:, None] for c in ("x0", "y0", "x1", "y1"))
         overlap = (px0 < boxes[:, 2]) & (px1 > boxes[:, 0]) & (py0 < boxes[:, 3]) & (py1 > boxes[:, 1])
-        return torch.as_tensor(p["position"].to_numpy()[overlap.any(axis=1)], dtype=torch.long)
+        return torch.as_tensor(self.patches["position"].to_numpy()[overlap.any(axis=1)], dtype=torch.long)
 
     def to_grid(self, scores, tile: int = 0) -> np.ndarray:
         """Scatter per-image-token scores onto one tile's patch grid.
