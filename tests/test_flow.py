@@ -215,6 +215,49 @@ def test_logit_lens_equals_unembedded_hidden_states(family, tiny, photo):
     assert_detectable(log_probs.diff(), LOGP_TOL, what="difference between adjacent layers' log p")
 
 
+def test_logit_lens_batched_equals_one_input_at_a_time(family, tiny, photo):
+    """Inputs of equal token length run as one batch: every row equals the input's own forward (same images
+    size, other pixels; one longer question in between), in the order given."""
+    from analysis.models.inputs import length_batches
+
+    vlm = tiny(family)
+    images = [photo, photo.transpose(0), photo.rotate(180), photo.convert("L").convert("RGB")]
+    samples = [{"image": image, "question": QUESTION, "answer": "red", "id": f"s{i}"} for i, image in enumerate(images)]
+    samples.insert(2, {"image": photo, "question": QUESTION + " in the picture", "id": "longer"})
+    lengths = [vlm.prepare(s["image"], s["question"]).length for s in samples]
+    assert max(len(b) for b in length_batches(lengths, 4)) > 1  # a real batch forms
+    batched = logit_lens(vlm, samples, positions=("question", "last"), batch_size=4, progress=False)
+    alone = pd.concat([logit_lens(vlm, [s], positions=("question", "last"), progress=False) for s in samples],
+                      ignore_index=True)
+    pd.testing.assert_frame_equal(batched.drop(columns="prob"), alone.drop(columns="prob"))
+    assert (batched["prob"] - alone["prob"]).abs().max() <= 1e-6
+    # A row read from another input of the batch would be noticed: the inputs' probabilities differ far more.
+    last = alone[(alone["role"] == "last") & (alone["tracked"] == "prediction")].pivot(index="layer", columns="sample",
+                                                                                        values="prob")
+    assert (last["s0"] - last["s1"]).abs().max() > 100 * 1e-6
+
+
+def test_one_sweep_over_several_edge_sets_splits_into_the_separate_sweeps(tiny, photo):
+    """KnockoutResult.select gives exactly what a sweep over only those edge sets gives."""
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    answer = vlm.tokenizer.decode([int(last_logits(vlm, prepared).argmax())]).strip()
+    width, height = photo.size
+    samples = [{"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, 100, 75)], "id": "part"},
+               {"image": photo, "question": QUESTION, "answer": answer, "boxes": [(0, 0, width, height)], "id": "all"}]
+    first, second = ("image->last", "question->last"), ("related->question", "other->question")
+    both = information_flow(vlm, samples, blocks=first + second, window=1, progress=False)
+    for blocks in (first, second):
+        alone = information_flow(vlm, samples, blocks=blocks, window=1, progress=False)
+        part = both.select(blocks)
+        pd.testing.assert_frame_equal(part.frame, alone.frame, check_exact=True)
+        assert (part.n_samples, part.n_correct, part.window, part.skipped) == (
+            alone.n_samples, alone.n_correct, alone.window, alone.skipped)
+    assert both.select(second).skipped == [{"sample": "all", "block": "other->question"}]
+    with pytest.raises(InputError, match="no edge sets"):
+        both.select(["last->last"])
+
+
 def test_region_knockout_blocks_as_many_other_patches(tiny, photo):
     vlm = tiny("llava")
     prepared = vlm.prepare(photo, QUESTION)
