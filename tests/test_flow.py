@@ -254,8 +254,11 @@ def test_one_sweep_over_several_edge_sets_splits_into_the_separate_sweeps(tiny, 
         assert (part.n_samples, part.n_correct, part.window, part.skipped) == (
             alone.n_samples, alone.n_correct, alone.window, alone.skipped)
     assert both.select(second).skipped == [{"sample": "all", "block": "other->question"}]
+    assert both.select("image->last").frame.equals(both.select(["image->last"]).frame)
     with pytest.raises(InputError, match="no edge sets"):
         both.select(["last->last"])
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        logit_lens(vlm, samples, batch_size=0, progress=False)
 
 
 def test_region_knockout_blocks_as_many_other_patches(tiny, photo):

@@ -71,12 +71,13 @@ class KnockoutResult:
         if self.window < 1:
             raise ValueError("window must be at least 1")
 
-    def select(self, blocks: Sequence[str]) -> "KnockoutResult":
-        """Return the result restricted to the edge sets ``blocks`` (same samples, counts and window).
+    def select(self, blocks: str | Sequence[str]) -> "KnockoutResult":
+        """Return the result restricted to the edge set(s) ``blocks`` (same samples, counts and window).
 
         One sweep over several edge sets runs each sample's unmodified forward once; ``select`` then
         splits it into the results that separate sweeps over those edge sets would have given.
         """
+        blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         unknown = sorted(set(blocks) - set(self.frame["block"]) - {s["block"] for s in self.skipped})
         if unknown:
             raise InputError(f"this result has no edge sets {unknown}; it has {sorted(set(self.frame['block']))}")
@@ -319,6 +320,8 @@ def logit_lens(
         ``role``, ``tracked`` (``prediction``, ``answer``, ``answer (capitalised)``, ``foil``),
         ``token``, ``prob``, ``rank`` (0 = top-1); samples in the order given.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
     samples = as_samples(samples)
     rows = []
     with tqdm(total=len(samples), desc="logit lens", disable=not progress) as bar:
