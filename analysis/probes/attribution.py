@@ -65,7 +65,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, KernelShap, Saliency
 from PIL import Image
 
 from analysis.errors import InputError
@@ -75,9 +74,10 @@ from analysis.models.localisation import localisation_scores, positive_part
 from analysis.probes.runners import EmbeddingRunner, PixelRunner, unmodified
 from analysis.probes.sharing import model_key, shared, sharing
 
-GRADIENT_METHODS = {"integrated_gradients": IntegratedGradients, "saliency": Saliency,
-                    "input_x_gradient": InputXGradient}
-PERTURBATION_METHODS = {"occlusion": FeatureAblation, "kernel_shap": KernelShap}
+GRADIENT_METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
+# captum's classes by name: captum is imported where an attribution runs (importing it costs every process
+# that imports the probes ~0.9 s).
+PERTURBATION_METHODS = {"occlusion": "FeatureAblation", "kernel_shap": "KernelShap"}
 METHODS = (*GRADIENT_METHODS, *PERTURBATION_METHODS)
 PERTURB = ("pixels", "embeddings")
 FEATURES = ("patches", "question")
@@ -306,6 +306,8 @@ class _EmbeddingGradients:
 
     def attribute(self) -> tuple[np.ndarray, float | None]:
         """Return the ``(G,)`` group scores and Integrated Gradients' convergence delta (else None)."""
+        from captum.attr import IntegratedGradients, Saliency
+
         runner = EmbeddingRunner(self.vlm, self.prepared, self.token)
         positions = self.features.positions.to(self.vlm.device)
         values = runner.embeds[:, positions].clone().requires_grad_(True)
@@ -385,7 +387,9 @@ class _Perturbation:
                 return base.reshape(1).to(present.device)
             return forward(present)
 
-        algorithm = PERTURBATION_METHODS[self.method](evaluate)
+        import captum.attr
+
+        algorithm = getattr(captum.attr, PERTURBATION_METHODS[self.method])(evaluate)
         options = {"n_samples": self.n_samples} if self.method == "kernel_shap" else {}
         device = self.vlm.device
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
