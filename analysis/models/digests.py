@@ -1,6 +1,7 @@
 """Digests of what a model's inputs and outputs depend on: its config, its processor, an image.
 
-``config_digest``: a model config's digest that stays the same across transformers versions. A hash of ``config.to_dict()`` changes whenever transformers adds a field (5.23 -> 5.24 did),
+``config_digest``: a model config's digest that stays the same across transformers versions. A
+hash of ``config.to_dict()`` changes whenever transformers adds a field (5.23 -> 5.24 did),
 although the model computes the same thing. The digest here covers only what the checkpoint
 chose: the fields whose values differ from the config class's defaults, for the config and each
 of its sub-configs (text, vision, ...), without the writing version.

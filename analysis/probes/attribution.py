@@ -453,7 +453,7 @@ class _PixelPerturbation(_Perturbation):
         # Inside sharing() occlusion and KernelSHAP on the same segments share one runner: its way of
         # running (and the check that it is exact) is decided once per input.
         key = ("pixel runner", *model_key(self.vlm.model, self.prepared), self.token, tuple(self.fill),
-               hashlib.sha256(groups.tobytes()).hexdigest(), groups.shape)
+               hashlib.sha256(groups.tobytes()).hexdigest(), groups.shape, len(self.features.ids))
         runner = shared(key, lambda: PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids),
                                                  self.fill))
         return self._group_scores(runner.logprob), None
