@@ -154,6 +154,27 @@ def test_keep_one_is_the_unmodified_run_and_the_frame(tiny, photo):
     assert again.frame.equals(frame)
 
 
+def test_select_is_the_sweep_of_those_axes(tiny, photo):
+    vlm = tiny("llava")
+    sample = {"image": photo, "question": QUESTION, "answer": "a", "boxes": [(25, 0, 60, 40)]}
+    axes = dict(drop_layers=(0, 1), rank_by=("last_attention", "random", "oracle"), progress=False)
+    sweep = token_redundancy(vlm, [sample], keep=(1.0, 0.5, 0.1), **axes)
+    alone = token_redundancy(vlm, [sample], keep=(0.1,), **axes)
+    chosen = sweep.select(keep=0.1)
+    assert chosen.keep == (0.1,) and chosen.rankings == alone.rankings and chosen.skipped == alone.skipped
+    exact = [c for c in REDUNDANCY_COLUMNS if c not in ("p_new", "change")]
+    assert chosen.frame[exact].equals(alone.frame[exact])  # rows, order, rankings, kept tokens, greedy answers
+    assert np.allclose(chosen.frame["p_new"], alone.frame["p_new"], atol=1e-6, rtol=0)
+    assert not np.allclose(chosen.frame["p_new"], sweep.frame.query("keep == 0.5")["p_new"], atol=1e-3)
+    one = sweep.select(rankings="random", drop_layers=1)
+    assert set(one.frame["ranking"]) == {"random"} and set(one.frame["drop_layer"]) == {1}
+    assert len(one.frame) == 3 and one.skipped == []  # last_attention's skip at layer 0 is not selected
+    with pytest.raises(InputError, match=r"no keep \[0.2\]"):
+        sweep.select(keep=0.2)
+    with pytest.raises(InputError, match="no ranking"):
+        sweep.select(rankings="cls_attention")
+
+
 def test_cls_attention_and_attribution_rankings(tiny, photo):
     vlm = tiny("llava")
     result = token_redundancy(vlm, [{"image": photo, "question": QUESTION}], drop_layers=(0,), keep=(0.25,),

@@ -138,6 +138,37 @@ class RedundancyResult:
         """Return accuracy and probability change per group with 95% CIs (see ``summarise``)."""
         return summarise(self.frame, by)
 
+    def select(self, keep: float | Sequence[float] | None = None, rankings: str | Sequence[str] | None = None,
+               drop_layers: int | Sequence[int] | None = None) -> "RedundancyResult":
+        """Return the result restricted to some of its keep fractions, rankings or drop layers (None: all).
+
+        A sweep's rankings do not depend on ``keep`` (nor on the other axes), so the restriction is
+        the sweep those axes alone would give, up to the batching of the drops (the same
+        configurations in other batches: ~1e-6 in ``p_new``; greedy tokens alike).
+
+        Raises:
+            InputError: a value the sweep did not run.
+        """
+        axes = {"keep": (keep, self.keep), "ranking": (rankings, self.rankings),
+                "drop_layer": (drop_layers, self.drop_layers)}
+        chosen = {}
+        for column, (wanted, ran) in axes.items():
+            if wanted is None:
+                chosen[column] = tuple(ran)
+                continue
+            wanted = tuple(dict.fromkeys([wanted] if isinstance(wanted, (str, int, float)) else wanted))
+            missing = [w for w in wanted if w not in ran]
+            if missing:
+                raise InputError(f"this sweep has no {column} {missing}; it ran {list(ran)}: run "
+                                 "token_redundancy with them")
+            chosen[column] = wanted
+        rows = np.logical_and.reduce([self.frame[c].isin(v).to_numpy() for c, v in chosen.items()])
+        return RedundancyResult(self.frame[rows].reset_index(drop=True), n_samples=self.n_samples,
+                                n_kept_samples=self.n_kept_samples, rankings=chosen["ranking"],
+                                drop_layers=chosen["drop_layer"], keep=chosen["keep"],
+                                skipped=[s for s in self.skipped if s["ranking"] in chosen["ranking"]
+                                         and s["drop_layer"] in chosen["drop_layer"]])
+
 
 @dataclass
 class RegionDropResult:
