@@ -27,12 +27,18 @@ else by ``figures/durations.json``, which each run updates and which is committe
 so a fresh clone's first run starts its longest notebook first too).
 Small models gain nothing from a second thread per kernel and lose much when the cores are
 shared; two kernels on two cores use both. With a GPU the default is one notebook at a time.
+
+Each notebook gets a fresh kernel process, forked from a kernel server that has imported torch,
+transformers and ``analysis`` once for the whole run (``analysis.kernel_fork``; ~10 CPU-seconds of
+imports per notebook otherwise); ``--fresh-kernels`` starts each one from scratch instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import functools
 import json
 import os
 import re
@@ -44,6 +50,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from analysis.kernel_fork import forked_kernels
 
 KERNEL = "vlm-probes"
 NOTEBOOK_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
@@ -159,6 +167,7 @@ def run_notebook(
     kernel: str = KERNEL,
     progress: bool = True,
     km=None,
+    manager: type | None = None,
 ) -> Result:
     """Execute one notebook with papermill and return its ``Result`` (never raises for a
     failing cell).
@@ -178,6 +187,8 @@ def run_notebook(
             and figures closed before each later notebook. Imported modules and other process state
             persist, so this is for runs that only check each notebook completes (the test suite),
             not for figures.
+        manager: the kernel manager class for a fresh kernel (``km`` None), e.g. the forked kernels of
+            ``analysis.kernel_fork.forked_kernels``; None: jupyter_client's own.
     """
     import papermill
 
@@ -195,7 +206,8 @@ def run_notebook(
         # cwd=, which changes the whole process's directory: notebooks run side by side from threads.
         papermill.execute_notebook(
             str(notebook), str(executed_dir / notebook.name), parameters=values, kernel_name=kernel,
-            resources={"metadata": {"path": str(notebook.parent)}}, progress_bar=progress, log_output=False, km=km)
+            resources={"metadata": {"path": str(notebook.parent)}}, progress_bar=progress, log_output=False, km=km,
+            **({"kernel_manager_class": manager} if manager is not None and km is None else {}))
     except papermill.PapermillExecutionError as err:
         error = f"In [{err.exec_count}]: {err.ename}: {_first_line(err.evalue)}"
         detail = (f"--- {notebook.stem}: failing cell In [{err.exec_count}] ---\n{err.source}\n--- traceback ---\n"
@@ -260,49 +272,49 @@ def record_durations(results: Sequence[Result], figures_dir: Path) -> None:
 
 
 def run_notebooks(notebooks: Sequence[Path], params: dict[str, Any], *, executed_dir: Path, figures_dir: Path,
-                  kernel: str = KERNEL, jobs: int = 1, report=print) -> list[Result]:
+                  kernel: str = KERNEL, jobs: int = 1, fork: bool = True, report=print) -> list[Result]:
     """Execute ``notebooks`` (``jobs`` at a time) and return their ``Result`` in the given order.
 
     With ``jobs > 1`` papermill drives ``jobs`` kernels at once from worker threads (the work is
     in the kernel processes; each inherits ``OMP_NUM_THREADS = cores // jobs`` unless the variable
     is set), longest first by ``last_duration``; ``report(line)`` is called when the run starts
     and as each notebook ends. Each successful notebook's seconds go to ``figures_dir/durations.json``.
+    With ``fork`` (default) each notebook gets a fresh kernel forked from one that has imported
+    torch, transformers and ``analysis`` (``analysis.kernel_fork``), else one started from scratch.
     """
     notebooks = [Path(p).resolve() for p in notebooks]
     n = len(notebooks)
     label = {path: f"[{i}/{n}] {path.stem}" for i, path in enumerate(notebooks, 1)}
+    results: dict[Path, Result] = {}
 
     def finished(path: Path, result: Result) -> None:
+        results[path] = result
         status = f"ok, {len(result.figures)} figure(s)" if result.ok else f"FAILED: {result.error}"
         report(f"{label[path]}: {status} ({result.seconds:.1f} s)")
         if not result.ok:
             print(result.detail, file=sys.stderr, flush=True)
 
-    results: dict[Path, Result] = {}
-    if jobs <= 1:
-        for path in notebooks:
-            report(label[path])
-            results[path] = run_notebook(path, params, executed_dir=executed_dir, figures_dir=figures_dir,
-                                         kernel=kernel)
-            finished(path, results[path])
-        record_durations(list(results.values()), figures_dir)
-        return [results[p] for p in notebooks]
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
     before = os.environ.get("OMP_NUM_THREADS")
-    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    if jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     try:
-        order = sorted(notebooks, key=lambda p: -last_duration(p, executed_dir, figures_dir))
-        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook's work is in its own kernel process
-            futures = {}
-            for path in order:
-                futures[pool.submit(run_notebook, path, params, executed_dir=executed_dir, figures_dir=figures_dir,
-                                    kernel=kernel, progress=False)] = path
-            report(f"{n} notebooks, {jobs} at a time ({os.environ['OMP_NUM_THREADS']} thread(s) per kernel), "
-                   f"in this order: {', '.join(p.stem for p in order)}")
-            for future in as_completed(futures):
-                path = futures[future]
-                results[path] = future.result()
-                finished(path, results[path])
+        with forked_kernels(kernel) if fork else contextlib.nullcontext() as manager:
+            run = functools.partial(run_notebook, params=params, executed_dir=executed_dir, figures_dir=figures_dir,
+                                    kernel=kernel, manager=manager)
+            kernels = "forked kernels" if manager is not None else "fresh kernels"
+            if jobs <= 1:
+                report(f"{n} notebook(s), one at a time ({kernels})")
+                for path in notebooks:
+                    report(label[path])
+                    finished(path, run(path))
+            else:
+                order = sorted(notebooks, key=lambda p: -last_duration(p, executed_dir, figures_dir))
+                with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook's work is in its own kernel
+                    futures = {pool.submit(run, path, progress=False): path for path in order}
+                    report(f"{n} notebooks, {jobs} at a time ({os.environ['OMP_NUM_THREADS']} thread(s) per kernel, "
+                           f"{kernels}), in this order: {', '.join(p.stem for p in order)}")
+                    for future in as_completed(futures):
+                        finished(futures[future], future.result())
     finally:
         if before is None:
             os.environ.pop("OMP_NUM_THREADS", None)
@@ -350,6 +362,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-j", "--jobs", type=int, metavar="N",
                         help="notebooks run at the same time (default: one per CPU core on a CPU-only run, "
                              "1 with a GPU); each kernel gets cores // N threads")
+    parser.add_argument("--fresh-kernels", action="store_true",
+                        help="start every kernel from scratch instead of forking it from one that has imported "
+                             "torch, transformers and analysis (analysis.kernel_fork)")
     parser.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
     return parser.parse_args(argv)
 
@@ -384,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Running {len(notebooks)} notebook(s) on kernel {args.kernel!r} with {args.params}"
           + (f" and overrides {overrides}" if overrides else ""), flush=True)
     results = run_notebooks(notebooks, params, executed_dir=Path(args.executed), figures_dir=Path(args.figures),
-                            kernel=args.kernel, jobs=min(jobs, len(notebooks)),
+                            kernel=args.kernel, jobs=min(jobs, len(notebooks)), fork=not args.fresh_kernels,
                             report=lambda line: print(line, flush=True))
     print("\n" + summary_table(results))
     failed = sum(not r.ok for r in results)

@@ -188,8 +188,10 @@ def test_runner_runs_notebooks_side_by_side_on_one_thread_each(tmp_path, capsys,
     notebook order."""
     from nbformat.v4 import new_code_cell, new_notebook
 
+    from analysis import kernel_fork
     from analysis.runner import main
 
+    monkeypatch.setattr(kernel_fork, "PRELOAD", ("colorsys",))  # these kernels never import torch
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     for name in ("00_first", "01_second"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -57,7 +60,10 @@ def test_summary_table_lists_every_notebook():
     assert failed.split()[:4] == ["01_b", "FAILED", "0.5", "0"] and failed.endswith("In [3]: ValueError: boom")
 
 
-def test_a_failing_notebook_does_not_stop_the_others(tmp_path, capsys):
+def test_a_failing_notebook_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    from analysis import kernel_fork
+
+    monkeypatch.setattr(kernel_fork, "PRELOAD", ("colorsys",))  # these kernels never import torch
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     _write(notebooks / "00_fails.ipynb", "model = 'm'", "raise FileNotFoundError(f'no model at {model}')")
@@ -112,3 +118,82 @@ def test_every_parameter_a_params_file_sets_is_declared_by_its_notebook():
         for name, section in load_params(path).get("notebooks", {}).items():
             declared = declared_parameters(ROOT / "notebooks" / f"{name}.ipynb")
             assert set(section) <= declared, (path.name, name, set(section) - declared)
+
+
+# --- forked kernels (analysis.kernel_fork) -------------------------------------------------------
+_ENV_CELL = ("import json, os, sys, random, pathlib, numpy\n"
+             "seen = {'preloaded': 'colorsys' in sys.modules, 'cwd': os.getcwd(), 'path0': sys.path[0],\n"
+             "        'threads': os.environ.get('OMP_NUM_THREADS'), 'parent': os.environ.get('JPY_PARENT_PID'),\n"
+             "        'own_group': os.getpgid(0) == os.getpid(), 'random': [random.random(), numpy.random.random()],\n"
+             "        'pid': os.getpid()}\n"
+             "out = pathlib.Path(figures_dir, '{name}'); out.mkdir(parents=True)\n"
+             "(out / 'env.png').write_bytes(b'png'); (out / 'env.json').write_text(json.dumps(seen))")
+
+
+def test_forked_kernels_start_like_fresh_ones(tmp_path, monkeypatch, capsys):
+    """Forked from a server that preloaded a module (colorsys here; torch, transformers and analysis in
+    ./run_all.sh), each notebook's kernel is its own process that sees what a kernel started from scratch
+    sees: the notebook's folder, OMP_NUM_THREADS, sys.path, jupyter_client's parent pid, its own process
+    group (interrupts reach it), Python's and NumPy's generators seeded afresh; a kernel that dies is reported."""
+    import os
+
+    from analysis import kernel_fork
+
+    monkeypatch.setattr(kernel_fork, "PRELOAD", ("colorsys", "numpy.random"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("00_a", "01_b"):
+        _write(notebooks / f"{name}.ipynb", "model = 'm'\nfigures_dir = 'figures'", _ENV_CELL.replace("{name}", name))
+    _write(notebooks / "02_dies.ipynb", "model = 'm'", "import os\nos._exit(3)")
+    (tmp_path / "p.yaml").write_text("model: tiny:llava\ndevice: cpu\n")
+    seen = {}
+    for how in ("forked", "fresh"):
+        figures = tmp_path / how
+        status = main(["--notebooks", str(notebooks), "--params", str(tmp_path / "p.yaml"), "--jobs", "2",
+                       "--executed", str(tmp_path / f"executed-{how}"), "--figures", str(figures)]
+                      + (["--fresh-kernels"] if how == "fresh" else []))
+        out = capsys.readouterr().out
+        assert status == 1 and f"{how} kernels" in out
+        dead = next(line for line in out.splitlines() if line.startswith("02_dies "))
+        assert "FAILED" in dead and "DeadKernelError" in dead  # reported; the others ran
+        seen[how] = [json.loads((figures / name / "env.json").read_text()) for name in ("00_a", "01_b")]
+    forked, fresh = seen["forked"], seen["fresh"]
+    assert [s.pop("preloaded") for s in forked] == [True, True] and [s.pop("preloaded") for s in fresh] == [False] * 2
+    python, numpy = zip(forked[0]["random"], forked[1]["random"])
+    assert python[0] != python[1] and numpy[0] != numpy[1] and forked[0]["pid"] != forked[1]["pid"]
+    for s in forked + fresh:
+        for key in ("random", "pid"):
+            s.pop(key)
+    assert forked == fresh  # cwd, sys.path[0], threads, parent pid, own process group
+    assert {k: v for k, v in forked[0].items() if k != "path0"} == {
+        "cwd": str(notebooks.resolve()), "threads": str(max(1, (os.cpu_count() or 1) // 2)), "parent": str(os.getpid()),
+        "own_group": True}
+
+
+def test_kernel_server_interrupts_and_kills_what_is_left():
+    """An interrupt reaches a forked kernel's running cell; leaving the block kills and reaps every kernel."""
+    import os
+
+    from jupyter_client.utils import run_sync
+
+    from analysis.kernel_fork import forked_kernels
+    from analysis.runner import KERNEL
+
+    with forked_kernels(KERNEL, preload=("colorsys",)) as manager:
+        assert manager is not None
+        km = manager(kernel_name=KERNEL)
+        run_sync(km.start_kernel)()
+        client = km.blocking_client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        msg_id = client.execute("import time\ntime.sleep(60)")
+        time.sleep(1)
+        run_sync(km.interrupt_kernel)()
+        reply = client.get_shell_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+        pid = km.provisioner.pid
+        os.kill(pid, 0)  # still running after the interrupt
+        client.stop_channels()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
