@@ -2,10 +2,20 @@
 
 Public API: ``analysis.load_vlm``, ``analysis.probes``, ``analysis.plots``, ``analysis.zoo``,
 ``analysis.testing``.
+
+``import analysis`` is light: the model layer (torch, transformers) loads on first use of one of
+its names here (``load_vlm``, ``VLM``, ...), so the notebook runner and the command line
+(``python -m analysis``) start without it.
 """
 
-from analysis.models import SUPPORTED_FAMILIES, VLM, PreparedInputs, load_vlm
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from analysis.models.sources import register_source
+
+if TYPE_CHECKING:
+    from analysis.models import SUPPORTED_FAMILIES, VLM, PreparedInputs, load_vlm
 
 
 def _zoo_folder(name: str) -> str:
@@ -26,3 +36,11 @@ register_source("tiny", build=_tiny_model)
 
 __version__ = "0.1.0"
 __all__ = ["SUPPORTED_FAMILIES", "VLM", "PreparedInputs", "load_vlm", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from analysis import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

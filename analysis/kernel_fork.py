@@ -54,7 +54,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 PRELOAD = ("torch", "transformers", "transformers.image_processing_utils", "transformers.processing_utils",
-           "transformers.modeling_utils", "analysis", "analysis.probes", "analysis.data.shapes",
+           "transformers.modeling_utils", "analysis", "analysis.models.vlm", "analysis.probes", "analysis.data.shapes",
            "analysis.notebook_utils")
 READY = "kernel server ready"
 _LAUNCHER = ["-m", "ipykernel_launcher"]
