@@ -185,6 +185,66 @@ def test_sanity_bad_inputs(tiny, samples):
         plot_comparison(maps.seconds)
 
 
+def _plain_cascade(vlm, maps, seed=0):
+    """The reference: one deep copy randomised stage by stage, every sample after each stage, every
+    forward in full (each stage x sample in its own sharing block)."""
+    import copy
+
+    import pandas as pd
+
+    from analysis.models import VLM
+    from analysis.probes.sanity import rank_correlation, reinitialise
+    from analysis.probes.sharing import sharing
+
+    model = copy.deepcopy(vlm.model)
+    copied = VLM(model=model.eval(), processor=vlm.processor, adapter=type(vlm.adapter)(model, vlm.processor),
+                 name=f"{vlm.name} (randomised)")
+    rows = []
+    for index, (name, parameters) in enumerate(randomisation_stages(copied)):
+        reinitialise(parameters, seed=seed * 1000 + index)
+        for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
+            with sharing(fresh=True):
+                computed = [method.compute(copied, prepared, token) for method in maps.methods]
+            rows += [{"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
+                      "rho": rank_correlation(prepared, maps.maps[method.name][i], np.asarray(scores, float))}
+                     for method, scores in zip(maps.methods, computed)]
+    return pd.DataFrame(rows)
+
+
+def test_cascade_resumes_from_the_original_lower_layers_bit_for_bit(monkeypatch):
+    """The decoder stages run one sample at a time with the original weights below their first redrawn
+    layer, and the perturbation methods start there from the kept lower-layer states (recorded on the
+    original model in sanity_report, at the first stage in randomisation): the frame is the plain
+    cascade's, bit for bit and in its order; the kept states were used; a wrong state would show."""
+    from analysis.data.shapes import make_samples
+    from analysis.models import load_vlm
+    from analysis.probes import sanity
+    from analysis.probes.lower_states import LowerStates
+
+    kept = []
+
+    class Kept(LowerStates):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kept.append(self)
+
+    monkeypatch.setattr(sanity, "LowerStates", Kept)
+    vlm = load_vlm("zoo:shapes-llava-local", device="cpu")  # patch-local: perturbations run the LLM alone
+    methods = [attention_method(1), attribution_method("saliency"), attribution_method("occlusion", block=4),
+               attribution_method("kernel_shap", block=4, n_samples=8, batch_size=8)]
+    report = sanity_report(vlm, make_samples(2, seed=3), methods, k=3, n_random=2, only_correct=False, progress=False)
+    reference = _plain_cascade(vlm, report.maps)
+    assert report.randomisation.equals(reference)
+    from_report = sum(s.resumed for s in kept)  # decoder stages 3, 2, 1 resume (stage 0 redraws layer 0)
+    assert from_report > 0
+    assert randomisation(vlm, report.maps, progress=False).equals(reference)
+    assert (sum(s.resumed for s in kept) - from_report) * 3 == from_report * 2  # there stage 3 records
+    # a state from one layer too low changes the maps: the frame check would notice
+    states = kept[-1]
+    key = next(iter(states.states))
+    assert not torch.equal(states.states[key][0], states.states[key][1])
+
+
 def test_ig_and_occlusion_point_at_the_objects_on_the_patch_local_zoo_model():
     """shapes-llava-local sees an object only through its own patches (exact ground truth)."""
     from analysis.data.shapes import make_samples

@@ -44,6 +44,7 @@ from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.numerics import finite
 from analysis.models.sites import language_model_inputs
+from analysis.probes.lower_states import last_hidden
 from analysis.probes.sharing import model_key, shared
 
 
@@ -127,7 +128,7 @@ class EmbeddingRunner:
         embeds = self.embeds.expand(n, -1, -1).clone()
         embeds[:, positions.to(embeds.device)] = values.to(embeds.dtype)
         kwargs = self.vlm.adapter.repeat_language_model_kwargs(self.kwargs, n)
-        hidden = self.vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
+        hidden = last_hidden(self.vlm, embeds, kwargs, positions, values)  # kept lower layers' states, where given
         logits = finite(self.vlm, self.vlm.unembed(hidden, final_norm=False).float(), "attribution logits")
         return torch.log_softmax(logits, dim=-1)[:, self.token]
 

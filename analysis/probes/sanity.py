@@ -34,6 +34,7 @@ gradient for Saliency and InputXGradient; the perturbation methods run batched (
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -55,6 +56,7 @@ from analysis.probes.attention import attention_maps
 from analysis.probes.attribution import attribute, grid_segments
 from analysis.probes.backend import Edges
 from analysis.probes.flow import knockout_probs
+from analysis.probes.lower_states import LowerStates, keeping
 from analysis.probes.runners import unmodified
 from analysis.probes.sharing import active, model_key, shared, sharing
 
@@ -225,6 +227,13 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
             ``analysis.models.answers``).
         progress: show a progress bar over samples.
     """
+    return _maps(vlm, samples, methods, only_correct, progress)
+
+
+def _maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | None, only_correct: bool, progress: bool,
+          then: Callable[[int, PreparedInputs, int, LowerStates], None] | None = None) -> MapSet:
+    """``compute_maps``; with ``then``, each kept sample's perturbation forwards keep their lower layers'
+    states (``LowerStates``), handed to ``then(index, prepared, token, states)`` right after its maps."""
     methods = _check_methods(default_methods(vlm) if methods is None else methods)
     samples = as_samples(samples)
     out = MapSet(methods=methods, samples=[], prepared=[], tokens=[], maps={m.name: [] for m in methods},
@@ -232,8 +241,9 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
     seconds = []
     for sample in tqdm(samples, desc="maps", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        with sharing(fresh=True):  # one unmodified forward per sample serves the answer and every method
-            token = int(unmodified(vlm, prepared).logits.argmax())
+        states = LowerStates()
+        with sharing(fresh=True), keeping(states) if then else contextlib.nullcontext():
+            token = int(unmodified(vlm, prepared).logits.argmax())  # one forward serves the answer and every method
             if only_correct:
                 if sample.answer is None:
                     raise InputError("only_correct=True needs each sample's answer; pass answers or only_correct=False")
@@ -246,6 +256,8 @@ def compute_maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | Non
                 started = time.perf_counter()
                 out.maps[method.name].append(_compute(method, vlm, prepared, token))
                 seconds.append({"sample": sample.id, "method": method.name, "seconds": time.perf_counter() - started})
+        if then is not None:
+            then(len(out.samples) - 1, prepared, token, states)
     if not out.samples:
         raise InputError(f"none of the {len(samples)} samples was answered correctly; nothing to explain")
     out.seconds = pd.DataFrame(seconds)
@@ -373,12 +385,100 @@ def rank_correlation(prepared: PreparedInputs, a: np.ndarray, b: np.ndarray) -> 
         return float(stats.spearmanr(x, y).statistic)
 
 
+class _LayerWeights:
+    """A copied decoder layer's parameters, switchable by reference between its own (redrawn) and the
+    original layer's (no copy; the modules, their hooks and their config stay the copy's)."""
+
+    def __init__(self, copied: torch.nn.Module, original: torch.nn.Module):
+        self.slots = [(module, name, own, original_module._parameters[name])
+                      for module, original_module in zip(copied.modules(), original.modules())
+                      for name, own in module._parameters.items() if own is not None]
+
+    def use(self, original: bool) -> None:
+        for module, name, own, theirs in self.slots:
+            module._parameters[name] = theirs if original else own
+
+
+class _Cascade:
+    """A deep copy of the model, randomised stage by stage, and the maps each evaluated stage gives.
+
+    Every decoder layer is redrawn up front (the same draws as stage by stage: a stage redraws its
+    own tensors only, from their own statistics). ``decoder_stages`` runs one sample through the
+    decoder-layer stages, each with the original weights (``vlm``'s, by reference) below its first
+    redrawn layer; ``later_stages`` then redraws the projector and the vision tower, cumulatively,
+    over every sample.
+    """
+
+    def __init__(self, vlm: VLM, methods: list[MapMethod], stages: Sequence[str] | None, seed: int):
+        model = copy.deepcopy(vlm.model)
+        self.vlm, self.methods, self.seed = vlm, methods, seed
+        self.randomised = VLM(model=model.eval(), processor=vlm.processor,
+                              adapter=type(vlm.adapter)(model, vlm.processor), name=f"{vlm.name} (randomised)")
+        self.stages = randomisation_stages(self.randomised)
+        names = [name for name, _ in self.stages]
+        unknown = sorted(set(stages or ()) - set(names))
+        if unknown:
+            raise InputError(f"unknown stages {unknown}; the cascade is {names}")
+        self.evaluated = [stages is None or name in stages for name in names]
+        for index in range(vlm.n_layers):
+            reinitialise(self.stages[index][1], seed=seed * 1000 + index)
+        self.weights = [_LayerWeights(copied, original) for copied, original in zip(self.randomised.layers, vlm.layers)]
+        self.computed: dict[tuple[int, int], list[np.ndarray]] = {}  # (stage index, sample index) -> maps
+
+    def _compute(self, index: int, i: int, prepared: PreparedInputs, token: int) -> None:
+        with sharing(fresh=True):  # this stage's weights and this sample only
+            self.computed[index, i] = [_compute(method, self.randomised, prepared, token) for method in self.methods]
+
+    def decoder_stages(self, i: int, prepared: PreparedInputs, token: int, states: LowerStates, recorded: bool) -> None:
+        """Run sample ``i`` through the evaluated decoder-layer stages. ``states``: its perturbation forwards'
+        lower-layer states, recorded on the original model (``recorded``) or, else, at the first stage here."""
+        n = self.vlm.n_layers
+        try:
+            with keeping(states):
+                for count, index in enumerate(index for index in range(n) if self.evaluated[index]):
+                    first = n - 1 - index  # the stage's first redrawn layer
+                    if recorded or count:
+                        states.resume(first)
+                    for layer, held in enumerate(self.weights):
+                        held.use(original=layer < first)
+                    self._compute(index, i, prepared, token)
+        finally:
+            for held in self.weights:
+                held.use(original=False)
+
+    def later_stages(self, maps: MapSet, progress: bool) -> None:
+        """Redraw the projector, then the vision tower, and run every sample after each."""
+        items = list(enumerate(zip(maps.prepared, maps.tokens)))
+        for index in tqdm(range(self.vlm.n_layers, len(self.stages)), desc="randomisation (projector, vision)",
+                          disable=not progress):
+            reinitialise(self.stages[index][1], seed=self.seed * 1000 + index)
+            if self.evaluated[index]:
+                for i, (prepared, token) in items:
+                    self._compute(index, i, prepared, token)
+
+    def frame(self, maps: MapSet) -> pd.DataFrame:
+        rows = []
+        for index, (name, _) in enumerate(self.stages):
+            if not self.evaluated[index]:
+                continue
+            for i, (sample, prepared) in enumerate(zip(maps.samples, maps.prepared)):
+                for method, scores in zip(maps.methods, self.computed[index, i]):
+                    rows.append({"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
+                                 "rho": rank_correlation(prepared, maps.maps[method.name][i], scores)})
+        return pd.DataFrame(rows)
+
+
 def randomisation(vlm: VLM, maps: MapSet, stages: Sequence[str] | None = None, seed: int = 0,
                   progress: bool = True) -> pd.DataFrame:
     """Return the rank correlation between original and cascade-randomised maps.
 
     The model is deep-copied once (``vlm`` is untouched; this needs memory for a second copy)
-    and randomised cumulatively, stage by stage (``randomisation_stages``).
+    and randomised cumulatively (``randomisation_stages``): the decoder-layer stages one sample at
+    a time, each running ``vlm``'s own weights below its first redrawn layer, then the projector and
+    the vision tower. The perturbation methods' forwards of the first decoder stage keep their
+    lower layers' states, and later stages start at their first redrawn layer from them
+    (``analysis.probes.lower_states``; ``sanity_report`` keeps them from the original maps already).
+    The result is the same, bit for bit, as running each stage over every sample in turn.
 
     Args:
         vlm: the model the maps were computed on.
@@ -386,32 +486,18 @@ def randomisation(vlm: VLM, maps: MapSet, stages: Sequence[str] | None = None, s
         stages: stage names at which to recompute the maps (default: every stage); the cascade
             still re-initialises every stage before them.
         seed: seeds the re-initialisation.
-        progress: show a progress bar over stages.
+        progress: show progress bars.
 
     Returns:
         One row per evaluated stage x sample x method: ``stage_index`` (0 = top LLM layer),
         ``stage``, ``sample``, ``method``, ``rho``.
     """
-    model = copy.deepcopy(vlm.model)
-    randomised = VLM(model=model.eval(), processor=vlm.processor, adapter=type(vlm.adapter)(model, vlm.processor),
-                     name=f"{vlm.name} (randomised)")
-    cascade = randomisation_stages(randomised)
-    names = [name for name, _ in cascade]
-    unknown = sorted(set(stages or ()) - set(names))
-    if unknown:
-        raise InputError(f"unknown stages {unknown}; the cascade is {names}")
-    rows = []
-    for index, (name, parameters) in enumerate(tqdm(cascade, desc="randomisation", disable=not progress)):
-        reinitialise(parameters, seed=seed * 1000 + index)
-        if stages is not None and name not in stages:
-            continue
-        for i, (sample, prepared, token) in enumerate(zip(maps.samples, maps.prepared, maps.tokens)):
-            with sharing(fresh=True):  # this stage's weights and this sample only
-                computed = [_compute(method, randomised, prepared, token) for method in maps.methods]
-            for method, scores in zip(maps.methods, computed):
-                rows.append({"stage_index": index, "stage": name, "sample": sample.id, "method": method.name,
-                             "rho": rank_correlation(prepared, maps.maps[method.name][i], scores)})
-    return pd.DataFrame(rows)
+    cascade = _Cascade(vlm, maps.methods, stages, seed)
+    for i, (prepared, token) in tqdm(list(enumerate(zip(maps.prepared, maps.tokens))),
+                                     desc="randomisation (decoder layers)", disable=not progress):
+        cascade.decoder_stages(i, prepared, token, LowerStates(), recorded=False)
+    cascade.later_stages(maps, progress)
+    return cascade.frame(maps)
 
 
 # --- the comparison -----------------------------------------------------------------------------
@@ -480,9 +566,13 @@ def sanity_report(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | No
         batch_size: knockout configurations per forward.
         progress: show progress bars.
     """
-    maps = compute_maps(vlm, samples, methods, only_correct=only_correct, progress=progress)
+    methods = _check_methods(default_methods(vlm) if methods is None else methods)
+    cascade = _Cascade(vlm, methods, stages, seed)  # each sample's decoder stages run right after its maps,
+    maps = _maps(vlm, samples, methods, only_correct, progress,  # from the original lower layers' states
+                 then=lambda i, prepared, token, states: cascade.decoder_stages(i, prepared, token, states, True))
     localised = localisation(maps)
     deleted = deletion(vlm, maps, k=k, n_random=n_random, seed=seed, batch_size=batch_size)
-    randomised = randomisation(vlm, maps, stages=stages, seed=seed, progress=progress)
+    cascade.later_stages(maps, progress)
+    randomised = cascade.frame(maps)
     return SanityReport(maps=maps, localisation=localised, deletion=deleted, randomisation=randomised,
                         table=comparison_table(maps, localised, deleted, randomised, threshold))
