@@ -29,7 +29,12 @@ stage of the cascade (``1 + stages`` model states). Per model state and sample, 
 what they have in common (``analysis.probes.sharing``): one unmodified forward (the answer, its
 log-probability, the language model's inputs), one recorded forward for every attention row, one
 gradient for Saliency and InputXGradient; the perturbation methods run batched (see
-``analysis.probes.runners``). Results are identical to running each method alone.
+``analysis.probes.runners``). Results are identical to running each method alone. The cascade's
+decoder-layer stages run one sample at a time, each with the original weights below its first
+redrawn layer, and the perturbation methods' forwards start at that layer from the states the
+original model's forwards kept (``analysis.probes.lower_states``; at most 1 GiB per sample): the
+stage that redraws layers ``k..L-1`` computes ``L - k`` of the ``L`` layers. The result is the
+plain cascade's, bit for bit (tested).
 """
 
 from __future__ import annotations
