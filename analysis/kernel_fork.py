@@ -124,6 +124,15 @@ class ForkedProvisioner(LocalProvisioner):
         self.cwd = cwd
         return self.connection_info
 
+    async def send_signal(self, signum: int) -> None:
+        # jupyter_client interrupts every kernel before asking it to shut down; papermill shuts a kernel
+        # down once its cells are done, and a forked kernel, quick to answer, could take that SIGINT while
+        # still closing the last request ("KeyboardInterrupt caught in kernel" in the run's log). The
+        # shutdown request follows, then SIGTERM and SIGKILL if the kernel does not exit.
+        if signum == signal.SIGINT and getattr(self.parent, "shutting_down", False):
+            return
+        await super().send_signal(signum)
+
 
 class ForkedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernels are forked by the kernel server at ``server`` (a Unix socket path).
