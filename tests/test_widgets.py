@@ -126,10 +126,12 @@ def test_each_explorer_redraws_within_a_second_on_the_default_model():
     }
     for name, (box, moves) in explorers.items():
         for control, value in moves:
-            start = time.perf_counter()
+            # CPU seconds of this process: what a redraw costs, without the time the other test worker
+            # (or anything else on a shared 2-core machine) holds the core
+            start = time.process_time()
             box.controls[control].value = value
-            seconds = time.perf_counter() - start
-            assert seconds < 1.0, f"{name} explorer: moving {control} took {seconds:.2f} s"
+            seconds = time.process_time() - start
+            assert seconds < 1.0, f"{name} explorer: moving {control} took {seconds:.2f} CPU-s"
         assert box.draws == 1 + len(moves) and box.messages.outputs == ()
 
 
