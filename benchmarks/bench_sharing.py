@@ -15,6 +15,9 @@ identical:
 3. ``alignment_vs_accuracy`` over checkpoints of one training run, building each question's inputs
    once (``reusing_inputs``), against building them for every checkpoint and measure (its
    ``reusing_inputs`` replaced by a block that reuses nothing, for this comparison only).
+4. ``sanity_report`` with ``05_attributions``' methods on ``zoo:shapes-llava-local``: the cascade's
+   occlusion and KernelSHAP batches resuming from the original lower layers' kept states, against
+   every forward in full (a ``LowerStates`` budget of 0 bytes, for this comparison only).
 """
 
 from __future__ import annotations
@@ -40,17 +43,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=420, help="shapes questions (default 420)")
     parser.add_argument("--checkpoints", type=int, default=6, help="checkpoints of the zoo's second run (default 6)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per pair (default 2)")
-    parser.add_argument("--quick", action="store_true", help="70 questions, 3 checkpoints, 1 round")
+    parser.add_argument("--explained", type=int, default=10, help="questions of the sanity report (default 10)")
+    parser.add_argument("--quick", action="store_true", help="70 questions, 3 checkpoints, 4 explained, 1 round")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.checkpoints, args.rounds = 70, 3, 1
+        args.n, args.checkpoints, args.explained, args.rounds = 70, 3, 4, 1
     torch.set_num_threads(1)
 
     import analysis.models
     from analysis import load_vlm
     from analysis.data.samples import as_samples
     from analysis.data.shapes import make_samples
-    from analysis.probes import alignment_vs_accuracy, information_flow, logit_lens
+    from analysis.probes import alignment_vs_accuracy, default_methods, information_flow, logit_lens, sanity
     from analysis.zoo import trajectory
 
     vlm = load_vlm("zoo:shapes-llava", device="cpu")
@@ -77,6 +81,19 @@ def main() -> None:
             analysis.models.reusing_inputs = reusing_inputs
 
     reusing_inputs = analysis.models.reusing_inputs
+    local = load_vlm("zoo:shapes-llava-local", device="cpu")
+    explained = as_samples(make_samples(args.explained, seed=0))
+    methods = default_methods(local, n_steps=32, n_samples=128, batch_size=32)  # 05's parameters
+
+    def report(resume: bool):
+        kept = sanity.LowerStates
+        if not resume:  # nothing is kept: every forward in full
+            sanity.LowerStates = lambda: kept(budget=0)
+        try:
+            return (sanity.sanity_report(local, explained, methods, batch_size=32, progress=False).randomisation,)
+        finally:
+            sanity.LowerStates = kept
+
     pairs = [
         (f"information_flow, {args.n} questions, 6 edge sets", "one sweep, split", one_sweep,
          "two sweeps (4 + 2 edge sets)", two_sweeps),
@@ -85,6 +102,8 @@ def main() -> None:
             vlm, samples, batch_size=1, progress=False)),
         (f"alignment_vs_accuracy, {len(names)} checkpoints x {len(asked)} questions", "inputs built once", lambda: across(True),
          "inputs built per checkpoint", lambda: across(False)),
+        (f"sanity_report (shapes-llava-local), {args.explained} questions", "cascade resuming from kept lower layers",
+         lambda: report(True), "every forward in full", lambda: report(False)),
     ]
     print(f"zoo:shapes-llava, 1 torch thread, best of {args.rounds} alternating round(s)\n")
     print(f"{'what':<58} {'shared':>9} {'again':>9} {'ratio':>6}  identical")
