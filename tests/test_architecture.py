@@ -61,6 +61,17 @@ def test_the_model_layer_and_capture_load_on_their_own_then_the_probes():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_analysis_and_the_runner_leave_torch_unloaded():
+    """`import analysis` is light (the model layer loads on first use): the notebook runner and the command
+    line start without torch; the first use of a model-layer name loads it."""
+    code = ("import sys\n"
+            "import analysis, analysis.runner\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded at import'\n"
+            "from analysis import load_vlm\n"
+            "assert 'torch' in sys.modules and callable(load_vlm)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_sources_resolve_through_the_registry(tmp_path):
     from analysis import load_vlm
     from analysis.models.sources import register_source, registered_sources

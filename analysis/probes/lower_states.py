@@ -55,9 +55,11 @@ class LowerStates:
     def last_hidden(self, vlm, embeds: torch.Tensor, kwargs: dict, positions: torch.Tensor,
                     values: torch.Tensor) -> torch.Tensor:
         """Return the language model's ``(B, hidden)`` last-position output for ``inputs_embeds=embeds``."""
+        if self.layer == 0:
+            return _run(vlm, embeds, kwargs)
         key = _digest(positions, values)
         if self.layer is not None:
-            if self.layer == 0 or key not in self.states:
+            if key not in self.states:
                 return _run(vlm, embeds, kwargs)
             self.resumed += 1
             state = self.states[key][self.layer - 1]

@@ -246,8 +246,8 @@ def _maps(vlm: VLM, samples: Iterable, methods: Iterable[MapMethod] | None, only
     seconds = []
     for sample in tqdm(samples, desc="maps", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
-        states = LowerStates()
-        with sharing(fresh=True), keeping(states) if then else contextlib.nullcontext():
+        states = LowerStates() if then is not None else None
+        with sharing(fresh=True), keeping(states) if states is not None else contextlib.nullcontext():
             token = int(unmodified(vlm, prepared).logits.argmax())  # one forward serves the answer and every method
             if only_correct:
                 if sample.answer is None:
