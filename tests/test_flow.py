@@ -237,6 +237,38 @@ def test_logit_lens_batched_equals_one_input_at_a_time(family, tiny, photo):
     assert (last["s0"] - last["s1"]).abs().max() > 100 * 1e-6
 
 
+def test_knockout_sweep_reads_the_logit_lens_from_its_own_forwards(family, tiny, photo):
+    """information_flow(lens=True) gives logit_lens's frame (kept samples, last position, final norm) with
+    no forward of its own: as many model forwards as the sweep without the lens."""
+    vlm = tiny(family)
+    images = [photo, photo.transpose(0), photo.rotate(180)]
+    answers = [vlm.tokenizer.decode([int(last_logits(vlm, vlm.prepare(image, QUESTION)).argmax())]).strip()
+               for image in images]
+    samples = [{"image": image, "question": QUESTION, "answer": answer, "foil": "blue", "id": f"s{i}"}
+               for i, (image, answer) in enumerate(zip(images, answers))]
+    samples.append({"image": photo.convert("L").convert("RGB"), "question": QUESTION, "answer": "nothing-like-it",
+                    "id": "wrong"})  # answered wrongly: kept by neither
+
+    def forwards(**options):
+        calls = []
+        with hooked(vlm.model, pre=lambda args, kwargs: calls.append(1)):
+            result = information_flow(vlm, samples, blocks=("image->last", "question->last"), window=1,
+                                      batch_size=8, progress=False, **options)
+        return result, len(calls)
+
+    with_lens, n_with = forwards(lens=True)
+    without, n_without = forwards()
+    assert n_with == n_without and without.lens is None
+    reference = logit_lens(vlm, samples, only_correct=True, progress=False)
+    assert set(reference["sample"]) == {"s0", "s1", "s2"}
+    pd.testing.assert_frame_equal(with_lens.lens.drop(columns="prob"), reference.drop(columns="prob"))
+    assert (with_lens.lens["prob"] - reference["prob"]).abs().max() <= 1e-6
+    assert with_lens.select("image->last").lens is with_lens.lens
+    # A state read from the neighbouring layer would be noticed: adjacent layers differ far more.
+    prediction = reference[(reference["tracked"] == "prediction") & (reference["sample"] == "s0")]
+    assert_detectable(torch.tensor(prediction["prob"].to_numpy()).diff(), 1e-6, what="adjacent layers' p")
+
+
 def test_one_sweep_over_several_edge_sets_splits_into_the_separate_sweeps(tiny, photo):
     """KnockoutResult.select gives exactly what a sweep over only those edge sets gives."""
     vlm = tiny("llava")

@@ -8,6 +8,7 @@ the answer the model originally predicted, ``100 * (p_new - p_base) / p_base``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -21,7 +22,7 @@ from analysis.errors import InputError
 from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.inputs import PreparedInputs, length_batches
 from analysis.models.numerics import finite
-from analysis.models.sites import reading, sites
+from analysis.models.sites import Site, reading, sites
 from analysis.probes.backend import Edges
 from analysis.probes.knockout import first_recomputed, knockout_logits, knockout_probs, unmodified_run
 
@@ -54,6 +55,10 @@ class KnockoutResult:
         window: layers blocked at once.
         skipped: ``{"sample", "block"}`` pairs left out because the edge set names no position in
             that sample (e.g. no "other" patches when the question's objects cover the grid).
+        lens: with ``information_flow(..., lens=True)``, the logit lens at the last position of the
+            kept samples, read from the sweep's own unmodified forwards: the frame
+            ``logit_lens(vlm, samples, only_correct=only_correct)`` gives (one row per sample x layer x
+            tracked token); else None.
     """
 
     frame: pd.DataFrame
@@ -61,6 +66,7 @@ class KnockoutResult:
     n_correct: int
     window: int
     skipped: list[dict] = field(default_factory=list)
+    lens: pd.DataFrame | None = None
 
     def __post_init__(self):
         missing = set(KNOCKOUT_COLUMNS) - set(self.frame.columns)
@@ -70,6 +76,8 @@ class KnockoutResult:
             raise ValueError("a knockout result keeps at most n_correct <= n_samples samples")
         if self.window < 1:
             raise ValueError("window must be at least 1")
+        if self.lens is not None and self.lens["sample"].nunique() > self.n_correct:
+            raise ValueError("the logit lens reads the kept samples only")
 
     def select(self, blocks: str | Sequence[str]) -> "KnockoutResult":
         """Return the result restricted to the edge set(s) ``blocks`` (same samples, counts and window).
@@ -83,7 +91,7 @@ class KnockoutResult:
             raise InputError(f"this result has no edge sets {unknown}; it has {sorted(set(self.frame['block']))}")
         return KnockoutResult(self.frame[self.frame["block"].isin(blocks)].reset_index(drop=True),
                               n_samples=self.n_samples, n_correct=self.n_correct, window=self.window,
-                              skipped=[s for s in self.skipped if s["block"] in blocks])
+                              skipped=[s for s in self.skipped if s["block"] in blocks], lens=self.lens)
 
 
 @dataclass
@@ -167,6 +175,7 @@ def information_flow(
     only_correct: bool = True,
     batch_size: int = 16,
     reuse_prefix: bool = True,
+    lens: bool = False,
     progress: bool = True,
 ) -> KnockoutResult:
     """Knockout sweep: block each edge set in a sliding window of layers, for every sample.
@@ -183,15 +192,21 @@ def information_flow(
         only_correct: keep only correctly answered samples (default; rule ``"first_token"`` of
             ``analysis.models.answers``).
         batch_size, reuse_prefix: see ``knockout_probs``.
+        lens: also read the logit lens at the last position (``logit_lens`` with its defaults:
+            ``positions=("last",)``, ``final_norm=True``) from the same unmodified forwards, into
+            ``result.lens``: no forward of its own (``logit_lens`` runs one per sample). Memory: one
+            ``(hidden,)`` state more per sample while it runs.
         progress: show a progress bar over samples.
 
     Returns:
-        A ``KnockoutResult``: the tidy frame and ``n_samples``, ``n_correct``, ``window``, ``skipped``.
+        A ``KnockoutResult``: the tidy frame and ``n_samples``, ``n_correct``, ``window``, ``skipped``
+        (and ``lens`` when asked).
     """
     samples = as_samples(samples)
     window = default_window(vlm.n_layers) if window is None else window
     windows = layer_windows(vlm.n_layers, window)
-    rows, n_correct, skipped = [], 0, []
+    rows, n_correct, skipped, lens_rows = [], 0, [], []
+    last_layer = Site("resid_post", vlm.n_layers - 1)
     for sample in tqdm(samples, desc="knockout", disable=not progress):
         prepared = vlm.prepare(sample.image, sample.question)
         configs, meta, missing = [], [], []
@@ -203,9 +218,12 @@ def information_flow(
             for centre, layers in windows:
                 configs.append([Edges.make(sources, targets, layers)])
                 meta.append((block, centre, layers))
-        # One unmodified forward: p_base and correctness from its logits, and the states every
-        # configuration resumes from (analysis.probes.knockout).
-        unmodified = unmodified_run(vlm, prepared, first_recomputed(vlm, prepared, configs, reuse_prefix))
+        # One unmodified forward: p_base and correctness from its logits, the states every configuration
+        # resumes from (analysis.probes.knockout) and, with the last layer's output, the logit lens.
+        final = {}
+        with reading(vlm, [last_layer], on_value=lambda s, state: final.__setitem__(s, state[0, -1:].clone())) \
+                if lens else contextlib.nullcontext():
+            unmodified = unmodified_run(vlm, prepared, first_recomputed(vlm, prepared, configs, reuse_prefix))
         predicted = int(unmodified.logits.argmax())
         p_base = float(torch.softmax(unmodified.logits, dim=-1)[predicted])
         if only_correct:
@@ -215,6 +233,10 @@ def information_flow(
                 continue
         n_correct += 1
         skipped += missing
+        if lens:  # resid_post l == resid_pre l + 1, kept from a position <= the last
+            stream = {Site("resid_post", l): unmodified.states[l + 1][0, -1:] for l in range(vlm.n_layers - 1)}
+            lens_rows += _lens_rows(vlm, sample, prepared, [prepared.last_position], predicted,
+                                    {**stream, **final}, final_norm=True, only_correct=False)
         if not configs:
             continue
         p_new = knockout_probs(vlm, prepared, configs, predicted, batch_size, reuse_prefix, unmodified)
@@ -231,7 +253,7 @@ def information_flow(
         raise InputError(f"no sample has positions for the edge sets {list(blocks)} (e.g. the question's objects "
                          "cover every image patch, so there are no other patches); use other samples or edge sets")
     return KnockoutResult(pd.DataFrame(rows, columns=KNOCKOUT_COLUMNS), n_samples=len(samples), n_correct=n_correct,
-                          window=window, skipped=skipped)
+                          window=window, skipped=skipped, lens=pd.DataFrame(lens_rows) if lens else None)
 
 
 def region_knockout(vlm, samples: Iterable, seed: int = 0, batch_size: int = 16,
@@ -336,7 +358,8 @@ def logit_lens(
                     logits = vlm.model(**batch, logits_to_keep=1).logits[:, -1].float()
                 for row, i in enumerate(group):
                     found[i] = _lens_rows(vlm, window[i], prepared[i], chosen[i], int(logits[row].argmax()),
-                                          {s: state[row] for s, state in stream.items()}, final_norm, only_correct)
+                                          {s: state[row, chosen[i]] for s, state in stream.items()}, final_norm,
+                                          only_correct)
                 bar.update(len(group))
             rows += [row for i in range(len(window)) for row in found[i]]
     return pd.DataFrame(rows)
@@ -355,7 +378,8 @@ def _lens_positions(prepared: PreparedInputs, positions: Sequence[str | int]) ->
 
 def _lens_rows(vlm, sample: Sample, prepared: PreparedInputs, chosen: list[int], predicted: int,
                stream: dict, final_norm: bool, only_correct: bool) -> list[dict]:
-    """Return one input's logit-lens rows from its ``(T, hidden)`` residual stream per site (none if skipped)."""
+    """Return one input's logit-lens rows from its ``(len(chosen), hidden)`` residual stream at the ``chosen``
+    positions per site, sites in layer order (none if skipped)."""
     if only_correct and (sample.answer is None or not is_correct(
             vlm, answer_tokens(vlm, prepared.prompt, sample.answer), predicted=predicted)):
         return []
@@ -365,7 +389,7 @@ def _lens_rows(vlm, sample: Sample, prepared: PreparedInputs, chosen: list[int],
     rows = []
     for s, state in stream.items():
         with torch.no_grad():
-            logits = finite(vlm, vlm.unembed(state[chosen], final_norm=final_norm).float(), "logit-lens logits")
+            logits = finite(vlm, vlm.unembed(state, final_norm=final_norm).float(), "logit-lens logits")
             probs = torch.softmax(logits, dim=-1).cpu()
         ranks = (probs[:, None, :] > probs[:, ids, None]).sum(-1)
         for i, pos in enumerate(chosen):
