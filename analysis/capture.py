@@ -22,7 +22,11 @@ Roles (which positions are read; join several with ``"+"``, e.g. ``"question+ans
 Padded batches are exact on every supported family: the adapter left-pads (attention mask 0)
 and stacks image inputs the way each family's processor stacks a batch (tests compare each
 position with a per-sample ``output_hidden_states``). ``correct`` follows the ``"first_token"``
-rule of ``analysis.models.answers``.
+rule of ``analysis.models.answers``; with ``options`` (each sample's candidate answers) the same
+forward also gives the ``"options"`` rule's choice. Both are read at the last prompt position, which
+the appended tokens (teacher-forced answer, generated tokens) cannot change: they are causal on
+every family (PaliGemma's prefix-LM appends them as its causal suffix, ``token_type_ids`` 1), so the
+prediction and the choice are the prompt's alone.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from analysis.models.numerics import finite
 CAPTURE_ROLES: tuple[str, ...] = ROLES + ("answer", "generated", "token_of_interest")
 POOLS: tuple[str | None, ...] = ("mean", "max", None)
 _GENERATED_ROLES = ("generated", "token_of_interest")
+_OPTION_COLUMNS = ("option", "option_scores", "correct_option")  # meta columns of rule "options"
 
 
 class AllDroppedError(InputError):
@@ -68,7 +73,10 @@ class Activations:
         meta: one row per kept sample: ``sample`` (id), ``question_type``, ``answer`` (gold),
             ``prediction`` (greedy first answer token, decoded), ``prediction_id``, ``correct``
             (rule ``"first_token"`` of ``analysis.models.answers``; None without a gold answer), ``generated`` (text, when generation ran),
-            ``n_positions`` (prompt length) and ``cached`` (served from the cache).
+            ``n_positions`` (prompt length) and ``cached`` (served from the cache); with ``options``
+            also ``option`` (the options-restricted prediction, rule ``"options"``), ``option_scores``
+            (its options' next-token logits, a list of floats) and ``correct_option`` (None without a
+            gold answer).
         dropped: one row per dropped sample: ``sample``, ``question_type``, ``reason``.
         sites: the ``Site``s captured; roles: the roles; pool: the pooling.
     """
@@ -128,11 +136,12 @@ class Activations:
 
 @dataclass
 class _Row:
-    """One sample's work item: its index, sample, positions per role and, once computed, its meta."""
+    """One sample's work item: its index, sample, options, positions per role and, once computed, its meta."""
 
     index: int
     sample: Sample
     prepared: PreparedInputs | None = None
+    options: tuple[str, ...] | None = None  # candidate answers, for rule "options"
     appended: list[int] = field(default_factory=list)
     positions: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
@@ -191,6 +200,7 @@ def capture(
     template: str | None = None,
     cache=None,
     progress: bool = True,
+    options: Sequence[Sequence[str]] | None = None,
 ) -> Activations:
     """Capture hidden states of ``vlm`` over ``samples``.
 
@@ -213,6 +223,12 @@ def capture(
             not recomputed, computed ones are stored as each batch finishes (an interrupted run
             resumes where it stopped).
         progress: show a progress bar over samples.
+        options: per sample, its candidate answers (at least 2 each, e.g. a shapes-world sample's
+            ``options``), in sample order. Adds ``option``, ``option_scores`` and ``correct_option``
+            to ``meta``: ``analysis.models.answers.choose_option`` (``method="first_token"``) on the
+            next-token logits this forward computes anyway, so no extra forward. Memory: the
+            ``(batch, vocab)`` fp32 logits of the batch being computed, as without ``options``, and
+            ``len(options)`` floats per sample. Default None: no choice.
 
     Returns:
         ``Activations``; samples whose roles are empty (no token of interest, nothing generated)
@@ -220,6 +236,10 @@ def capture(
         none remain.
     """
     samples = as_samples(samples)
+    if options is not None:
+        options = [answers.check_options(o) for o in options]
+        if len(options) != len(samples):
+            raise InputError(f"need one option list per sample; got {len(samples)} samples, {len(options)} lists")
     request = _Request.make(vlm, layers, roles, kinds, pool, sites, token_of_interest, max_new_tokens,
                             batch_size, template)
     if "answer" in request.base_roles and any(s.answer is None for s in samples):
@@ -227,12 +247,12 @@ def capture(
     if cache is not None and not isinstance(cache, ActivationCache):
         cache = ActivationCache(cache)
     model_key = model_fields(vlm) if cache is not None else None
-    rows = [_Row(i, s) for i, s in enumerate(samples)]
+    rows = [_Row(i, s, options=None if options is None else options[i]) for i, s in enumerate(samples)]
     store = _Store(request.names, len(rows), vlm.hidden_size, request.pool is not None)
     bar = tqdm(total=len(rows), desc="capture", disable=not progress)
     for start in range(0, len(rows), request.batch_size):
         chunk = rows[start : start + request.batch_size]
-        keys = [request.key_fields(model_key, r.sample) for r in chunk] if cache is not None else [None] * len(chunk)
+        keys = [request.key_fields(model_key, r) for r in chunk] if cache is not None else [None] * len(chunk)
         todo = []
         for row, key in zip(chunk, keys):
             hit = cache.load(key) if cache is not None else None
@@ -353,8 +373,9 @@ class _Request:
     def generates(self) -> bool:
         return bool(self.base_roles & set(_GENERATED_ROLES))
 
-    def key_fields(self, model_key: dict, sample: Sample) -> dict:
-        """Everything besides the model that determines one sample's captured tensors."""
+    def key_fields(self, model_key: dict, row: _Row) -> dict:
+        """Everything besides the model that determines one sample's captured tensors and meta."""
+        sample = row.sample
         return {
             **model_key,
             "image": image_digest(load_image(sample.image)),
@@ -366,6 +387,7 @@ class _Request:
             "sites": [s.name for s in self.sites],
             "roles": self.roles,
             "pool": self.pool,
+            **({"options": list(row.options)} if row.options is not None else {}),
         }
 
     def assemble(self, rows: list[_Row], store: _Store) -> Activations:
@@ -384,7 +406,8 @@ class _Request:
             dict(sample=r.sample.id, question_type=r.sample.question_type, answer=r.sample.answer,
                  prediction=r.meta["prediction"], prediction_id=r.meta["prediction_id"],
                  correct=r.meta["correct"], generated=r.meta.get("generated"),
-                 n_positions=r.meta["n_positions"], cached=r.meta["cached"])
+                 n_positions=r.meta["n_positions"], cached=r.meta["cached"],
+                 **({k: r.meta[k] for k in _OPTION_COLUMNS} if r.options is not None else {}))
             for r in kept
         ])
         return Activations(features, meta, dropped, self.sites, self.roles, self.pool)
@@ -426,11 +449,16 @@ def _compute(vlm, request: _Request, rows: list[_Row], store: _Store) -> None:
     indices = [r.index for r in live]
     for name, values in out["values"].items():
         store.put_batch(name, indices, values, out["counts"][name.rsplit("/", 1)[1]])
-    for row, predicted in zip(live, out["predictions"]):
+    for row, predicted, logits in zip(live, out["logits"].argmax(-1).tolist(), out["logits"]):
+        gold = row.sample.answer
         row.meta.update(prediction=vlm.tokenizer.decode([predicted]).strip(), prediction_id=predicted,
-                        correct=None if row.sample.answer is None else answers.is_correct(
-                            vlm, answers.answer_tokens(vlm, row.prepared.prompt, row.sample.answer),
-                            predicted=predicted))
+                        correct=None if gold is None else answers.is_correct(
+                            vlm, answers.answer_tokens(vlm, row.prepared.prompt, gold), predicted=predicted))
+        if row.options is not None:
+            choice = answers.choose_option(vlm, row.prepared, row.options,
+                                           logits=finite(vlm, logits, "next-token logits"))
+            row.meta.update(option=choice.choice, option_scores=list(choice.scores),
+                            correct_option=None if gold is None else answers.is_correct_option(gold, choice))
 
 
 def _set_positions(vlm, row: _Row, generated: list[int], words: tuple[str, ...], base_roles: set[str]) -> str | None:
@@ -456,14 +484,14 @@ def _set_positions(vlm, row: _Row, generated: list[int], words: tuple[str, ...],
 
 
 def _collect(vlm, request: _Request, rows: list[_Row], offsets: list[int], last: list[int], batch: dict) -> dict:
-    """Run one batched forward and collect every site's role features and each row's prediction.
+    """Run one batched forward and collect every site's role features and each row's next-token logits.
 
-    Returns a dict: ``"predictions"``, each row's greedy prediction at its last prompt position
-    (read at the ``final`` site, through the unembedding); ``"values"``, ``{tensor name: (B,
-    hidden) pooled or (sum of positions, hidden) raw}`` fp32 CPU tensors in row order;
-    ``"counts"``, ``{role: positions per row}``.
+    Returns a dict: ``"logits"``, the ``(B, vocab)`` fp32 next-token logits at each row's last
+    prompt position (read at the ``final`` site, through the unembedding) on the model's device;
+    ``"values"``, ``{tensor name: (B, hidden) pooled or (sum of positions, hidden) raw}`` fp32 CPU
+    tensors in row order; ``"counts"``, ``{role: positions per row}``.
     """
-    out: dict = {"predictions": [], "values": {}, "counts": {}}
+    out: dict = {"logits": None, "values": {}, "counts": {}}
     width = max(o + len(r.prepared.input_ids) + len(r.appended) for r, o in zip(rows, offsets))
     masks = {}  # role -> (B, T) bool mask of the role's positions in the padded batch
     for role in request.roles:
@@ -478,7 +506,7 @@ def _collect(vlm, request: _Request, rows: list[_Row], offsets: list[int], last:
         if s == final:
             rows_at = torch.tensor(last, device=hidden.device)
             picked = hidden[torch.arange(len(last), device=hidden.device), rows_at]
-            out["predictions"] = vlm.unembed(picked, final_norm=False).argmax(-1).tolist()
+            out["logits"] = vlm.unembed(picked, final_norm=False)
         if s not in request.sites:
             return
         selected = torch.stack([mask.to(hidden.device) for mask in masks.values()]).any(0)

@@ -18,6 +18,7 @@ from analysis.probes.alignment import (
     alignment_vs_accuracy,
     correlate,
     implicit_alignment,
+    options_accuracy,
 )
 from analysis.data.samples import Sample
 from analysis.testing import tiny_vlm
@@ -157,6 +158,55 @@ def test_alignment_vs_accuracy_across_checkpoints(tiny, samples):
         alignment_vs_accuracy(models, samples[:2], accuracy="options", progress=False)
     with pytest.raises(InputError, match="'first_token', 'options' or a mapping"):
         alignment_vs_accuracy(models, samples[:2], accuracy="greedy", progress=False)
+
+
+def test_alignment_vs_options_accuracy_takes_the_choice_from_the_alignment_forward(tiny, samples, monkeypatch):
+    """With ``accuracy="options"`` each checkpoint runs one forward per batch of samples (the
+    alignment capture's, which also gives the options-restricted choice) and prepares each sample
+    once; the table equals the one from a separate options forward (``options_accuracy``), as the
+    ``"logprob"`` method (its own forwards) gives with its reference too."""
+    from analysis.models.vlm import VLM
+
+    models = {f"seed {k}": tiny("qwen2_vl") if k == 0 else tiny_vlm("qwen2_vl", seed=k) for k in range(3)}
+    options = [("blue", "red", "green"), ("yes", "no"), ("one", "two", "three")]
+    items = [dict(image=s.image, question=s.question, answer=s.answer, question_type=s.question_type, options=o)
+             for s, o in zip(samples, options)]
+    forwards = {label: 0 for label in models}
+
+    def count(label):
+        return lambda *args: forwards.__setitem__(label, forwards[label] + 1)
+
+    handles = [vlm.model.register_forward_pre_hook(count(label)) for label, vlm in models.items()]
+    prepared = []  # the model of each VLM.prepare call
+    prepare = VLM.prepare
+
+    def counted_prepare(self, *args, **kwargs):
+        prepared.append(self.name)
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(VLM, "prepare", counted_prepare)
+    try:
+        result = alignment_vs_accuracy(models, items, accuracy="options", n_boot=200, batch_size=2, progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert forwards == {label: 2 for label in models}, "one forward per batch of 2 (3 samples), nothing else"
+    assert len(prepared) == len(models) * len(items), "each sample prepared once per checkpoint"
+    table = result.table.set_index("checkpoint")
+    for label, vlm in models.items():
+        separate = options_accuracy(vlm, items, options)
+        assert table.loc[label, "accuracy_options"] == table.loc[label, "accuracy"] == separate
+        assert table.loc[label, "accuracy_first_token"] == result.results[label].accuracy
+        assert all(o in opts for o, opts in zip(result.results[label].meta["option"], options))
+    assert table["accuracy"].nunique() > 1, "the checkpoints' choices differ, so a mix-up would show"
+    by_logprob = alignment_vs_accuracy(models, items, accuracy="options", option_method="logprob", n_boot=200,
+                                       batch_size=2, progress=False).table.set_index("checkpoint")
+    for label, vlm in models.items():
+        assert by_logprob.loc[label, "accuracy"] == options_accuracy(vlm, items, options, method="logprob")
+        assert by_logprob.loc[label, "score"] == table.loc[label, "score"]
+    with pytest.raises(InputError, match="no gold answer among their options"):
+        alignment_vs_accuracy(models, [{**item, "options": ("left", "right")} for item in items], accuracy="options",
+                              progress=False)
 
 
 def test_alignment_vs_options_accuracy_over_the_zoo_trajectory():

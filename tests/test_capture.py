@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from analysis.capture import AllDroppedError, capture, generate_answers
-from analysis.models.answers import answer_tokens
+from analysis.models.answers import answer_tokens, choose_option, choose_options, is_correct_option
 from analysis.errors import InputError
 from analysis.data.samples import Sample
 from conftest import assert_detectable
@@ -103,6 +103,39 @@ def _count_forwards(vlm) -> dict:
     return counter
 
 
+OPTIONS = (("blue", "red", "green"), ("yes", "no"))
+
+
+def test_options_choice_equals_a_separate_forward_over_the_prompts(family, tiny, two_samples, tmp_path):
+    """Rule "options" read from the capture's own forward (prompt + teacher-forced answer, left-padded
+    batch) == ``choose_options`` on a separate forward over the prompts alone, each prompt unpadded:
+    the appended answer never changes the last prompt position (PaliGemma's bidirectional prefix
+    included: the answer is its causal suffix). Cached with the options in the key."""
+    vlm = tiny(family)
+    kwargs = dict(roles=["answer"], layers=[0], batch_size=2, cache=tmp_path, progress=False)
+    acts = capture(vlm, two_samples, options=OPTIONS, **kwargs)
+    prepared = [vlm.prepare(s.image, s.question) for s in two_samples]
+    assert len({p.length for p in prepared}) == 2, "the reference must run each prompt unpadded"
+    separate = choose_options(vlm, prepared, OPTIONS, batch_size=2)
+    assert acts.meta["option"].tolist() == [c.choice for c in separate]
+    assert acts.meta["correct_option"].tolist() == [is_correct_option(s.answer, c)
+                                                    for s, c in zip(two_samples, separate)]
+    for got, choice in zip(acts.meta["option_scores"], separate):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(choice.scores), atol=1e-5, rtol=1e-5)
+    # The comparison would see logits read one position off (at the token before the last prompt one).
+    for p, options, choice in zip(prepared, OPTIONS, separate):
+        with torch.no_grad():
+            before = vlm.model(**p.inputs).logits[0, -2].float()
+        off = choose_option(vlm, p, options, logits=before)
+        assert_detectable(torch.tensor(off.scores) - torch.tensor(choice.scores), 1e-5,
+                          what="change of an option's logit one position earlier")
+    again = capture(vlm, two_samples, options=OPTIONS, **kwargs)
+    assert again.meta["cached"].all() and again.meta["option_scores"].tolist() == acts.meta["option_scores"].tolist()
+    swapped = capture(vlm, two_samples, options=[o[::-1] for o in OPTIONS], **kwargs)
+    assert not swapped.meta["cached"].any() and swapped.meta["option"].tolist() == acts.meta["option"].tolist()
+    assert "option" not in capture(vlm, two_samples, **kwargs).meta
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
 def test_generated_roles_equal_generation_states(family, tiny, two_samples):
     """Teacher-forcing the generated tokens gives generation's own hidden states at each step."""
@@ -162,6 +195,8 @@ def test_bad_requests_fail_clearly(tiny, two_samples):
         (dict(roles=["answer", "generated"]), "exclude each other"),
         (dict(roles=["token_of_interest"]), "needs token_of_interest"),
         (dict(batch_size=0), "batch_size"),
+        (dict(options=[("yes", "no")]), "one option list per sample"),
+        (dict(options=[("yes",), ("yes", "no")]), "at least 2 candidate answers"),
     ]
     for kwargs, message in bad:
         with pytest.raises(InputError, match=message):

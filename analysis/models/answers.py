@@ -204,7 +204,8 @@ class OptionChoice:
         return self.options[self.index]
 
 
-def _check_options(options: Sequence[str], method: str) -> tuple[str, ...]:
+def check_options(options: Sequence[str], method: str = "first_token") -> tuple[str, ...]:
+    """Return ``options`` as a tuple; raise ``InputError`` for an unknown ``method`` or fewer than 2 options."""
     if method not in OPTION_METHODS:
         raise InputError(f"unknown option scoring method {method!r}; use one of {OPTION_METHODS}")
     if isinstance(options, str) or len(options) < 2:
@@ -228,7 +229,7 @@ def choose_option(vlm, prepared: PreparedInputs, options: Sequence[str], method:
         logits: for ``"first_token"``, the fp32 next-token logits ``(vocab,)`` at the last prompt
             position if already computed (default: computed here).
     """
-    options = _check_options(options, method)
+    options = check_options(options, method)
     if method == "logprob":
         scores = [score(vlm, prepared, o).logprob for o in options]
     else:

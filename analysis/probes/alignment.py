@@ -58,7 +58,7 @@ class AlignmentResult:
 
     Attributes:
         scores: tidy per-sample scores (columns ``SCORE_COLUMNS``; see the module docstring).
-        meta: the capture's per-sample table (prediction, ``correct``, ...).
+        meta: the capture's per-sample table (prediction, ``correct``, with options ``correct_option``, ...).
         dropped: samples the capture dropped, with the reason.
         text_role: the role(s) used as ``T``.
         model: the model's name.
@@ -73,8 +73,15 @@ class AlignmentResult:
     @property
     def accuracy(self) -> float:
         """Share of samples whose greedy first answer token is the gold answer's (NaN without answers)."""
-        correct = self.meta["correct"].dropna()
-        return float(correct.astype(float).mean()) if len(correct) else float("nan")
+        return _share(self.meta, "correct")
+
+    @property
+    def accuracy_options(self) -> float:
+        """Share of samples whose options-restricted prediction (rule ``"options"``) is the gold answer.
+
+        NaN unless ``implicit_alignment`` was given ``options``.
+        """
+        return _share(self.meta, "correct_option")
 
     def summary(self) -> pd.DataFrame:
         """Return mean, std and count over samples per site x layer x measure x pair x variant.
@@ -111,6 +118,12 @@ class AlignmentResult:
         return float(rows.groupby("layer")["value"].mean().mean())
 
 
+def _share(meta: pd.DataFrame, column: str) -> float:
+    """Return the share of True in ``meta[column]``, ignoring None (NaN without the column or any value)."""
+    known = meta[column].dropna() if column in meta else pd.Series(dtype=float)
+    return float(known.astype(float).mean()) if len(known) else float("nan")
+
+
 def implicit_alignment(
     vlm,
     samples: Iterable,
@@ -120,6 +133,7 @@ def implicit_alignment(
     batch_size: int = 8,
     cache=None,
     progress: bool = True,
+    options: Sequence[Sequence[str]] | None = None,
 ) -> AlignmentResult:
     """Return the implicit-alignment scores of ``vlm`` on ``samples`` at every hidden state.
 
@@ -133,13 +147,16 @@ def implicit_alignment(
         drift_steps: the ``k`` of the drift ``cos(h_l, h_{l+k})`` over the sequence embed, resid_post 0, ...
         seed: seed of the shuffled-pair control.
         batch_size, cache, progress: see ``analysis.capture.capture``.
+        options: per sample, its candidate answers; then ``meta`` has the options-restricted
+            prediction (``correct_option``, ...) and ``AlignmentResult.accuracy_options`` its accuracy,
+            from the same forward (see ``analysis.capture.capture``). Default None.
     """
     samples = as_samples(samples)
     if len(samples) < 2:
         raise InputError("implicit alignment compares examples with each other: give at least 2 samples")
     sites = ["embed"] + [("resid_post", l) for l in range(vlm.n_layers)]
     acts = capture(vlm, samples, sites=sites, roles=["image", text_role], pool=None, batch_size=batch_size,
-                   cache=cache, progress=progress)
+                   cache=cache, progress=progress, options=options)
     image, text = _states(acts, "image"), _states(acts, text_role)
     scores = alignment_scores(image, text, acts.meta, drift_steps, seed)
     return AlignmentResult(scores, acts.meta, acts.dropped, text_role, vlm.name)
@@ -283,13 +300,15 @@ def alignment_vs_accuracy(
         accuracy: which accuracy to correlate with. ``None`` or ``"first_token"`` (default): the
             greedy first-token accuracy on ``samples`` (rule ``"first_token"``, from the capture).
             ``"options"``: the prediction restricted to each sample's ``options`` (rule
-            ``"options"`` of ``analysis.models.answers``, one extra forward per sample), so a
-            checkpoint that describes instead of answering is at chance rather than at 0. A
+            ``"options"`` of ``analysis.models.answers``; with ``option_method="first_token"`` read
+            from the alignment capture's own forward, no extra one), so a checkpoint that
+            describes instead of answering is at chance rather than at 0. A
             mapping ``{label: accuracy}``: use these (e.g. the zoo's held-out evaluation).
         n_boot, confidence, seed: percentile bootstrap over checkpoints for the interval.
         batch_size, cache, progress: see ``analysis.capture.capture``; device: for loading names.
         option_method: how ``"options"`` scores an option: ``"first_token"`` (its target token's
-            next-token logit, default) or ``"logprob"`` (its whole log-probability).
+            next-token logit, default) or ``"logprob"`` (its whole log-probability, one extra
+            forward per sample and option).
 
     Returns:
         ``AlignmentAccuracy`` with Spearman and Pearson coefficients, p-values and intervals over
@@ -316,15 +335,19 @@ def alignment_vs_accuracy(
         raise InputError("accuracy='options' needs every sample's candidate answers (`options`, as shapes-world "
                          "samples have); give them or use accuracy='first_token'")
     samples = as_samples(raw)
+    if rule == "options":
+        _check_gold_among(samples, options)
+    in_capture = rule == "options" and option_method == "first_token"  # the choice from the capture's forward
     chance = float(np.mean([1 / len(o) for o in options])) if all(o for o in options) else float("nan")
     results, rows = {}, []
     with reusing_inputs():  # each question's inputs built once for every checkpoint that builds them alike
         for label, model in tqdm(items.items(), desc="checkpoints", disable=not progress):
             vlm = load_vlm(model, device=device) if isinstance(model, (str, os.PathLike)) else model
-            result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False)
+            result = implicit_alignment(vlm, samples, batch_size=batch_size, cache=cache, progress=False,
+                                        options=options if in_capture else None)
             results[label] = result
-            on_options = (options_accuracy(vlm, samples, options, option_method, batch_size) if rule == "options"
-                          else float("nan"))
+            on_options = (options_accuracy(vlm, samples, options, option_method, batch_size)
+                          if rule == "options" and not in_capture else result.accuracy_options)
             acc = {"first_token": result.accuracy, "options": on_options}.get(rule)
             rows.append(dict(checkpoint=label, score=result.score(variant, layers),
                              accuracy=float(accuracy[label]) if rule == "given" else acc,
@@ -355,14 +378,19 @@ def options_accuracy(vlm, samples: Sequence, options: Sequence[Sequence[str]], m
         batch_size: prompts per forward.
     """
     samples = as_samples(samples)
+    _check_gold_among(samples, options)
+    prepared = [vlm.prepare(s.image, s.question) for s in samples]
+    choices = choose_options(vlm, prepared, options, method=method, batch_size=batch_size)
+    return float(np.mean([is_correct_option(s.answer, c) for s, c in zip(samples, choices)]))
+
+
+def _check_gold_among(samples: Sequence, options: Sequence[Sequence[str]]) -> None:
+    """Raise ``InputError`` unless there is one option list per sample and each holds its sample's gold answer."""
     if len(samples) != len(options) or not samples:
         raise InputError(f"need one option list per sample; got {len(samples)} samples, {len(options)} lists")
     missing = [k for k, (s, o) in enumerate(zip(samples, options)) if s.answer is None or s.answer not in o]
     if missing:
         raise InputError(f"samples {missing[:5]} have no gold answer among their options")
-    prepared = [vlm.prepare(s.image, s.question) for s in samples]
-    choices = choose_options(vlm, prepared, options, method=method, batch_size=batch_size)
-    return float(np.mean([is_correct_option(s.answer, c) for s, c in zip(samples, choices)]))
 
 
 def correlate(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, confidence: float = 0.95,
