@@ -38,7 +38,9 @@ Two context managers use the sites, and both always remove their hooks:
 
 Everything in the package that hooks a module goes through ``hooked`` (the one primitive).
 ``skipping(vlm, layers)`` is the one way to leave decoder layers out of a forward (they pass
-their input through), for forwards that resume from a kept ``resid_pre`` state.
+their input through), for forwards that resume from a kept ``resid_pre`` state;
+``last_position_only(vlm)`` computes the last layer's MLP at the last position only, for forwards
+that read only the last position's output (next-token logits).
 """
 
 from __future__ import annotations
@@ -196,11 +198,17 @@ def block(vlm, layer: int, kind: str) -> nn.Module:
     for names in _SANDWICH:
         if all(name in children for name in names):
             return children[names[_SANDWICH_INDEX[kind]]]
-    for name in _BLOCKS[kind]:
-        if name in children:
-            return children[name]
+    found = _child(module, kind)
+    if found is not None:
+        return found
     raise InputError(f"{type(module).__name__} has no child named {' / '.join(_BLOCKS[kind])}; site {kind!r} "
                      f"is not available for {vlm.family}")
+
+
+def _child(module: nn.Module, kind: str) -> nn.Module | None:
+    """Return decoder layer ``module``'s attention (``"attn_out"``) or MLP (``"mlp_out"``) child, found by name."""
+    children = dict(module.named_children())
+    return next((children[name] for name in _BLOCKS[kind] if name in children), None)
 
 
 def write_scale(vlm, layer: int, kind: str):
@@ -279,6 +287,55 @@ def skipping(vlm, layers: Iterable[int]) -> Iterator[None]:
                 del module.forward
             else:
                 module.forward = forward
+
+
+def _last_mlp(vlm) -> nn.Module | None:
+    """Return the last decoder layer's MLP (its own module, before any post-norm), or None where the layer's
+    residual stream is not a sum of the blocks' writes or it has no MLP child of a known name (``block``)."""
+    layer = vlm.n_layers - 1
+    try:
+        block(vlm, layer, "mlp_out")
+    except (UnsupportedModelError, InputError):
+        return None
+    return _child(vlm.layers[layer], "mlp_out")
+
+
+def _last_row(args, kwargs):
+    """Pre-hook of ``last_position_only``: give the MLP the last position of its one ``(B, T, H)`` input tensor,
+    ``(B, 1, H)``; leave calls with another shape or another tensor argument (a flattened ``(B * T, H)`` MoE call,
+    token types routing a MoE) as they are."""
+    tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v)]
+    if len(tensors) != 1 or tensors[0].dim() != 3:
+        return None
+    state = tensors[0]
+
+    def last(value):
+        return value[:, -1:] if value is state else value
+
+    return tuple(map(last, args)), {key: last(value) for key, value in kwargs.items()}
+
+
+@contextlib.contextmanager
+def last_position_only(vlm) -> Iterator[None]:
+    """Compute the last decoder layer's MLP at the last position only, in every forward inside the block.
+
+    No later layer reads the last layer's output, so its MLP at every position but the last is dead work
+    for a forward that reads only the last position's output (next-token logits, ``last_hidden_state[:, -1]``).
+    The MLP gets ``(B, 1, H)``, the last row of its ``(B, T, H)`` input; the layer's residual add broadcasts its
+    ``(B, 1, H)`` write over the ``(B, T, H)`` stream, so the last position's output is the full forward's (up to
+    the rounding of a product over one row instead of ``T``); the cache and every earlier layer are untouched.
+
+    Valid only where nothing reads the last layer's output at another position. Inside the block, every
+    position but the last of the last layer's output is meaningless: of the sites ``resid_post`` of the last
+    layer and ``final``, of ``last_hidden_state`` and of all-position logits; the last layer's ``mlp_out`` is
+    the last position's alone, ``(B, 1, H)``. Every layer's input (``resid_pre``), every attention block and
+    the key/value cache are exact. Where the family has no such MLP (``block`` raises: the stream is not a sum
+    of the blocks' writes) or the MLP is not called on one ``(B, T, H)`` tensor (a flattened MoE call, another
+    per-position input), the forward runs in full. The hook is removed on exit, even after an error.
+    """
+    module = _last_mlp(vlm)
+    with hooked(module, pre=_last_row) if module is not None else contextlib.nullcontext():
+        yield
 
 
 @contextlib.contextmanager

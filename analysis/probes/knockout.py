@@ -39,7 +39,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from analysis.errors import InputError
 from analysis.models.inputs import PreparedInputs
 from analysis.models.numerics import finite
-from analysis.models.sites import Site, editing, language_model_inputs, reading, replace, skipping
+from analysis.models.sites import Site, editing, language_model_inputs, last_position_only, reading, replace, skipping
 from analysis.probes.backend import Edges, probing
 
 __all__ = ["Unmodified", "first_recomputed", "knockout_logits", "knockout_probs", "unmodified_run"]
@@ -130,6 +130,8 @@ def unmodified_run(vlm, prepared: PreparedInputs, start: int = 0) -> Unmodified:
 
     cache = DynamicCache() if start > 0 else None
     extra = {vlm.adapter.cache_argument: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+    # A full forward (no last_position_only): these logits are p_base, bit for bit the model's own
+    # (next_token_logits), and the empty configuration returns them.
     with torch.no_grad(), language_model_inputs(vlm) as captured, \
             reading(vlm, [Site("resid_pre", layer) for layer in range(vlm.n_layers)], on_value=keep):
         logits = vlm.model(**prepared.inputs, **extra, logits_to_keep=1).logits[0, -1].float()
@@ -217,7 +219,7 @@ def _resume(vlm, prepared: PreparedInputs, unmodified: Unmodified, chunk: list, 
     return their last-position logits, fp32 CPU ``(len(chunk), vocab)``."""
     n = len(chunk)
     state = unmodified.states[layer][:, position - unmodified.start:]
-    with torch.no_grad(), probing(vlm, block=chunk), skipping(vlm, range(layer)), \
+    with torch.no_grad(), probing(vlm, block=chunk), skipping(vlm, range(layer)), last_position_only(vlm), \
             editing(vlm, {Site("resid_pre", layer): replace(state)}) if layer else contextlib.nullcontext():
         if position > 0:
             cache = DynamicCache()

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from analysis.models.sites import Site, editing, reading, replace, skipping
+from analysis.models.sites import Site, editing, last_position_only, reading, replace, skipping
 
 _ACTIVE: ContextVar[LowerStates | None] = ContextVar("analysis_probes_lower_states", default=None)
 
@@ -78,7 +78,9 @@ class LowerStates:
 
 
 def _run(vlm, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    return vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
+    """The language model's ``(B, hidden)`` last-position output (its last layer's MLP at that position only)."""
+    with last_position_only(vlm):
+        return vlm.language_model(inputs_embeds=embeds, **kwargs).last_hidden_state[:, -1]
 
 
 def _digest(positions: torch.Tensor, values: torch.Tensor) -> bytes:

@@ -65,7 +65,7 @@ from analysis.errors import InputError, UnsupportedModelError
 from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.inputs import PreparedInputs
-from analysis.models.sites import editing
+from analysis.models.sites import editing, last_position_only
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.knockout import Unmodified, knockout_logits, unmodified_run
 from analysis.probes.runners import offer_unmodified
@@ -432,7 +432,7 @@ def last_attention_scores(vlm, prepared: PreparedInputs, layers: Iterable[int],
     layers = sorted({vlm.check_layer(l) for l in layers})
     recording = Recording(rows=torch.tensor([prepared.last_position]), cols=prepared.image_positions,
                           wanted=frozenset(layers), mean_heads=True)
-    with torch.no_grad(), probing(vlm, record=recording, block=[list(block)]):
+    with torch.no_grad(), probing(vlm, record=recording, block=[list(block)]), last_position_only(vlm):
         vlm.model(**prepared.inputs, logits_to_keep=1)
     return {l: recording.layers[l][0, 0, 0].numpy().astype(float) for l in layers}
 
@@ -979,7 +979,7 @@ def permute_image_tokens(
                         out[b, patch.to(state.device)] = state[b, source.to(state.device)]
                     return out
 
-                with torch.no_grad(), editing(vlm, {"embed": shuffle}):
+                with torch.no_grad(), editing(vlm, {"embed": shuffle}), last_position_only(vlm):
                     out = vlm.model(**vlm.adapter.repeat(prepared.inputs, len(chunk)), logits_to_keep=1).logits
                 logits.append(out[:, -1].float().cpu())
             logits = torch.cat(logits)

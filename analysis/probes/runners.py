@@ -43,7 +43,7 @@ from transformers.utils import logging as hf_logging
 from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.numerics import finite
-from analysis.models.sites import language_model_inputs
+from analysis.models.sites import language_model_inputs, last_position_only
 from analysis.probes.lower_states import last_hidden
 from analysis.probes.sharing import model_key, shared
 
@@ -91,6 +91,8 @@ def _key(vlm: VLM, prepared: PreparedInputs) -> tuple:
 
 
 def _unmodified(vlm: VLM, prepared: PreparedInputs) -> Unmodified:
+    # A full forward (no last_position_only): the model's own logits, bit for bit, as unmodified_run's that
+    # offer_unmodified shares in its place.
     with torch.no_grad(), language_model_inputs(vlm) as captured:
         logits = vlm.model(**prepared.inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float()
     captured = dict(captured)
@@ -234,7 +236,8 @@ class PixelRunner:
         if self.mode == "local":
             return self._language_model.logprob(self.prepared.image_positions, self._local_embeds(absent))
         batch = {k: v.to(self.vlm.device) if torch.is_tensor(v) else v for k, v in self.inputs(absent).items()}
-        logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        with last_position_only(self.vlm):
+            logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         return torch.log_softmax(finite(self.vlm, logits, "attribution logits"), dim=-1)[:, self.token]
 
     def _local_embeds(self, absent: np.ndarray, local: _Local | None = None) -> torch.Tensor:
@@ -296,7 +299,7 @@ class PixelRunner:
         if token_groups is None or run.embeds is None:
             return None
         batch = {k: v.to(self.vlm.device) if torch.is_tensor(v) else v for k, v in self.inputs(rows).items()}
-        with torch.no_grad(), language_model_inputs(self.vlm) as captured:
+        with torch.no_grad(), language_model_inputs(self.vlm) as captured, last_position_only(self.vlm):
             self.vlm.model(**batch, use_cache=False, logits_to_keep=1)
         captured = dict(captured)
         embeds = captured.pop("inputs_embeds", None)
