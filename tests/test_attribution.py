@@ -15,6 +15,7 @@ from conftest import QUESTION, assert_detectable
 from analysis.errors import InputError
 from analysis.models.answers import answer_tokens
 from analysis.models.answers import next_token_logits as last_logits
+from analysis.models.sites import hooked
 from analysis.probes.attribution import (
     METHODS,
     _index,
@@ -87,6 +88,23 @@ def test_integrated_gradients_completeness(family, tiny, photo):
     gap = f_input - f_baseline
     assert result.group_scores.sum() - gap == pytest.approx(result.delta, abs=10 * TOL)
     assert_detectable([gap], 10 * TOL, what="gap f(input) - f(baseline)")
+
+
+def test_integrated_gradients_without_the_convergence_delta_gives_the_same_scores(tiny, photo):
+    """convergence_delta=False skips the delta's two forwards (input and baseline): the same scores bit for
+    bit, delta None, no convergence warning (8 steps from zero do not converge, see above)."""
+    vlm = tiny("llava")
+    prepared = vlm.prepare(photo, QUESTION)
+    with pytest.warns(UserWarning, match="Integrated Gradients has not converged"):
+        checked = attribute(vlm, prepared, method="integrated_gradients", n_steps=8, batch_size=8)
+    calls = []
+    with warnings.catch_warnings(), hooked(vlm.language_model, pre=lambda args, kwargs: calls.append(1)):
+        warnings.simplefilter("error")
+        fast = attribute(vlm, prepared, method="integrated_gradients", n_steps=8, batch_size=8,
+                         convergence_delta=False)
+    assert fast.delta is None and checked.delta is not None
+    np.testing.assert_array_equal(fast.group_scores, checked.group_scores)
+    assert len(calls) == 2  # the unmodified forward and the 8 steps' batch; the delta adds two
 
 
 def test_integrated_gradients_converges_with_the_mean_baseline(tiny, photo):

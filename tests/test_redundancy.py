@@ -28,6 +28,7 @@ from analysis.probes.redundancy import (
     drop_logits,
     drop_region,
     flops_saved,
+    last_attention_scores,
     layer_flops,
     n_to_keep,
     oracle_order,
@@ -303,6 +304,29 @@ def test_region_pyramid_and_permutation(tiny, photo):
     assert len(permuted) == 2 and (permuted["n_permuted"] == n_image).all()
     assert permuted["p_new"].nunique() == 2 and (permuted["p_new"] != permuted["p_base"]).all()
     assert permute_image_tokens(vlm, [sample], n_permutations=2, seed=3, progress=False).equals(permuted)
+
+
+def test_last_attention_resumed_from_the_unmodified_run_is_the_full_forwards(family, tiny, photo):
+    """With the unmodified run, the recording runs the language model alone from the lowest recorded or
+    blocked layer up to the highest recorded one: the same attention as a full forward, with and without
+    a drop below the recorded layer (PyramidDrop's later stages)."""
+    from analysis.probes.knockout import unmodified_run
+
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    run = unmodified_run(vlm, prepared, 0)
+    top = vlm.n_layers - 1
+    dropped = drop_edges(prepared, prepared.image_positions[::2], range(1, vlm.n_layers))
+    for layers, block in (([top], ()), ([0, top], ()), ([top], (dropped,))):
+        full = last_attention_scores(vlm, prepared, layers, block)
+        resumed = last_attention_scores(vlm, prepared, layers, block, unmodified=run)
+        for layer in layers:
+            np.testing.assert_allclose(resumed[layer], full[layer], rtol=0, atol=1e-6)
+    # The drop and the layer each change the recording far beyond the tolerance.
+    plain = last_attention_scores(vlm, prepared, [0, top], unmodified=run)
+    with_drop = last_attention_scores(vlm, prepared, [top], (dropped,), unmodified=run)[top]
+    assert np.abs(with_drop - plain[top]).max() > 100 * 1e-6
+    assert np.abs(plain[0] - plain[top]).max() > 100 * 1e-6
 
 
 def test_flops_saved_is_analytic(tiny):

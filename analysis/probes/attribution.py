@@ -293,6 +293,8 @@ class _EmbeddingGradients:
             the default) or the mean of the ``N`` tokens' embeddings (``"mean"``). Unused by the others.
         n_steps: Integrated Gradients' steps.
         batch_size: Integrated Gradients' ``internal_batch_size``.
+        convergence_delta: Integrated Gradients: compute captum's convergence delta (two more
+            forwards) and warn when it is large; else the delta is None.
     """
 
     vlm: VLM
@@ -303,6 +305,7 @@ class _EmbeddingGradients:
     baseline: str | None
     n_steps: int
     batch_size: int
+    convergence_delta: bool = True
 
     def attribute(self) -> tuple[np.ndarray, float | None]:
         """Return the ``(G,)`` group scores and Integrated Gradients' convergence delta (else None)."""
@@ -319,18 +322,21 @@ class _EmbeddingGradients:
         if self.method == "integrated_gradients":
             base = _embedding_baseline(values, self.baseline)
             with torch.enable_grad():
-                attr, deltas = IntegratedGradients(forward).attribute(
+                found = IntegratedGradients(forward).attribute(
                     values, baselines=base, n_steps=self.n_steps, internal_batch_size=self.batch_size,
-                    return_convergence_delta=True)
-            delta = float(deltas.sum())
-            gap = float(attr.detach().sum()) - delta  # f(input) - f(baseline)
-            if abs(delta) > 0.05 * abs(gap):
-                warnings.warn(
-                    f"Integrated Gradients has not converged: its scores miss f(input) - f(baseline) = {gap:.3g} "
-                    f"by {delta:.3g} with n_steps={self.n_steps}. Raise n_steps, or use baseline='mean': the zero "
-                    "baseline converges slowly on models with RMSNorm (a near-zero embedding's norm jumps).",
-                    stacklevel=3,
-                )
+                    return_convergence_delta=self.convergence_delta)
+            attr = found[0] if self.convergence_delta else found
+            if self.convergence_delta:
+                delta = float(found[1].sum())
+                gap = float(attr.detach().sum()) - delta  # f(input) - f(baseline)
+                if abs(delta) > 0.05 * abs(gap):
+                    warnings.warn(
+                        f"Integrated Gradients has not converged: its scores miss f(input) - f(baseline) = "
+                        f"{gap:.3g} by {delta:.3g} with n_steps={self.n_steps}. Raise n_steps, or use "
+                        "baseline='mean': the zero baseline converges slowly on models with RMSNorm (a near-zero "
+                        "embedding's norm jumps).",
+                        stacklevel=3,
+                    )
         else:
             # Saliency (|gradient|, captum's default) and InputXGradient (input * gradient) transform the
             # same gradient, computed by captum's Saliency without the absolute value: once per input and
@@ -501,6 +507,7 @@ def attribute(
     n_samples: int = 256,
     batch_size: int = 16,
     seed: int = 0,
+    convergence_delta: bool = True,
 ) -> Attribution:
     """Return a captum attribution of the target token's log-probability to image or question features.
 
@@ -525,6 +532,10 @@ def attribute(
         batch_size: inputs per forward (IG's ``internal_batch_size``, perturbation methods'
             ``perturbations_per_eval``).
         seed: seeds KernelSHAP's sampling (the global RNG is left as it was).
+        convergence_delta: Integrated Gradients: compute captum's convergence delta (``delta``; two
+            more forwards: the input and the baseline) and warn when it exceeds 5% of
+            ``f(input) - f(baseline)``. False: ``delta`` is None (for callers that use only the scores'
+            order). Ignored by the other methods.
 
     Returns:
         An ``Attribution``.
@@ -558,7 +569,8 @@ def attribute(
         feats = _resolve_features(inputs, features, perturb)
         strategy: _EmbeddingGradients | _EmbeddingPerturbation | _PixelPerturbation
         if gradient:
-            strategy = _EmbeddingGradients(vlm, inputs, token, feats, method, baseline, n_steps, batch_size)
+            strategy = _EmbeddingGradients(vlm, inputs, token, feats, method, baseline, n_steps, batch_size,
+                                           convergence_delta)
         elif pixels:
             strategy = _PixelPerturbation(vlm, inputs, token, feats, method, n_samples, batch_size, seed,
                                           fill=_fill(inputs.image, baseline or "mean"))

@@ -48,6 +48,7 @@ terms per head dimension, gated or plain MLP; embeddings and the LM head left ou
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -65,7 +66,7 @@ from analysis.errors import InputError, UnsupportedModelError
 from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.adapters.llava_next import LlavaNextAdapter
 from analysis.models.inputs import PreparedInputs
-from analysis.models.sites import editing, last_position_only
+from analysis.models.sites import Site, editing, last_position_only, replace, skipping
 from analysis.probes.backend import Edges, Recording, probing
 from analysis.probes.knockout import Unmodified, knockout_logits, unmodified_run
 from analysis.probes.runners import offer_unmodified
@@ -423,17 +424,30 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def last_attention_scores(vlm, prepared: PreparedInputs, layers: Iterable[int],
-                          block: Sequence[Edges] = ()) -> dict[int, np.ndarray]:
+def last_attention_scores(vlm, prepared: PreparedInputs, layers: Iterable[int], block: Sequence[Edges] = (),
+                          unmodified: Unmodified | None = None) -> dict[int, np.ndarray]:
     """Return ``{layer: (n_image,)}`` head-averaged attention from the last position to each image token.
 
-    One forward; ``block`` applies edges while recording (PyramidDrop's later stages).
+    One forward up to the highest of ``layers`` (the layers above it do not run); ``block`` applies
+    edges while recording (PyramidDrop's later stages). With ``unmodified``, the input's
+    ``unmodified_run`` from position 0 (``_unmodified_run``: inside the sweeps' ``sharing()`` blocks,
+    the forward that gave ``p_base``), only the language model runs, from the lowest recorded or
+    blocked layer, resumed from its kept residual stream: layers below it are the unmodified run's
+    (the same attention, bit for bit).
     """
     layers = sorted({vlm.check_layer(l) for l in layers})
     recording = Recording(rows=torch.tensor([prepared.last_position]), cols=prepared.image_positions,
                           wanted=frozenset(layers), mean_heads=True)
-    with torch.no_grad(), probing(vlm, record=recording, block=[list(block)]), last_position_only(vlm):
-        vlm.model(**prepared.inputs, logits_to_keep=1)
+    above = range(layers[-1] + 1, vlm.n_layers)  # dead work for the recording
+    with torch.no_grad(), probing(vlm, record=recording, block=[list(block)]), skipping(vlm, above), \
+            last_position_only(vlm):
+        if unmodified is None or unmodified.lm_kwargs is None or unmodified.start != 0:
+            vlm.model(**prepared.inputs, logits_to_keep=1)
+        else:
+            start = min([layers[0], *(min(e.layers) for e in block if e.layers)])
+            with skipping(vlm, range(start)), editing(vlm, {Site("resid_pre", start): replace(
+                    unmodified.states[start])}) if start else contextlib.nullcontext():
+                vlm.language_model(**unmodified.lm_kwargs, use_cache=False)
     return {l: recording.layers[l][0, 0, 0].numpy().astype(float) for l in layers}
 
 
@@ -612,10 +626,11 @@ def attribution_scores(vlm, prepared: PreparedInputs, target: int, **kwargs) -> 
     from analysis.probes.attribution import attribute
 
     options = {**DEFAULT_ATTRIBUTION, **kwargs}
-    with warnings.catch_warnings():  # only the order matters here; IG's convergence note would repeat per sample
-        warnings.filterwarnings("ignore", message="Integrated Gradients has not converged")
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
-        return np.asarray(attribute(vlm, prepared, target=target, features="patches", **options).image_scores, float)
+        # only the order matters here: no convergence delta (its two forwards), so no convergence note per sample
+        return np.asarray(attribute(vlm, prepared, target=target, features="patches", convergence_delta=False,
+                                    **options).image_scores, float)
 
 
 # --- token redundancy -----------------------------------------------------------------------
@@ -730,7 +745,8 @@ def token_redundancy(
                     layer_free["oracle"] = oracle_order(prepared, sample.boxes, masks[index], _rng(seed, index))
             if "last_attention" in rank_by:
                 wanted = [k - 1 for k in drop_layers if k > 0]
-                attention = last_attention_scores(vlm, prepared, wanted) if wanted else {}
+                attention = last_attention_scores(vlm, prepared, wanted, unmodified=_unmodified_run(vlm, prepared)) \
+                    if wanted else {}
                 for k in drop_layers:
                     if k == 0:
                         skipped.append({"sample": sample.id, "ranking": "last_attention", "drop_layer": 0,
@@ -898,16 +914,17 @@ def pyramid_drop(
         with sharing(fresh=True):  # one unmodified forward per sample: the answer, the ranking, the drops
             prepared = vlm.prepare(sample.image, sample.question)
             predicted, p_base, correct_base, _ = _base(vlm, prepared, sample)
+            run = _unmodified_run(vlm, prepared)  # _base's: the recordings resume from it
             image = prepared.image_positions
             schedules, unblocked = [], {}  # unblocked: recordings without drops, the same for every ratio
             for ratio in ratios:
                 edges, remaining, dropped_per_layer = [], image, [0] * vlm.n_layers
                 for b in stages:
                     if edges:
-                        attention = last_attention_scores(vlm, prepared, [b - 1], edges)[b - 1]
+                        attention = last_attention_scores(vlm, prepared, [b - 1], edges, run)[b - 1]
                     else:
                         if b not in unblocked:
-                            unblocked[b] = last_attention_scores(vlm, prepared, [b - 1])[b - 1]
+                            unblocked[b] = last_attention_scores(vlm, prepared, [b - 1], unmodified=run)[b - 1]
                         attention = unblocked[b]
                     scores = attention[torch.isin(image, remaining).numpy()]
                     order = _order(scores, remaining)
