@@ -220,6 +220,7 @@ def test_cascade_resumes_from_the_original_lower_layers_bit_for_bit(monkeypatch)
     from analysis.models import load_vlm
     from analysis.probes import sanity
     from analysis.probes.lower_states import LowerStates
+    from analysis.probes.runners import PixelRunner
 
     kept = []
 
@@ -229,10 +230,19 @@ def test_cascade_resumes_from_the_original_lower_layers_bit_for_bit(monkeypatch)
             kept.append(self)
 
     monkeypatch.setattr(sanity, "LowerStates", Kept)
+    choices, choose = [], PixelRunner._choose  # a runner decides its way of running (processor and model calls)
+
+    def counted(self):
+        choices.append(1)
+        return choose(self)
+
+    monkeypatch.setattr(PixelRunner, "_choose", counted)
     vlm = load_vlm("zoo:shapes-llava-local", device="cpu")  # patch-local: perturbations run the LLM alone
     methods = [attention_method(1), attribution_method("saliency"), attribution_method("occlusion", block=4),
                attribution_method("kernel_shap", block=4, n_samples=8, batch_size=8)]
     report = sanity_report(vlm, make_samples(2, seed=3), methods, k=3, n_random=2, only_correct=False, progress=False)
+    n_samples, n_stages = len(report.maps.samples), len(randomisation_stages(vlm))
+    assert len(choices) == n_samples * (1 + 1 + n_stages - vlm.n_layers)  # original, decoder stages, later stages
     reference = _plain_cascade(vlm, report.maps)
     assert report.randomisation.equals(reference)
     from_report = sum(s.resumed for s in kept)  # decoder stages 3, 2, 1 resume (stage 0 redraws layer 0)

@@ -458,11 +458,23 @@ class _PixelPerturbation(_Perturbation):
         groups = _index(self.features.ids, segments.ravel()).reshape(segments.shape)
         # Inside sharing() occlusion and KernelSHAP on the same segments share one runner: its way of
         # running (and the check that it is exact) is decided once per input.
-        key = ("pixel runner", *model_key(self.vlm.model, self.prepared), self.token, tuple(self.fill),
+        key = (_PIXEL_RUNNER, *model_key(self.vlm.model, self.prepared), self.token, tuple(self.fill),
                hashlib.sha256(groups.tobytes()).hexdigest(), groups.shape, len(self.features.ids))
         runner = shared(key, lambda: PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids),
                                                  self.fill))
         return self._group_scores(runner.logprob), None
+
+
+_PIXEL_RUNNER = "pixel runner"
+
+
+def input_side(store: dict) -> dict:
+    """Return the entries of a ``sharing()`` store that depend on the input side of the model only: the
+    pixel runners (``PixelRunner``: their way of running, checked once, and a patch-local model's image-token
+    embeddings come from the processor, the vision tower and the projector; their forwards run the model's
+    weights of the moment). They stay valid for the same model object while only its decoder layers change
+    (the cascading randomisation's decoder stages)."""
+    return {key: value for key, value in store.items() if isinstance(key, tuple) and key[:1] == (_PIXEL_RUNNER,)}
 
 
 # --- the public entry point ---------------------------------------------------------------------

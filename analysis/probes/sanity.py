@@ -58,7 +58,7 @@ from analysis.models import VLM, PreparedInputs
 from analysis.models.answers import answer_tokens, is_correct
 from analysis.models.localisation import localisation_scores, positive_part
 from analysis.probes.attention import attention_maps
-from analysis.probes.attribution import attribute, grid_segments
+from analysis.probes.attribution import attribute, grid_segments, input_side
 from analysis.probes.backend import Edges
 from analysis.probes.flow import knockout_probs
 from analysis.probes.lower_states import LowerStates, keeping
@@ -430,14 +430,19 @@ class _Cascade:
         self.weights = [_LayerWeights(copied, original) for copied, original in zip(self.randomised.layers, vlm.layers)]
         self.computed: dict[tuple[int, int], list[np.ndarray]] = {}  # (stage index, sample index) -> maps
 
-    def _compute(self, index: int, i: int, prepared: PreparedInputs, token: int) -> None:
-        with sharing(fresh=True):  # this stage's weights and this sample only
+    def _compute(self, index: int, i: int, prepared: PreparedInputs, token: int, carried: dict | None = None) -> dict:
+        """Compute stage ``index``'s maps of sample ``i``; return what a later decoder stage may reuse
+        (``input_side``: the vision tower and projector are the same until the later stages)."""
+        with sharing(fresh=True) as store:  # this stage's weights and this sample only
+            store.update(carried or {})
             self.computed[index, i] = [_compute(method, self.randomised, prepared, token) for method in self.methods]
+            return input_side(store)
 
     def decoder_stages(self, i: int, prepared: PreparedInputs, token: int, states: LowerStates, recorded: bool) -> None:
         """Run sample ``i`` through the evaluated decoder-layer stages. ``states``: its perturbation forwards'
         lower-layer states, recorded on the original model (``recorded``) or, else, at the first stage here."""
         n = self.vlm.n_layers
+        carried = None  # the pixel runners of the first stage (the vision tower and projector stay)
         try:
             with keeping(states):
                 for count, index in enumerate(index for index in range(n) if self.evaluated[index]):
@@ -446,7 +451,7 @@ class _Cascade:
                         states.resume(first)
                     for layer, held in enumerate(self.weights):
                         held.use(original=layer < first)
-                    self._compute(index, i, prepared, token)
+                    carried = self._compute(index, i, prepared, token, carried)
         finally:
             for held in self.weights:
                 held.use(original=False)
