@@ -15,7 +15,10 @@ identical:
 3. ``alignment_vs_accuracy`` over checkpoints of one training run, building each question's inputs
    once (``reusing_inputs``), against building them for every checkpoint and measure (its
    ``reusing_inputs`` replaced by a block that reuses nothing, for this comparison only).
-4. ``sanity_report`` with ``05_attributions``' methods on ``zoo:shapes-llava-local``: the cascade's
+4. ``information_flow(..., lens=True)``, the logit lens read from the sweep's own unmodified forwards
+   (as ``02_information_flow`` runs it), against the sweep and ``logit_lens`` with its own (batched)
+   forwards.
+5. ``sanity_report`` with ``05_attributions``' methods on ``zoo:shapes-llava-local``: the cascade's
    occlusion and KernelSHAP batches resuming from the original lower layers' kept states, against
    every forward in full (a ``LowerStates`` budget of 0 bytes, for this comparison only).
 """
@@ -72,11 +75,15 @@ def main() -> None:
         return (information_flow(vlm, samples, blocks=FLOW, **options).frame,
                 information_flow(vlm, samples, blocks=REGION, **options).frame)
 
+    def with_lens(read: bool):
+        flow = information_flow(vlm, samples, blocks=FLOW + REGION, lens=read, **options)
+        return flow.frame, flow.lens if read else logit_lens(vlm, samples, only_correct=True, progress=False)
+
     def across(reuse: bool):
         if not reuse:  # every prepare builds its inputs anew
             analysis.models.reusing_inputs = contextlib.nullcontext
         try:
-            return alignment_vs_accuracy(names, asked, accuracy="options", batch_size=32, progress=False).table
+            return (alignment_vs_accuracy(names, asked, accuracy="options", batch_size=32, progress=False).table,)
         finally:
             analysis.models.reusing_inputs = reusing_inputs
 
@@ -97,11 +104,13 @@ def main() -> None:
     pairs = [
         (f"information_flow, {args.n} questions, 6 edge sets", "one sweep, split", one_sweep,
          "two sweeps (4 + 2 edge sets)", two_sweeps),
-        (f"logit_lens, {args.n} questions", "equal lengths batched (16)", lambda: logit_lens(
-            vlm, samples, batch_size=16, progress=False), "one input per forward", lambda: logit_lens(
-            vlm, samples, batch_size=1, progress=False)),
+        (f"logit_lens, {args.n} questions", "equal lengths batched (16)", lambda: (logit_lens(
+            vlm, samples, batch_size=16, progress=False),), "one input per forward", lambda: (logit_lens(
+            vlm, samples, batch_size=1, progress=False),)),
         (f"alignment_vs_accuracy, {len(names)} checkpoints x {len(asked)} questions", "inputs built once", lambda: across(True),
          "inputs built per checkpoint", lambda: across(False)),
+        (f"information_flow + logit lens, {args.n} questions", "lens from the sweep's forwards",
+         lambda: with_lens(True), "logit_lens' own forwards", lambda: with_lens(False)),
         (f"sanity_report (shapes-llava-local), {args.explained} questions", "cascade resuming from kept lower layers",
          lambda: report(True), "every forward in full", lambda: report(False)),
     ]
@@ -115,7 +124,7 @@ def main() -> None:
                 seconds, results[side] = _timed(fn)
                 best[side] = min(best[side], seconds)
         a, b = results["fast"], results["slow"]
-        same = all(x.equals(y) for x, y in zip(a, b)) if isinstance(a, tuple) else a.equals(b)
+        same = all(x.equals(y) for x, y in zip(a, b))
         print(f"{what:<58} {best['fast']:>8.1f}s {best['slow']:>8.1f}s {best['slow'] / best['fast']:>5.2f}x  {same}")
     print("\n" + "\n".join(f"{what}: shared = {fast_name}; again = {slow_name}"
                            for what, fast_name, _, slow_name, _ in pairs))
