@@ -47,28 +47,22 @@ def test_no_import_points_back_up(part):
     assert not wrong, sorted(wrong)
 
 
-def test_the_model_layer_and_capture_load_on_their_own_then_the_probes():
-    """In a fresh interpreter: the model layer and capture import without the zoo, the test builders
-    or the probes; the probes then import after capture (no import cycle between the two)."""
+def test_import_order_in_a_fresh_interpreter():
+    """In one fresh interpreter (one torch import, not two): `import analysis` is light (the notebook runner and
+    the command line start without torch); the model layer and capture then import without the zoo, the test
+    builders or the probes (the first use of a model-layer name loads it); the probes import after capture (no
+    import cycle between the two)."""
     code = ("import sys\n"
+            "import analysis, analysis.runner\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded at import'\n"
             "from analysis.capture import capture\n"
             "import analysis.models\n"
             "from analysis import load_vlm\n"
+            "assert 'torch' in sys.modules and callable(load_vlm)\n"
             "loaded = {m for m in sys.modules if m.startswith(('analysis.zoo', 'analysis.testing', 'analysis.probes'))}\n"
             "assert not loaded, loaded\n"
             "import analysis.probes as p\n"
             "assert all(getattr(p, name) for name in p.__all__)")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_import_analysis_and_the_runner_leave_torch_unloaded():
-    """`import analysis` is light (the model layer loads on first use): the notebook runner and the command
-    line start without torch; the first use of a model-layer name loads it."""
-    code = ("import sys\n"
-            "import analysis, analysis.runner\n"
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded at import'\n"
-            "from analysis import load_vlm\n"
-            "assert 'torch' in sys.modules and callable(load_vlm)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
