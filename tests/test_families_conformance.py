@@ -288,6 +288,25 @@ def test_logit_lens_of_final_is_the_logits(family, tiny, photo):
     assert (lens - logits).abs().max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES + TOKEN_LEVEL_FAMILIES)
+def test_appended_answer_tokens_keep_every_per_position_input_aligned(family, tiny, photo):
+    """``adapter.append`` (teacher-forced answers: ``score``, the capture's ``answer`` role) extends every
+    per-position input the processor gave (ERNIE 4.5-VL's ``moe_mm_token_type_ids`` among them): the forward
+    runs, and the appended tokens are causal, so the last prompt position's logits are the prompt's own."""
+    vlm = tiny(family)
+    prepared = vlm.prepare(photo, QUESTION)
+    answer = [int(t) for t in vlm.tokenizer(" red blue", add_special_tokens=False).input_ids[:2]]
+    appended = vlm.adapter.append(prepared.inputs, answer)
+    length = prepared.length + len(answer)
+    per_position = {k: tuple(v.shape) for k, v in appended.items()
+                    if torch.is_tensor(v) and v.dim() >= 2 and v.shape[-1] == prepared.length}
+    assert not per_position, f"inputs left at the prompt's length: {per_position}"
+    with torch.no_grad():
+        logits = vlm.model(**appended).logits[0].float()
+    assert logits.shape[0] == length
+    assert (logits[prepared.last_position] - next_token_logits(vlm, prepared)).abs().max() <= TOLERANCE
+
+
 def test_head_scales_are_read_from_the_heads_code():
     """The scales ``VLM.unembed`` applies come from each head's forward, with their operator and place around the
     soft-cap (Granite divides by logits_scaling, HyperCLOVA X multiplies by the same field; Cohere2-Vision's head

@@ -38,7 +38,7 @@ __all__ = ["TILE_NAME", "TokenLevelAdapter", "decoder_stack", "forward_code", "s
 TILE_NAME = "image tokens in sequence order (patch geometry unknown)"
 # Per-position inputs that processors emit besides input_ids: (pad value, appended-token value).
 _TOKEN_INPUTS = {"attention_mask": (0, 1), "token_type_ids": (0, 0), "mm_token_type_ids": (0, 0),
-                 "image_token_mask": (0, 0)}
+                 "moe_mm_token_type_ids": (0, 0), "image_token_mask": (0, 0)}  # ERNIE 4.5-VL routes its experts by it
 # Children of a decoder layer that mix positions outside self-attention.
 _OTHER_MIXERS = ("linear_attn", "conv", "short_conv", "mamba", "mixer", "ssm", "cross_attn", "cross_attention",
                  "recurrent", "temporal_block")
