@@ -325,9 +325,11 @@ class _EmbeddingGradients:
                 found = IntegratedGradients(forward).attribute(
                     values, baselines=base, n_steps=self.n_steps, internal_batch_size=self.batch_size,
                     return_convergence_delta=self.convergence_delta)
-            attr = found[0] if self.convergence_delta else found
-            if self.convergence_delta:
-                delta = float(found[1].sum())
+            if not self.convergence_delta:
+                attr = found
+            else:
+                attr, deltas = found
+                delta = float(deltas.sum())
                 gap = float(attr.detach().sum()) - delta  # f(input) - f(baseline)
                 if abs(delta) > 0.05 * abs(gap):
                     warnings.warn(
@@ -436,6 +438,9 @@ class _EmbeddingPerturbation(_Perturbation):
         return self._group_scores(forward), None
 
 
+_PIXEL_RUNNER = "pixel runner"  # the sharing() key of a PixelRunner (see input_side)
+
+
 @dataclass
 class _PixelPerturbation(_Perturbation):
     """Perturbation over pixels: an absent group's pixel segments are filled and the whole VLM reruns.
@@ -463,9 +468,6 @@ class _PixelPerturbation(_Perturbation):
         runner = shared(key, lambda: PixelRunner(self.vlm, self.prepared, self.token, groups, len(self.features.ids),
                                                  self.fill))
         return self._group_scores(runner.logprob), None
-
-
-_PIXEL_RUNNER = "pixel runner"
 
 
 def input_side(store: dict) -> dict:
