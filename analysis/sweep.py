@@ -686,7 +686,7 @@ def _merge(out: Path, spec: Probe, n: int, stats: list[dict], options: dict) -> 
                                            _META_KEY: json.dumps(sidecar, default=str).encode()})
     _atomic_write(out / RESULTS_FILE, lambda tmp: pq.write_table(table, tmp))
 
-    from analysis.plots.save import git_info, package_versions
+    from analysis.plots.save import git_info, machine_info, package_versions
 
     path = out / PROVENANCE_FILE
     previous = json.loads(path.read_text()).get("attempts", []) if path.is_file() else []
@@ -694,7 +694,7 @@ def _merge(out: Path, spec: Probe, n: int, stats: list[dict], options: dict) -> 
                "ranks": [{**s, "computed": len(s["computed"]), "reused": len(s["reused"])} for s in stats]}
     _write_json(path, {
         "sweep": record, "n_samples": n, "n_kept": sum(bool(m.get("kept", True)) for m in metas),
-        "rows": len(frame), "git": git_info(), "versions": package_versions(),
+        "rows": len(frame), "git": git_info(), "versions": package_versions(), "machine": machine_info(),
         "attempts": previous + [attempt],
     })
 

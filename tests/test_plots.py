@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from analysis.errors import InputError  # noqa: E402
@@ -72,6 +74,9 @@ def test_save_figure_writes_png_pdf_and_sidecar(tmp_path, tiny):
     assert commit is None or (len(commit) == 40 and isinstance(sidecar["git"]["dirty"], bool))
     for package in ("python", "torch", "transformers", "numpy", "matplotlib", "vlm-probes"):
         assert sidecar["versions"][package], package
+    assert sidecar["machine"] == {"arch": platform.machine(), "cpu": sidecar["machine"]["cpu"], "gpu": None,
+                                  "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    assert sidecar["machine"]["cpu"], "the CPU model names the hardware whose float rounding the numbers carry"
 
 
 def test_save_figure_without_notebook_or_model(tmp_path):

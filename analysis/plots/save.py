@@ -81,6 +81,7 @@ def save_figure(
         "model": _model_info(vlm),
         "git": git_info(),
         "versions": package_versions(),
+        "machine": machine_info(vlm),
     }
     paths["json"].write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=_jsonable) + "\n")
     if (_in_kernel() if show is None else show):
@@ -147,6 +148,27 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
+
+
+def machine_info(vlm: "VLM | None" = None) -> dict[str, str | None]:
+    """Return the hardware the numbers were computed on: ``{"arch", "cpu", "torch_cpu_capability", "gpu"}``.
+
+    The same code, packages and seed give byte-identical figures on the same kind of machine; another
+    CPU (or GPU) may pick other vectorised kernels, whose float rounding differs (~1e-7 relative in
+    fp32), so a PDF coordinate or a near-tied rank can differ. ``gpu`` is the accelerator's name when
+    ``vlm`` is on one, else None.
+    """
+    import torch
+
+    cpu = platform.processor() or None
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(errors="replace"), re.M)
+        cpu = names[0].strip() if names else cpu
+    device = getattr(vlm, "device", None)
+    gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None
+    return {"arch": platform.machine(), "cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": gpu}
 
 
 def _jsonable(value: Any) -> Any:
