@@ -71,7 +71,7 @@ from analysis.errors import InputError
 from analysis.models import VLM, PreparedInputs
 from analysis.models.answers import answer_tokens
 from analysis.models.localisation import localisation_scores, positive_part
-from analysis.probes.runners import EmbeddingRunner, PixelRunner, unmodified
+from analysis.probes.runners import EmbeddingRunner, PixelRunner, answer_logprob, unmodified
 from analysis.probes.sharing import model_key, shared, sharing
 
 GRADIENT_METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
@@ -597,7 +597,7 @@ def attribute(
     return Attribution(
         prepared=inputs, method=method, features=feats.name, perturb=perturb, target_token=token,
         target_text=vlm.tokenizer.decode([token]).strip(),
-        target_value=float(torch.log_softmax(logits, dim=-1)[token]), positions=feats.positions.numpy(),
+        target_value=float(answer_logprob(logits, token)), positions=feats.positions.numpy(),
         tokens=np.asarray([vlm.tokenizer.decode([i]) for i in ids]), groups=feats.groups,
         group_scores=group_scores, scores=scores, delta=delta, seconds=time.perf_counter() - started,
     )

@@ -64,8 +64,21 @@ class Unmodified:
     kwargs: dict
 
     def logprob(self, token: int) -> torch.Tensor:
-        """Return the fp32 log-probability of ``token`` at the last position, a 0-d tensor."""
-        return torch.log_softmax(self.logits, dim=-1)[token]
+        """Return the log-probability of ``token`` at the last position, a 0-d float64 tensor."""
+        return answer_logprob(self.logits, token)
+
+
+def answer_logprob(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """Return ``log p(token)`` from logits ``(..., vocab)``, computed in float64: ``(...)``.
+
+    Attribution scores are differences of these. fp32's ``log_softmax`` subtracts two numbers of the
+    logits' size, which leaves every log-probability ~eps32 x |logit| (~1e-6) of rounding: a confident
+    answer's occlusion scores are often that small, and their ranks (the sanity checks' rank
+    correlations) would be the rounding of the CPU's kernels. In float64 what is left is the model's own
+    fp32 noise, relative to the score (on ``zoo:shapes-llava-local`` the occlusion maps of the model in
+    fp32 and in float64 then agree to rank correlation >= 0.9999).
+    """
+    return torch.log_softmax(logits.double(), dim=-1)[..., token]
 
 
 def unmodified(vlm: VLM, prepared: PreparedInputs) -> Unmodified:
@@ -125,14 +138,14 @@ class EmbeddingRunner:
         self.embeds, self.kwargs = run.embeds, run.kwargs
 
     def logprob(self, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Return ``(B,)`` fp32 log-probabilities with ``values`` ``(B, N, hidden)`` at ``positions``."""
+        """Return ``(B,)`` float64 log-probabilities with ``values`` ``(B, N, hidden)`` at ``positions``."""
         n = values.shape[0]
         embeds = self.embeds.expand(n, -1, -1).clone()
         embeds[:, positions.to(embeds.device)] = values.to(embeds.dtype)
         kwargs = self.vlm.adapter.repeat_language_model_kwargs(self.kwargs, n)
         hidden = last_hidden(self.vlm, embeds, kwargs, positions, values)  # kept lower layers' states, where given
-        logits = finite(self.vlm, self.vlm.unembed(hidden, final_norm=False).float(), "attribution logits")
-        return torch.log_softmax(logits, dim=-1)[:, self.token]
+        return answer_logprob(finite(self.vlm, self.vlm.unembed(hidden, final_norm=False), "attribution logits"),
+                              self.token)
 
 
 @contextlib.contextmanager
@@ -231,14 +244,14 @@ class PixelRunner:
         return inputs
 
     def logprob(self, present: torch.Tensor) -> torch.Tensor:
-        """Return ``(B,)`` fp32 log-probabilities for a ``(B, G)`` presence matrix (0 = filled)."""
+        """Return ``(B,)`` float64 log-probabilities for a ``(B, G)`` presence matrix (0 = filled)."""
         absent = (present == 0).cpu().numpy()
         if self.mode == "local":
             return self._language_model.logprob(self.prepared.image_positions, self._local_embeds(absent))
         batch = {k: v.to(self.vlm.device) if torch.is_tensor(v) else v for k, v in self.inputs(absent).items()}
         with last_position_only(self.vlm):
-            logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
-        return torch.log_softmax(finite(self.vlm, logits, "attribution logits"), dim=-1)[:, self.token]
+            logits = self.vlm.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
+        return answer_logprob(finite(self.vlm, logits, "attribution logits"), self.token)
 
     def _local_embeds(self, absent: np.ndarray, local: _Local | None = None) -> torch.Tensor:
         """Return ``(B, N, hidden)`` image-token embeddings of the ``(B, G)`` absent groups (local mode)."""
