@@ -636,8 +636,11 @@ def run_sweep(
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise KeyboardInterrupt(f"stop_after={stop_after}: stopped after {len(computed)} samples")
         bar.close()
-        stats = {"rank": dist.rank, "host": socket.gethostname(), "device": str(vlm.device), "computed": computed,
-                 "reused": done, "seconds": round(time.time() - started, 3)}
+        from analysis.plots.save import machine_info
+
+        stats = {"rank": dist.rank, "host": socket.gethostname(), "device": str(vlm.device),
+                 "machine": machine_info(vlm), "computed": computed, "reused": done,
+                 "seconds": round(time.time() - started, 3)}
         everyone = dist.gather(stats)
         summary = SweepSummary(out, len(sample_list), sorted(i for s in everyone for i in s["computed"]),
                                sorted(i for s in everyone for i in s["reused"]), dist.rank, dist.world_size)
@@ -686,7 +689,7 @@ def _merge(out: Path, spec: Probe, n: int, stats: list[dict], options: dict) -> 
                                            _META_KEY: json.dumps(sidecar, default=str).encode()})
     _atomic_write(out / RESULTS_FILE, lambda tmp: pq.write_table(table, tmp))
 
-    from analysis.plots.save import git_info, machine_info, package_versions
+    from analysis.plots.save import git_info, package_versions
 
     path = out / PROVENANCE_FILE
     previous = json.loads(path.read_text()).get("attempts", []) if path.is_file() else []
@@ -694,7 +697,7 @@ def _merge(out: Path, spec: Probe, n: int, stats: list[dict], options: dict) -> 
                "ranks": [{**s, "computed": len(s["computed"]), "reused": len(s["reused"])} for s in stats]}
     _write_json(path, {
         "sweep": record, "n_samples": n, "n_kept": sum(bool(m.get("kept", True)) for m in metas),
-        "rows": len(frame), "git": git_info(), "versions": package_versions(), "machine": machine_info(),
+        "rows": len(frame), "git": git_info(), "versions": package_versions(),
         "attempts": previous + [attempt],
     })
 

@@ -73,7 +73,7 @@ def test_torchrun_two_processes_equal_the_direct_call(tmp_path, direct):
     ranks = provenance["attempts"][-1]["ranks"]
     assert [(r["rank"], r["computed"], r["reused"]) for r in ranks] == [(0, N // 2, 0), (1, N // 2, 0)]
     assert provenance["sweep"]["world_size"] == 2 and provenance["git"]["commit"]
-    assert provenance["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert [r["machine"]["torch_cpu_capability"] for r in ranks] == [torch.backends.cpu.get_cpu_capability()] * 2
 
 
 def test_killed_run_resumes_without_recomputing(tmp_path, direct):
