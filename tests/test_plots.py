@@ -263,3 +263,13 @@ def test_region_knockout_bars_are_the_accuracies():
     # per group (Count, Exist, all): no block, related blocked, other blocked
     assert heights == pytest.approx([100, 0, 200 / 3, 50, 0, 100 / 3, 100, 100, 100])
     assert ax.get_ylabel() == "accuracy (%)" and "tiny:llava" in ax.get_title()
+
+
+def test_machine_info_names_the_accelerator_the_model_is_on():
+    from types import SimpleNamespace
+
+    from analysis.plots.save import machine_info
+
+    assert machine_info(SimpleNamespace(device=torch.device("mps")))["gpu"] == "mps"
+    assert machine_info(SimpleNamespace(device=torch.device("cpu")))["gpu"] is None
+    assert machine_info()["gpu"] is None

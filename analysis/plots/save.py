@@ -155,8 +155,8 @@ def machine_info(vlm: "VLM | None" = None) -> dict[str, str | None]:
 
     The same code, packages and seed give byte-identical figures on the same kind of machine; another
     CPU (or GPU) may pick other vectorised kernels, whose float rounding differs (~1e-7 relative in
-    fp32), so a PDF coordinate or a near-tied rank can differ. ``gpu`` is the accelerator's name when
-    ``vlm`` is on one, else None.
+    fp32), so a PDF coordinate or a near-tied rank can differ. ``gpu`` is the accelerator ``vlm`` is on
+    (a CUDA device's name, else the device type, e.g. ``"mps"``), or None on the CPU or without ``vlm``.
     """
     import torch
 
@@ -166,7 +166,9 @@ def machine_info(vlm: "VLM | None" = None) -> dict[str, str | None]:
         names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(errors="replace"), re.M)
         cpu = names[0].strip() if names else cpu
     device = getattr(vlm, "device", None)
-    gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None
+    gpu = None
+    if device is not None and device.type not in ("cpu", "meta"):
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type  # e.g. "mps"
     return {"arch": platform.machine(), "cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpu": gpu}
 
